@@ -1,0 +1,177 @@
+"""Torch-free configuration: training knobs and the built-in teacher catalogue.
+
+Imported by the web app to render forms and validate input, so it must never import torch.
+Every config is a frozen dataclass that validates itself and round-trips through plain dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"{what}: {name!r} is not a valid name (lowercase letters, digits, '-' or '_', "
+                         "starting with a letter or digit, at most 64 characters)")
+    return name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of the one training loop (`core.train.run_training`) plus the optimizer of a denoiser trainer."""
+
+    iterations: int = 3000          # why: ~95% class accuracy for the digits teacher on this CPU budget
+    batch_size: int = 128           # why: ~0.5 s per step for a 1.1M-parameter UNet at 16x16 on 2 cores
+    lr: float = 1e-3                # why: Adam on tiny networks; warm-up + cosine decay keeps it stable
+    warmup: int = 100               # why: avoids the early Adam blow-up on freshly initialised UNets
+    grad_clip: float = 1.0          # why: standard for diffusion training, guards against rare spikes
+    ema_decay: float = 0.999        # why: EMA weights sample visibly cleaner at ~3k steps; 0 disables
+    cond_drop: float = 0.1          # why: label dropout so the teacher also learns the null class (CFG)
+    seed: int = 0                   # why: every run is reproducible; resume is exact
+    checkpoint_every: int = 500     # why: at most a few minutes of CPU work lost on a crash
+    keep_checkpoints: int = 2       # why: the latest plus one spare in case the newest is cut off mid-write
+    log_every: int = 25             # why: a progress line and a metrics row every ~10 s on CPU
+    preview_every: int = 500        # why: a preview grid per checkpoint interval
+    preview_seeds: tuple[int, ...] = tuple(range(16))
+
+    def __post_init__(self):
+        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "preview_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"train: {name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"train: lr must be > 0, got {self.lr!r}")
+        if self.warmup < 0:
+            raise ValueError(f"train: warmup must be >= 0, got {self.warmup!r}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"train: grad_clip must be > 0, got {self.grad_clip!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train: ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ValueError(f"train: cond_drop must be in [0, 1), got {self.cond_drop!r}")
+        if not self.preview_seeds:
+            raise ValueError("train: preview_seeds must not be empty")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["preview_seeds"] = list(self.preview_seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"train: unknown field(s) {', '.join(unknown)}")
+        d = dict(d)
+        if "preview_seeds" in d:
+            d["preview_seeds"] = tuple(d["preview_seeds"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What the UI and CLI need to know about a teacher without loading it."""
+
+    name: str
+    benchmark: str                  # data it models: toy2d-ring, toy2d-grid, digits, or "imported"
+    kind: str                       # analytic | mlp | unet | diffusers
+    data_shape: tuple[int, ...]
+    num_classes: int = 0
+    prediction_type: str = "sample"
+    description: str = ""
+    trainable: bool = False         # built-in and trained by `teachers train`
+    train: TrainConfig | None = None
+    builtin: bool = True
+    source: str = ""                # imported teachers: the folder they came from
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 3
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["data_shape"] = list(self.data_shape)
+        d["train"] = self.train.to_dict() if self.train else None
+        return d
+
+
+_TOY_TRAIN = TrainConfig(iterations=4000, batch_size=512, lr=1e-3, warmup=100, ema_decay=0.999, cond_drop=0.0,
+                         checkpoint_every=1000, log_every=50, preview_every=1000, preview_seeds=tuple(range(512)))
+
+BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
+    "toy2d-ring-gmm": TeacherInfo("toy2d-ring-gmm", "toy2d-ring", "analytic", (2,),
+                                  description="Exact denoiser of the ring of 8 Gaussians (radius 2, std 0.1)"),
+    "toy2d-grid-gmm": TeacherInfo("toy2d-grid-gmm", "toy2d-grid", "analytic", (2,),
+                                  description="Exact denoiser of the 5x5 grid of Gaussians (spacing 1, std 0.1)"),
+    "toy2d-ring": TeacherInfo("toy2d-ring", "toy2d-ring", "mlp", (2,), prediction_type="v_prediction",
+                              description="MLP teacher trained on the ring of 8", trainable=True, train=_TOY_TRAIN),
+    "toy2d-grid": TeacherInfo("toy2d-grid", "toy2d-grid", "mlp", (2,), prediction_type="v_prediction",
+                              description="MLP teacher trained on the 5x5 grid", trainable=True, train=_TOY_TRAIN),
+    "digits": TeacherInfo("digits", "digits", "unet", (1, 16, 16), num_classes=10, prediction_type="v_prediction",
+                          description="Class-conditional diffusers UNet2DModel (1.1M params) on 16x16 digits",
+                          trainable=True, train=TrainConfig()),
+}
+
+SAMPLER_NAMES = ("ddim", "ancestral")
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """A validated request to sample a teacher: what `sample` and the UI's Generate button take."""
+
+    model: str
+    seeds: tuple[int, ...]
+    steps: int = 50
+    class_id: int | None = None
+    guidance: float = 1.0
+    sampler: str = "ddim"
+    eta: float = 0.0
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        if any((not isinstance(s, int)) or s < 0 or s >= 2**63 for s in self.seeds):
+            raise ValueError("seeds: each seed must be an integer in [0, 2^63)")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps: must be an integer in [1, 1000], got {self.steps!r}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"sampler: must be one of {', '.join(SAMPLER_NAMES)}, got {self.sampler!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta: must be in [0, 1], got {self.eta!r}")
+        if not 0.0 <= self.guidance <= 20.0:
+            raise ValueError(f"guidance: must be in [0, 20], got {self.guidance!r}")
+
+
+def parse_seeds(text: str, limit: int = 4096) -> tuple[int, ...]:
+    """'0-7', '1,5,9' or '3' -> seeds; raises ValueError naming the field."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"seeds: cannot read {part!r} (use e.g. '0-7' or '1,5,9')") from None
+        if len(seeds) > limit:
+            raise ValueError(f"seeds: at most {limit} seeds at once")
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    if any(s < 0 for s in seeds):
+        raise ValueError("seeds: seeds must be >= 0")
+    return tuple(seeds)
+

@@ -1,0 +1,42 @@
+"""Teachers: load any teacher by name as a Denoiser, and train the built-in ones with the one loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from core.catalogue import get_teacher_info, imported_dir
+from core.data import get_benchmark
+from core.denoisers import Denoiser
+from core.specs import BUILTIN_TEACHERS, TrainConfig
+from core.teachers.builtin import build_network_denoiser, load_builtin
+from core.teachers.trainer import DenoiserTrainer
+from core.train import TrainResult, run_training
+
+
+def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") -> Denoiser:
+    """The teacher's denoiser in eval mode with frozen parameters."""
+    info = get_teacher_info(name, data_dir)
+    if info.builtin:
+        return load_builtin(info, device)
+    from core.teachers.imported import load_imported
+    return load_imported(imported_dir(data_dir) / name, device)
+
+
+def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig | None = None, device="cpu",
+                          resume: bool = True, on_progress=None, should_stop=None, on_preview=None) -> TrainResult:
+    """Train a built-in teacher from scratch (or resume) with the studio's own loop."""
+    info = BUILTIN_TEACHERS.get(name)
+    if info is None or not info.trainable:
+        trainable = ", ".join(n for n, i in BUILTIN_TEACHERS.items() if i.trainable)
+        raise ValueError(f"teacher: {name!r} is not a trainable built-in teacher (trainable: {trainable})")
+    config = config or info.train
+    torch.manual_seed(config.seed)  # network initialisation
+    denoiser = build_network_denoiser(info)
+    trainer = DenoiserTrainer(denoiser, config, device=device)
+    benchmark = get_benchmark(info.benchmark)
+    spec = {"name": name, "kind": "teacher", "teacher": dataclasses.replace(info, train=config).to_dict()}
+    return run_training(trainer, benchmark.sample_batch, config, out_dir=out_dir, spec=spec, device=device,
+                        resume=resume, on_progress=on_progress, should_stop=should_stop, on_preview=on_preview)

@@ -1,0 +1,68 @@
+"""Built-in teachers: analytic mixtures, MLPs for toy2d and a class-conditional UNet for digits.
+
+Trained weights ship in core/teachers/weights/NAME.safetensors (+ .json with the spec and training record).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from core.checkpoints import load_state
+from core.data import get_benchmark
+from core.denoisers import Denoiser, NetworkDenoiser, diffusers_denoiser
+from core.gmm import GMMDenoiser
+from core.nets import MLP, build_unet
+from core.schedules import CosineSchedule
+from core.specs import TeacherInfo
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def weights_path(name: str) -> Path:
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def build_network_denoiser(info: TeacherInfo) -> NetworkDenoiser:
+    """A freshly initialised network denoiser for a trainable built-in teacher (seed torch first)."""
+    schedule = CosineSchedule()
+    if info.kind == "mlp":
+        net = MLP(dim=info.data_shape[0], hidden=256, depth=3, num_classes=info.num_classes)
+        return NetworkDenoiser(net, schedule, info.prediction_type, info.data_shape, info.num_classes,
+                               time_input="log_snr")
+    if info.kind == "unet":
+        unet = build_unet(info.data_shape[-1], info.data_shape[0], info.num_classes)
+        return diffusers_denoiser(unet, schedule, info.prediction_type, info.num_classes)
+    raise ValueError(f"teacher {info.name!r}: kind {info.kind!r} is not trainable")
+
+
+def load_builtin(info: TeacherInfo, device="cpu") -> Denoiser:
+    if info.kind == "analytic":
+        return GMMDenoiser(get_benchmark(info.benchmark).mixture, CosineSchedule()).to(device).eval()
+    path = weights_path(info.name)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher {info.name!r}: weights {path} are missing; train them with "
+                                f"`distill-studio teachers train {info.name} --install`")
+    denoiser = build_network_denoiser(info)
+    state, _ = load_state(path)
+    denoiser.net.load_state_dict(state)
+    return denoiser.to(device).eval().requires_grad_(False)
+
+
+def training_meta(path: Path | None = None, name: str | None = None) -> dict:
+    """The JSON record shipped next to a built-in teacher's weights."""
+    import json
+    path = path or weights_path(name)
+    return json.loads(path.with_suffix(".json").read_text()).get("meta", {})
+
+
+def parameter_hash(module: torch.nn.Module) -> str:
+    """SHA-256 over parameter names, shapes and bytes: identifies a teacher's weights exactly."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

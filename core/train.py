@@ -1,0 +1,181 @@
+"""The one training loop, for teachers and every distillation method.
+
+A task (a teacher trainer or a method) provides `train_step(batch) -> dict[str, float]`, `state_dict()`,
+`load_state_dict()`, a `generator` it draws all its randomness from, `ema_source()` (the network to average
+and ship) and `preview(seeds, module)`. The loop owns seeding, EMA, checkpoints, resume, previews, progress
+and the cooperative stop. Step n draws its batch from step_seed(seed, n, 0) and re-seeds the task's generator
+with step_seed(seed, n, 1), so a resumed run equals an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from core.checkpoints import checkpoint_path, list_checkpoints, load_state, save_state
+from core.images import grid_image, scatter_image, to_uint8
+from core.noise import step_generator, step_seed
+from core.specs import TrainConfig
+
+
+class Trainable(Protocol):
+    generator: torch.Generator
+
+    def train_step(self, batch: dict) -> dict[str, float]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def ema_source(self) -> nn.Module: ...
+    def preview(self, seeds: tuple[int, ...], module: nn.Module) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str            # "completed" or "stopped"
+    step: int              # steps done
+    model_path: Path | None
+    elapsed_s: float
+
+
+def _ema_update(ema: nn.Module, src: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        ema_p = [p for p in ema.parameters()]
+        src_p = [p.detach() for p in src.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
+        for b_ema, b in zip(ema.buffers(), src.buffers()):
+            b_ema.copy_(b)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric rows written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def save_preview(images: torch.Tensor, path: Path, title: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if images.ndim == 2:
+        scatter_image(images.detach().cpu().numpy(), title=title).save(path)
+    else:
+        grid_image(to_uint8(images), title=title).save(path)
+    return path
+
+
+def export_model(module: nn.Module, path: Path, meta: dict) -> Path:
+    """The shipped artifact: the network's state dict in safetensors plus a JSON sidecar with the spec."""
+    return save_state(path, {k: v for k, v in module.state_dict().items()}, meta)
+
+
+def run_training(
+    task: Trainable,
+    sample_batch: Callable[[int, torch.Generator], dict],
+    config: TrainConfig,
+    *,
+    out_dir: Path | str,                              # checkpoints/, previews/, metrics.jsonl, model.safetensors
+    spec: dict,                                       # JSON spec stored with every checkpoint and the model
+    device: str | torch.device = "cpu",
+    resume: bool = True,                              # continue from the latest checkpoint in out_dir
+    on_progress: Callable[[dict], None] | None = None,  # {"step", "iterations", "metrics", "elapsed_s", ...}
+    on_preview: Callable[[int, Path], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,    # polled every step; True -> checkpoint and return
+) -> TrainResult:
+    """Train `task` for config.iterations steps; returns how it ended."""
+    # 1. Check invariants before any work.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, preview_dir = out_dir / "checkpoints", out_dir / "previews"
+    metrics_path = out_dir / "metrics.jsonl"
+    assert isinstance(task.generator, torch.Generator), "task.generator must be a torch.Generator"
+    source = task.ema_source()
+    ema = copy.deepcopy(source).requires_grad_(False).eval() if config.ema_decay > 0 else None
+
+    # 2. Resume from the latest checkpoint, if any.
+    start = 0
+    found = list_checkpoints(ckpt_dir) if resume else []
+    if found:
+        state, _ = load_state(found[-1][1], device=device)
+        task.load_state_dict(state["task"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start = int(state["step"])
+        _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def checkpoint(step: int) -> Path:
+        path = save_state(checkpoint_path(ckpt_dir, step),
+                          {"task": task.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                           "step": step},
+                          {"spec": spec, "step": step})
+        for _, old in list_checkpoints(ckpt_dir)[:-config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        if on_checkpoint:
+            on_checkpoint(step, path)
+        return path
+
+    def preview(step: int) -> None:
+        module = ema if ema is not None else source
+        images = task.preview(tuple(config.preview_seeds), module)
+        path = save_preview(images, preview_dir / f"step-{step:07d}.png", f"{spec.get('name', '')} step {step}")
+        if on_preview:
+            on_preview(step, path)
+
+    # 3. The loop.
+    t_start = time.perf_counter()
+    sums: dict[str, float] = {}
+    count = 0
+    step = start
+    with metrics_path.open("a") as metrics_file:
+        while step < config.iterations:
+            t0 = time.perf_counter()
+            batch = {k: v.to(device) for k, v in sample_batch(config.batch_size, step_generator(config.seed, step, 0)).items()}
+            task.generator.manual_seed(step_seed(config.seed, step, 1))
+            metrics = task.train_step(batch)
+            if ema is not None:
+                # Warm-up of the EMA decay so short runs are not dominated by the initial weights.
+                _ema_update(ema, source, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            metrics["time/step_s"] = time.perf_counter() - t0
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+
+            # Log means over the interval, then previews and checkpoints.
+            if step % config.log_every == 0 or step == config.iterations:
+                row = {"step": step, **{k: v / count for k, v in sums.items()}}
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                sums, count = {}, 0
+                if on_progress:
+                    elapsed = time.perf_counter() - t_start
+                    on_progress({"step": step, "iterations": config.iterations, "metrics": row,
+                                 "elapsed_s": elapsed, "steps_per_s": (step - start) / max(elapsed, 1e-9)})
+                bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+                if bad:
+                    checkpoint(step)
+                    raise FloatingPointError(f"training diverged at step {step}: non-finite {', '.join(bad)}")
+            if step % config.preview_every == 0 or step == config.iterations:
+                preview(step)
+            if step % config.checkpoint_every == 0 and step < config.iterations:
+                checkpoint(step)
+            if should_stop is not None and step < config.iterations and should_stop():
+                checkpoint(step)
+                return TrainResult("stopped", step, None, time.perf_counter() - t_start)
+
+    # 4. Ship the final network (EMA weights when averaging) and a last checkpoint for exact continuation.
+    checkpoint(step)
+    model_path = export_model(ema if ema is not None else source, out_dir / "model.safetensors",
+                              {"spec": spec, "step": step})
+    return TrainResult("completed", step, model_path, time.perf_counter() - t_start)

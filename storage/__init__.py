@@ -1,0 +1,1 @@
+"""Storage: settings, and (with the jobs issue) the database models, sessions and migrations."""
