@@ -69,7 +69,7 @@ def from_x(prediction_type: str, z_t, x, alpha, sigma):
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
-def score(denoiser: "Denoiser", z_t, t, cond=None):
+def score(denoiser: Denoiser, z_t, t, cond=None):
     """grad log p_t(z_t) = (alpha_t D - z_t) / sigma_t^2."""
     alpha, sigma = denoiser.schedule.alpha(t), denoiser.schedule.sigma(t)
     return (_bc(alpha, z_t) * denoiser(z_t, t, cond) - z_t) / _bc(sigma**2, z_t)

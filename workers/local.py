@@ -152,3 +152,10 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
                "seconds": round(elapsed, 3), "ms_per_sample": round(1000 * elapsed / n, 3)}
     (out_dir / "sample.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def import_teacher(path: Path, name: str, data_dir: Path) -> dict:
+    """Check a local diffusers folder and register it under DATA_DIR/teachers/NAME."""
+    from core.teachers.imported import import_folder
+
+    return import_folder(path, name, data_dir)
