@@ -103,7 +103,7 @@ class TeacherInfo:
         return d
 
 
-_TOY_TRAIN = TrainConfig(iterations=4000, batch_size=512, lr=1e-3, warmup=100, ema_decay=0.999, cond_drop=0.0,
+_TOY_TRAIN = TrainConfig(iterations=8000, batch_size=512, lr=1e-3, warmup=100, ema_decay=0.999, cond_drop=0.0,
                          checkpoint_every=1000, log_every=50, preview_every=1000, preview_seeds=tuple(range(512)))
 
 BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
