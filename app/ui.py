@@ -37,9 +37,13 @@ def build_request(data_dir: Path, teacher: str, class_choice: str, seeds_text: s
         class_id = None if class_choice in (None, "", UNCONDITIONAL) else int(class_choice)
         if class_id is None and float(guidance) != 1.0:
             raise ValueError("guidance: pick a class to use guidance (w = 1 without one)")
-        if class_id is not None and not 0 <= class_id < max(info.num_classes, 1):
+        if class_id is not None and not info.num_classes:
+            raise ValueError(f"class: teacher {teacher!r} is unconditional; choose '{UNCONDITIONAL}'")
+        if class_id is not None and not 0 <= class_id < info.num_classes:
             raise ValueError(f"class: must be in [0, {info.num_classes - 1}]")
-        return SampleRequest(model=f"teacher:{teacher}", seeds=seeds, steps=int(steps), class_id=class_id,
+        if float(steps) != int(float(steps)):
+            raise ValueError(f"steps: must be a whole number, got {steps}")
+        return SampleRequest(model=f"teacher:{teacher}", seeds=seeds, steps=int(float(steps)), class_id=class_id,
                              guidance=float(guidance), sampler=sampler)
     except (TypeError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
@@ -80,8 +84,9 @@ def build_studio(data_dir: Path, pool: SamplerPool, max_samples: int = 256) -> g
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="summary")
                 gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain",
-                                     format="png", elem_id="gallery")
-                grid = gr.Image(label="Grid", type="filepath", format="png", elem_id="grid")
+                                     format="png", elem_id="gallery", buttons=["download", "fullscreen"])
+                grid = gr.Image(label="Grid", type="filepath", format="png", elem_id="grid",
+                                buttons=["download", "fullscreen"])
 
         teacher.change(lambda name: gr.Dropdown(**class_options(data_dir, name)), teacher, klass)
 

@@ -22,6 +22,8 @@ def flatten_state(state, prefix: str = "") -> tuple[dict[str, torch.Tensor], obj
 
     def walk(node, path):
         if isinstance(node, torch.Tensor):
+            if path in tensors:
+                raise ValueError(f"checkpoint: two entries map to the tensor name {path!r}; rename a key")
             # safetensors needs contiguous tensors that do not share storage.
             tensors[path] = node.detach().to("cpu").contiguous().clone()
             return {"__tensor__": path}

@@ -20,8 +20,10 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int], draws: int = 1,
     gen = torch.Generator(device="cpu")
     for i, seed in enumerate(seeds):
         gen.manual_seed(int(seed))
-        # Drawn in float64 on the CPU so the values do not depend on the target dtype or device.
-        out[:, i] = torch.randn((draws, *shape), generator=gen, dtype=torch.float64)
+        # One call per draw, in float64 on the CPU: torch's normal sampler changes algorithm with tensor size,
+        # so a single [draws, ...] call would make draw 0 depend on how many draws follow.
+        for k in range(draws):
+            out[k, i] = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
     return out.to(device=device, dtype=dtype)
 
 

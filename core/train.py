@@ -102,6 +102,8 @@ def run_training(
 
     # 2. Resume from the latest checkpoint, if any.
     start = 0
+    sums: dict[str, float] = {}
+    count = 0
     found = list_checkpoints(ckpt_dir) if resume else []
     if found:
         state, _ = load_state(found[-1][1], device=device)
@@ -110,13 +112,15 @@ def run_training(
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
         _truncate_metrics(metrics_path, start)
+        # The partial logging interval, so the first row after a resume averages the same steps.
+        sums, count = dict(state.get("log_sums") or {}), int(state.get("log_count") or 0)
     elif metrics_path.exists():
         metrics_path.unlink()
 
     def checkpoint(step: int) -> Path:
         path = save_state(checkpoint_path(ckpt_dir, step),
                           {"task": task.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                           "step": step},
+                           "step": step, "log_sums": dict(sums), "log_count": count},
                           {"spec": spec, "step": step})
         for _, old in list_checkpoints(ckpt_dir)[:-config.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -134,8 +138,6 @@ def run_training(
 
     # 3. The loop.
     t_start = time.perf_counter()
-    sums: dict[str, float] = {}
-    count = 0
     step = start
     with metrics_path.open("a") as metrics_file:
         while step < config.iterations:

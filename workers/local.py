@@ -102,8 +102,8 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
             raise ValueError(f"class: must be in [0, {info.num_classes - 1}] for {name!r}, got {request.class_id}")
     elif request.guidance != 1.0:
         raise ValueError("guidance: needs --class (guidance only applies to class-conditional sampling)")
-    out_dir = check_writable(out_dir)
     denoiser = load_teacher(name, data_dir, device)
+    out_dir = check_writable(out_dir)
     if request.guidance != 1.0:
         denoiser = CFGDenoiser(denoiser, request.guidance)
 

@@ -1,0 +1,254 @@
+"""Torch-free configs and presets of the distillation methods (METHODS.md §3-§8).
+
+One frozen dataclass per method; every field has a default and a why-comment with its provenance tag
+([paper], [code], [derived], [choice]); `__post_init__` rejects bad values naming the field. Presets are plain
+config instances keyed by name. The web app renders its forms from these, so no torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+WEIGHTINGS_MMD = ("auto", "edm", "unit", "adaptive")
+WEIGHTINGS_VSD = ("dmd", "unit", "inv-snr")
+NOISE_CANCEL = ("exact", "injected", "none")
+RENOISE = ("conditional", "marginal")
+
+
+class _Validating:
+    """Shared checks; subclasses call them from __post_init__ with their method key as prefix."""
+
+    key: ClassVar[str] = ""
+
+    def _fail(self, name: str, rule: str) -> None:
+        raise ValueError(f"{self.key}: {name} {rule}, got {getattr(self, name)!r}")
+
+    def _int_at_least(self, name: str, lo: int) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            self._fail(name, f"must be an integer >= {lo}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                self._fail(name, "must be > 0")
+
+    def _non_negative(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                self._fail(name, "must be >= 0")
+
+    def _unit_interval(self, name: str, closed_right: bool = False) -> None:
+        v = getattr(self, name)
+        ok = isinstance(v, (int, float)) and (0 <= v <= 1 if closed_right else 0 <= v < 1)
+        if not ok:
+            self._fail(name, "must be in [0, 1]" if closed_right else "must be in [0, 1)")
+
+    def _choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            self._fail(name, f"must be one of {', '.join(choices)}")
+
+    def _time_range(self, lo: str, hi: str) -> None:
+        a, b = getattr(self, lo), getattr(self, hi)
+        if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and 0 <= a < b <= 1):
+            raise ValueError(f"{self.key}: {lo} and {hi} must satisfy 0 <= {lo} < {hi} <= 1, got {a!r}, {b!r}")
+
+    def _common(self) -> None:
+        self._int_at_least("student_steps", 1)
+        self._positive("lr_gen", "grad_clip", "adam_eps")
+        self._unit_interval("beta1")
+        self._unit_interval("beta2")
+        self._non_negative("weight_decay", "guidance")
+        self._int_at_least("warmup", 0)
+        self._choice("lr_schedule", ("constant", "linear"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.key}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MMDConfig(_Validating):
+    key: ClassVar[str] = "mmd"
+    one_step_only: ClassVar[bool] = False
+    student_steps: int = 8          # why: [paper] k >= 8 is where alternating MMD is stable and strong
+    lr_gen: float = 1e-4            # why: [choice] the paper gives no LR; tiny networks, sweep 1e-5..1e-3
+    lr_aux: float = 1e-4            # why: [choice] same as the generator
+    beta1: float = 0.0              # why: [paper] Adam b1 = 0
+    beta2: float = 0.99             # why: [paper] Adam b2 = 0.99
+    adam_eps: float = 1e-12         # why: [paper]
+    weight_decay: float = 0.0       # why: [paper] none
+    warmup: int = 1000              # why: [paper] 1,000-step linear warm-up (capped at 5% of the run)
+    lr_schedule: str = "linear"     # why: [paper] linear decay to 0 after warm-up
+    grad_clip: float = 1.0          # why: [paper] grad-norm clip 1.0
+    guidance: float = 1.0           # why: [paper] w = 1 is best for FID; teacher only
+    sigma_min: float = 0.002        # why: [paper] EDM/Karras time sampling
+    sigma_max: float = 80.0         # why: [paper] EDM value, clamped to the teacher's range
+    rho: float = 7.0                # why: [paper] Karras rho
+    weighting: str = "auto"         # why: [paper] w_edm for k >= 4, flat for k <= 2 ("auto" picks)
+    sigma_data: float = 0.5         # why: [paper] EDM's data std for images in [-1, 1]; measured for toy data
+    renoise: str = "conditional"    # why: [paper] conditional re-noising beats marginal (Fig. 3); "marginal" is the ablation
+
+    def __post_init__(self):
+        self._common()
+        self._positive("lr_aux", "sigma_min", "sigma_max", "rho", "sigma_data")
+        if self.sigma_min >= self.sigma_max:
+            self._fail("sigma_min", f"must be < sigma_max ({self.sigma_max})")
+        self._choice("weighting", WEIGHTINGS_MMD)
+        self._choice("renoise", RENOISE)
+
+
+@dataclass(frozen=True)
+class MMDInstantConfig(_Validating):
+    key: ClassVar[str] = "mmd-instant"
+    one_step_only: ClassVar[bool] = False
+    student_steps: int = 8          # why: [paper] matches alternating MMD at >= 8 steps
+    lr_gen: float = 1e-4            # why: [choice] as for mmd
+    beta1: float = 0.0              # why: [paper]
+    beta2: float = 0.99             # why: [paper]
+    adam_eps: float = 1e-12         # why: [paper]
+    weight_decay: float = 0.0       # why: [paper]
+    warmup: int = 1000              # why: [paper]
+    lr_schedule: str = "linear"     # why: [paper]
+    grad_clip: float = 1.0          # why: [paper]
+    guidance: float = 1.0           # why: [paper] straight-through guidance, teacher only
+    sigma_min: float = 0.002        # why: [paper]
+    sigma_max: float = 80.0         # why: [paper]
+    rho: float = 7.0                # why: [paper]
+    weighting: str = "auto"         # why: [paper] as for mmd
+    sigma_data: float = 0.5         # why: [paper]
+    precond_batches: int = 200      # why: [choice] N_Lambda batches of the teacher's own loss estimate Adam's v
+    precond_beta2: float = 0.999    # why: [choice] Adam's default second-moment decay
+    precond_eps: float = 1e-8       # why: [choice] Adam's default epsilon
+
+    def __post_init__(self):
+        self._common()
+        self._positive("sigma_min", "sigma_max", "rho", "sigma_data", "precond_eps")
+        if self.sigma_min >= self.sigma_max:
+            self._fail("sigma_min", f"must be < sigma_max ({self.sigma_max})")
+        self._choice("weighting", WEIGHTINGS_MMD)
+        self._int_at_least("precond_batches", 1)
+        self._unit_interval("precond_beta2")
+
+
+@dataclass(frozen=True)
+class EMDConfig(_Validating):
+    key: ClassVar[str] = "emd"
+    one_step_only: ClassVar[bool] = True
+    student_steps: int = 1          # why: [paper] EMD distils a one-step generator
+    lr_gen: float = 1e-4            # why: [choice]
+    lr_aux: float = 1e-4            # why: [choice]
+    beta1: float = 0.0              # why: [choice] as MMD
+    beta2: float = 0.99             # why: [choice]
+    adam_eps: float = 1e-8          # why: [choice]
+    weight_decay: float = 0.0       # why: [choice]
+    warmup: int = 100               # why: [choice] short warm-up, constant LR
+    lr_schedule: str = "constant"   # why: [choice]
+    grad_clip: float = 1.0          # why: [choice]
+    guidance: float = 1.0           # why: [choice] teacher only
+    ttur_ratio: int = 5             # why: [choice] DMD2's TTUR finding; the paper's ratio is unconfirmed
+    langevin_steps: int = 4         # why: [choice] EMD-K; more steps improve recall at linear cost
+    gamma_eps: float = 0.1          # why: [choice] <= 0.1 keeps unadjusted Langevin close to its target
+    gamma_z: float = 0.01           # why: [choice] the xi drift scales with SNR; keep gamma_z << gamma_eps
+    noise_cancel: str = "exact"     # why: [derived] removes all injected noise from the M-step gradient
+    lambda_star: float = -6.0       # why: [paper] log-SNR the one-step generator is evaluated at
+    t_lo: float = 0.02              # why: [choice] mirrors DMD2's 2-98% range
+    t_hi: float = 0.98              # why: [choice]
+    weighting: str = "dmd"          # why: [choice] K = 1 then equals DMD's normalised gradient
+    sigma_data: float = 0.5         # why: [code] w_edm for the score network's loss
+
+    def __post_init__(self):
+        self._common()
+        self._positive("lr_aux", "gamma_eps", "sigma_data")
+        self._non_negative("gamma_z")
+        self._int_at_least("ttur_ratio", 1)
+        self._int_at_least("langevin_steps", 1)
+        self._choice("noise_cancel", NOISE_CANCEL)
+        self._choice("weighting", WEIGHTINGS_VSD)
+        self._time_range("t_lo", "t_hi")
+
+
+@dataclass(frozen=True)
+class DiffInstructConfig(_Validating):
+    key: ClassVar[str] = "diff-instruct"
+    one_step_only: ClassVar[bool] = True
+    student_steps: int = 1          # why: [paper] one-step generator
+    lr_gen: float = 1e-4            # why: [choice] EMD's defaults
+    lr_aux: float = 1e-4            # why: [choice]
+    beta1: float = 0.0              # why: [choice]
+    beta2: float = 0.99             # why: [choice]
+    adam_eps: float = 1e-8          # why: [choice]
+    weight_decay: float = 0.0       # why: [choice]
+    warmup: int = 100               # why: [choice]
+    lr_schedule: str = "constant"   # why: [choice]
+    grad_clip: float = 1.0          # why: [choice]
+    guidance: float = 1.0           # why: [choice]
+    ttur_ratio: int = 5             # why: [choice] as EMD
+    lambda_star: float = -6.0       # why: [choice] as EMD, so T7 compares like with like
+    t_lo: float = 0.02              # why: [choice]
+    t_hi: float = 0.98              # why: [choice]
+    weighting: str = "dmd"          # why: [choice]
+    sigma_data: float = 0.5         # why: [code]
+
+    def __post_init__(self):
+        self._common()
+        self._positive("lr_aux", "sigma_data")
+        self._int_at_least("ttur_ratio", 1)
+        self._choice("weighting", WEIGHTINGS_VSD)
+        self._time_range("t_lo", "t_hi")
+
+
+@dataclass(frozen=True)
+class DMD2Config(_Validating):
+    key: ClassVar[str] = "dmd2"
+    one_step_only: ClassVar[bool] = False
+    student_steps: int = 1          # why: [paper] 1 step (or N = 4 with backward simulation)
+    lr_gen: float = 1e-4            # why: [choice] paper 2e-6 at ~300M params; tiny nets take more
+    lr_aux: float = 1e-4            # why: [paper] same LR for G and the fake score
+    beta1: float = 0.9              # why: [paper] AdamW (0.9, 0.999)
+    beta2: float = 0.999            # why: [paper]
+    adam_eps: float = 1e-8          # why: [paper] AdamW default
+    weight_decay: float = 0.01      # why: [paper]
+    warmup: int = 500               # why: [paper] 500-step warm-up (capped at 5% of the run), then constant
+    lr_schedule: str = "constant"   # why: [paper]
+    grad_clip: float = 10.0         # why: [paper]
+    guidance: float = 1.0           # why: [paper] none on ImageNet; teacher only
+    ttur_ratio: int = 5             # why: [paper] r = 1 unstable, r = 10 stable but slow
+    gan: bool = True                # why: [paper] + GAN takes ImageNet FID 2.61 -> 1.51; needs real data
+    gan_weight_gen: float = 3e-3    # why: [paper] ImageNet-64 setting, relative to per-element-mean L_DM
+    gan_weight_disc: float = 1e-2   # why: [paper]
+    backward_simulation: bool = True  # why: [paper] training on noised real images is worse (Table 4)
+    one_step_t: float = 1.0         # why: [code] the generator's input level; SDXL 1-step uses t = 399/999
+    t_lo: float = 0.02              # why: [paper] DM loss over 2-98% of the steps
+    t_hi: float = 0.98              # why: [paper]
+    sigma_data: float = 0.5         # why: [code] w_edm weight of the fake-score loss
+    precision: str = "fp32"         # why: [code] fp16 diverged; bf16 allowed on GPU
+
+    def __post_init__(self):
+        self._common()
+        self._positive("lr_aux", "sigma_data")
+        self._non_negative("gan_weight_gen", "gan_weight_disc")
+        self._int_at_least("ttur_ratio", 1)
+        self._time_range("t_lo", "t_hi")
+        if not 0 < self.one_step_t <= 1:
+            self._fail("one_step_t", "must be in (0, 1]")
+        if self.precision == "fp16":
+            self._fail("precision", "must not be fp16 (DMD2 diverges in fp16; use bf16 or fp32)")
+        self._choice("precision", ("fp32", "bf16"))
+
+
+METHOD_CONFIGS: dict[str, type] = {c.key: c for c in (MMDConfig, MMDInstantConfig, EMDConfig, DiffInstructConfig, DMD2Config)}
