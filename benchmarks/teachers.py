@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
