@@ -17,7 +17,7 @@ from core.schedules import VPSchedule
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _bc(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-example float64 coefficient [B] -> broadcastable against `like`, cast once to its dtype."""
     coef = coef.to(device=like.device, dtype=like.dtype)
     return coef.reshape(coef.shape + (1,) * (like.ndim - coef.ndim))
@@ -26,26 +26,26 @@ def _bc(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # -- Parametrisation conversions (coefficients in float64, §2.2) ------------------------------------------
 
 def x_from_eps(z_t, eps, alpha, sigma):
-    return (z_t - _bc(sigma, z_t) * eps) / _bc(alpha, z_t)
+    return (z_t - bcast(sigma, z_t) * eps) / bcast(alpha, z_t)
 
 
 def eps_from_x(z_t, x, alpha, sigma):
-    return (z_t - _bc(alpha, z_t) * x) / _bc(sigma, z_t)
+    return (z_t - bcast(alpha, z_t) * x) / bcast(sigma, z_t)
 
 
 def x_from_v(z_t, v, alpha, sigma):
-    return _bc(alpha, z_t) * z_t - _bc(sigma, z_t) * v
+    return bcast(alpha, z_t) * z_t - bcast(sigma, z_t) * v
 
 
 def v_from_x(z_t, x, alpha, sigma):
     eps = eps_from_x(z_t, x, alpha, sigma)
-    return _bc(alpha, z_t) * eps - _bc(sigma, z_t) * x
+    return bcast(alpha, z_t) * eps - bcast(sigma, z_t) * x
 
 
 def x_from_flow(z_t, u, alpha, sigma):
     """Rectified flow y = (1 - tau) x + tau eps with velocity u = eps - x: tau = sigma/(alpha+sigma), y = z/(alpha+sigma)."""
     tau = sigma / (alpha + sigma)
-    return z_t / _bc(alpha + sigma, z_t) - _bc(tau, z_t) * u
+    return z_t / bcast(alpha + sigma, z_t) - bcast(tau, z_t) * u
 
 
 def to_x(prediction_type: str, z_t, out, alpha, sigma):
@@ -72,7 +72,7 @@ def from_x(prediction_type: str, z_t, x, alpha, sigma):
 def score(denoiser: Denoiser, z_t, t, cond=None):
     """grad log p_t(z_t) = (alpha_t D - z_t) / sigma_t^2."""
     alpha, sigma = denoiser.schedule.alpha(t), denoiser.schedule.sigma(t)
-    return (_bc(alpha, z_t) * denoiser(z_t, t, cond) - z_t) / _bc(sigma**2, z_t)
+    return (bcast(alpha, z_t) * denoiser(z_t, t, cond) - z_t) / bcast(sigma**2, z_t)
 
 
 # -- The interface -----------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class VEDenoiser(Denoiser):
         t = torch.as_tensor(t, dtype=torch.float64).expand(z_t.shape[0])
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)
         sigma_bar = (sigma / alpha).to(device=z_t.device, dtype=z_t.dtype)
-        return self.ve_fn(z_t / _bc(alpha, z_t), sigma_bar, self._cond_or_null(cond, z_t.shape[0], z_t.device))
+        return self.ve_fn(z_t / bcast(alpha, z_t), sigma_bar, self._cond_or_null(cond, z_t.shape[0], z_t.device))
 
 
 class CFGDenoiser(Denoiser):

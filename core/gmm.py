@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.denoisers import Denoiser, _bc
+from core.denoisers import Denoiser, bcast
 from core.schedules import VPSchedule
 
 
@@ -77,8 +77,8 @@ class GMMDenoiser(Denoiser):
     def forward(self, z_t, t, cond=None):
         t = torch.as_tensor(t, dtype=torch.float64).expand(z_t.shape[0])
         z = z_t.double()
-        alpha = _bc(self.schedule.alpha(t), z)          # [B, 1]
-        sigma = _bc(self.schedule.sigma(t), z)
+        alpha = bcast(self.schedule.alpha(t), z)          # [B, 1]
+        sigma = bcast(self.schedule.sigma(t), z)
         mu = self.mixture.means.double().to(z.device)    # [K, d]
         w2 = self.mixture.stds.double().to(z.device) ** 2  # [K]
         var = alpha**2 * w2 + sigma**2                   # [B, K]

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from core.denoisers import Denoiser, _bc, eps_from_x
-from core.posterior import posterior_coefficients, posterior_sample
+from core.denoisers import Denoiser, bcast, eps_from_x
+from core.posterior import marginal_sample, posterior_coefficients, posterior_sample
 from core.schedules import VPSchedule, time_grid
 
 Callback = Callable[[dict], None] | None
@@ -29,12 +29,12 @@ def ddim_step(schedule: VPSchedule, z_t, x0_hat, s, t, eta: float, noise) -> tor
     """One DDIM update t -> s; eta = 1 equals the ancestral posterior draw q(z_s | z_t, x0_hat)."""
     if eta == 0.0:
         eps_hat = eps_from_x(z_t, x0_hat, schedule.alpha(t), schedule.sigma(t))
-        return _bc(schedule.alpha(s), z_t) * x0_hat + _bc(schedule.sigma(s), z_t) * eps_hat
+        return bcast(schedule.alpha(s), z_t) * x0_hat + bcast(schedule.sigma(s), z_t) * eps_hat
     _, _, var = posterior_coefficients(schedule, s, t)
     stoch = eta**2 * var
     eps_hat = eps_from_x(z_t, x0_hat, schedule.alpha(t), schedule.sigma(t))
     det = (schedule.sigma(s) ** 2 - stoch).clamp_min(0.0).sqrt()
-    return _bc(schedule.alpha(s), z_t) * x0_hat + _bc(det, z_t) * eps_hat + _bc(stoch.sqrt(), z_t) * noise
+    return bcast(schedule.alpha(s), z_t) * x0_hat + bcast(det, z_t) * eps_hat + bcast(stoch.sqrt(), z_t) * noise
 
 
 @torch.no_grad()
@@ -74,7 +74,24 @@ def ancestral(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callbac
     return x0_hat
 
 
-SAMPLERS = {"ddim": ddim, "ancestral": ancestral}
+@torch.no_grad()
+def marginal(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = None):
+    """Fresh-noise re-noising z_s = alpha_s x0_hat + sigma_s eps (DMD2/LCM multistep students); returns the last x0_hat."""
+    n = timesteps.numel() - 1
+    _check(noise, timesteps, n)
+    z = noise[0]
+    x0_hat = z
+    for i in range(n):
+        t, s = timesteps[i], timesteps[i + 1]
+        x0_hat = denoiser(z, t.expand(z.shape[0]), cond)
+        if callback is not None:
+            callback({"step": i, "t": float(t), "z_t": z, "x0_hat": x0_hat})
+        if i + 1 < n:
+            z = marginal_sample(denoiser.schedule, x0_hat, s.expand(z.shape[0]), noise[i + 1])
+    return x0_hat
+
+
+SAMPLERS = {"ddim": ddim, "ancestral": ancestral, "marginal": marginal}
 
 
 def noise_draws(sampler: str, steps: int, eta: float = 0.0) -> int:
@@ -92,4 +109,4 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, cond=None, sampl
     timesteps = time_grid(denoiser.schedule, steps)
     if sampler == "ddim":
         return ddim(noise, denoiser, timesteps, cond, callback, eta=eta)
-    return ancestral(noise, denoiser, timesteps, cond, callback)
+    return SAMPLERS[sampler](noise, denoiser, timesteps, cond, callback)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from core.checkpoints import load_state
 from core.data import get_benchmark
 from core.denoisers import Denoiser, NetworkDenoiser, diffusers_denoiser
@@ -55,14 +53,3 @@ def training_meta(path: Path | None = None, name: str | None = None) -> dict:
     import json
     path = path or weights_path(name)
     return json.loads(path.with_suffix(".json").read_text()).get("meta", {})
-
-
-def parameter_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over parameter names, shapes and bytes: identifies a teacher's weights exactly."""
-    import hashlib
-    h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()

@@ -1,0 +1,117 @@
+"""Moment Matching Distillation, alternating variant (Salimans et al., "Multistep Distillation of Diffusion Models via
+Moment Matching", NeurIPS 2024, arXiv 2406.04103, Alg. 2).
+
+The student G is a k-step ancestral sampler whose prediction x~ = G(z_t) should be a sample of q(x | z_t). For
+z_s ~ q(z_s | z_t, sg x~) its conditional mean, estimated by an auxiliary denoiser A, must match the teacher's:
+  even iterations  L_A = w(s) (||sg x~ - A(z_s)||^2 + ||T_g(z_s) - A(z_s)||^2)
+  odd iterations   L_G = w(s) <x~, sg(A(z_s) - T_g(z_s))>
+Continuous s ~ Karras, t = s + delta with delta ~ U[0, 1/k]; z_s detached (METHODS.md §3).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from core.denoisers import Denoiser, bcast
+from core.losses import dmd_normaliser, inner, sum_sq
+from core.method_specs import MMDConfig
+from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
+from core.posterior import marginal_sample, posterior_sample
+from core.samplers import ancestral
+from core.schedules import time_grid
+from core.time_sampling import edm_weight, karras_t
+
+
+def mmd_weighting(config) -> str:
+    """"auto": w_edm for k >= 4, flat for k <= 2 (the EDM weight destabilises few-step training) [paper]."""
+    if config.weighting != "auto":
+        return config.weighting
+    return "edm" if config.student_steps >= 4 else "unit"
+
+
+def mmd_weight(kind: str, schedule, s, sigma_data: float, x_tilde, x_teacher) -> torch.Tensor:
+    """w(s) per example, detached, float64."""
+    if kind == "edm":
+        return edm_weight(schedule.log_snr(s), sigma_data)
+    if kind == "unit":
+        return torch.ones_like(s)
+    if kind == "adaptive":  # DMD's normaliser on the teacher's mean [choice]
+        return dmd_normaliser(x_tilde, x_teacher).double()
+    raise ValueError(f"mmd: weighting must be one of auto, edm, unit, adaptive, got {kind!r}")
+
+
+class MMD(Method):
+    key = "mmd"
+
+    def __init__(self, teacher: Denoiser, config: MMDConfig, *, total_steps: int, device="cpu",
+                 aux: Denoiser | None = None):
+        super().__init__(teacher, config, total_steps=total_steps, device=device)
+        self.student = clone_trainable(self.teacher)
+        self.aux = aux if aux is not None else clone_trainable(self.teacher)
+        self.nets = {"student": self.student, "aux": self.aux}
+        self.optims = {
+            "gen": make_optimizer(self.student.parameters(), config, config.lr_gen, total_steps),
+            "aux": make_optimizer(self.aux.parameters(), config, config.lr_aux, total_steps),
+        }
+        self.weighting = mmd_weighting(config)
+
+    def sample(self, noise, cond=None, steps=None, student=None):
+        steps = steps or self.config.student_steps
+        bank = noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
+        return ancestral(bank, student or self.student, time_grid(self.schedule, steps), cond)
+
+    def draw_times(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """s ~ Karras per example, t = min(s + delta, t_max) with delta ~ U[0, 1/k] [paper]."""
+        cfg = self.config
+        s = karras_t(b, self.schedule, cfg.sigma_min, cfg.sigma_max, cfg.rho, self.generator, self.device)
+        delta = torch.rand(b, generator=self.generator, device=self.device, dtype=torch.float64) / cfg.student_steps
+        return s, (s + delta).clamp(max=self.schedule.t_max)
+
+    def renoise(self, z_t, x_tilde, s, t, noise) -> torch.Tensor:
+        """z_s ~ q(z_s | z_t, sg x~) (conditional, the paper's choice) or q(z_s | sg x~) (the ablation), detached."""
+        x_tilde = x_tilde.detach()
+        if self.config.renoise == "conditional":
+            return posterior_sample(self.schedule, z_t, x_tilde, s, t, noise).detach()
+        return marginal_sample(self.schedule, x_tilde, s, noise).detach()
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """Randomness order: s, delta, eps (forward noise), n (re-noising)."""
+        t0 = time.perf_counter()
+        x, cond = batch["x"], batch.get("cond")
+        b = x.shape[0]
+        aux_turn = self.step % 2 == 0
+        s, t = self.draw_times(b)
+        z_t = marginal_sample(self.schedule, x, t, self.randn(x.shape))
+        with torch.set_grad_enabled(not aux_turn):
+            x_tilde = self.student(z_t, t, cond)
+        z_s = self.renoise(z_t, x_tilde, s, t, self.randn(x.shape))
+        with torch.no_grad():
+            x_teacher = self.teacher_g(z_s, s, cond)
+        w = mmd_weight(self.weighting, self.schedule, s, self.config.sigma_data, x_tilde, x_teacher).to(x.dtype)
+        metrics = self.aux_update(x_tilde, x_teacher, z_s, s, cond, w) if aux_turn else \
+            self.gen_update(x_tilde, x_teacher, z_s, s, cond, w)
+        metrics.update({"stats/x_mean": float(x_tilde.detach().mean()), "stats/x_std": float(x_tilde.detach().std()),
+                        "time/step_s": time.perf_counter() - t0})
+        self.step += 1
+        return metrics
+
+    def aux_update(self, x_tilde, x_teacher, z_s, s, cond, w) -> dict[str, float]:
+        a = self.aux(z_s, s, cond)
+        # At the optimum A predicts the average of the student's and the teacher's conditional means.
+        loss = (w * (sum_sq(x_tilde.detach() - a) + sum_sq(x_teacher - a))).mean()
+        opt, sched = self.optims["aux"]
+        lr = sched.get_last_lr()[0]
+        norm = optimizer_step(loss, opt, sched, list(self.aux.parameters()), self.config.grad_clip)
+        return {"loss/aux": loss.item(), "grad_norm/aux": norm, "lr/aux": lr}
+
+    def gen_update(self, x_tilde, x_teacher, z_s, s, cond, w) -> dict[str, float]:
+        with torch.no_grad():
+            moment_gap = self.aux(z_s, s, cond) - x_teacher
+        loss = (w * inner(x_tilde, moment_gap)).mean()
+        opt, sched = self.optims["gen"]
+        lr = sched.get_last_lr()[0]
+        norm = optimizer_step(loss, opt, sched, list(self.student.parameters()), self.config.grad_clip)
+        return {"loss/gen": loss.item(), "grad_norm/gen": norm, "lr/gen": lr,
+                "mmd/moment_gap": float(bcast(w.sqrt(), moment_gap).mul(moment_gap).flatten(1).norm(dim=1).mean())}
