@@ -1,9 +1,10 @@
-"""Per-example time samplers (METHODS.md §2.5). All return float64 t of shape [n]."""
+"""Per-example time samplers and loss weights (METHODS.md §2.5). Samplers return float64 t of shape [n]."""
 
 from __future__ import annotations
 
 import torch
 
+from core.losses import dmd_normaliser
 from core.schedules import VPSchedule
 
 
@@ -29,3 +30,21 @@ def karras_t(n: int, schedule: VPSchedule, sigma_min: float, sigma_max: float, r
 def edm_weight(log_snr: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """w_edm(lambda) = (sigma_bar^2 + sigma_d^2) / (sigma_bar sigma_d)^2 = e^lambda + 1/sigma_d^2, in float64."""
     return torch.exp(log_snr.double()) + 1.0 / sigma_data**2
+
+
+def mmd_weighting(config) -> str:
+    """"auto": w_edm for k >= 4, flat for k <= 2 (the EDM weight destabilises few-step training) [paper]."""
+    if config.weighting != "auto":
+        return config.weighting
+    return "edm" if config.student_steps >= 4 else "unit"
+
+
+def mmd_weight(kind: str, schedule, s, sigma_data: float, x_tilde, x_teacher) -> torch.Tensor:
+    """w(s) per example, detached, float64."""
+    if kind == "edm":
+        return edm_weight(schedule.log_snr(s), sigma_data)
+    if kind == "unit":
+        return torch.ones_like(s)
+    if kind == "adaptive":  # DMD's normaliser on the teacher's mean [choice]
+        return dmd_normaliser(x_tilde, x_teacher).double()
+    raise ValueError(f"mmd: weighting must be one of auto, edm, unit, adaptive, got {kind!r}")

@@ -15,31 +15,13 @@ import time
 import torch
 
 from core.denoisers import Denoiser, bcast
-from core.losses import dmd_normaliser, inner, sum_sq
+from core.losses import inner, sum_sq
 from core.method_specs import MMDConfig
 from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
 from core.posterior import marginal_sample, posterior_sample
 from core.samplers import ancestral
 from core.schedules import time_grid
-from core.time_sampling import edm_weight, karras_t
-
-
-def mmd_weighting(config) -> str:
-    """"auto": w_edm for k >= 4, flat for k <= 2 (the EDM weight destabilises few-step training) [paper]."""
-    if config.weighting != "auto":
-        return config.weighting
-    return "edm" if config.student_steps >= 4 else "unit"
-
-
-def mmd_weight(kind: str, schedule, s, sigma_data: float, x_tilde, x_teacher) -> torch.Tensor:
-    """w(s) per example, detached, float64."""
-    if kind == "edm":
-        return edm_weight(schedule.log_snr(s), sigma_data)
-    if kind == "unit":
-        return torch.ones_like(s)
-    if kind == "adaptive":  # DMD's normaliser on the teacher's mean [choice]
-        return dmd_normaliser(x_tilde, x_teacher).double()
-    raise ValueError(f"mmd: weighting must be one of auto, edm, unit, adaptive, got {kind!r}")
+from core.time_sampling import karras_t, mmd_weight, mmd_weighting
 
 
 class MMD(Method):
