@@ -127,10 +127,10 @@ def teachers_import(
 @app.command("sample")
 @cli_errors
 def sample_cmd(
-    model: str = typer.Option(..., help="Model reference, e.g. teacher:digits."),
+    model: str = typer.Option(..., help="teacher:NAME, or a student folder written by `distill`."),
     n: int = typer.Option(16, min=1, max=100_000, help="Number of samples (seeds SEED .. SEED+N-1)."),
     seed: int = typer.Option(0, min=0, help="First seed."),
-    steps: int = typer.Option(50, min=1, max=1000, help="Sampler steps."),
+    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps (teachers: 50; students: their own)."),
     class_id: int = typer.Option(None, "--class", min=0, help="Class to sample (class-conditional teachers)."),
     guidance: float = typer.Option(1.0, help="CFG weight w (1 = plain conditional)."),
     sampler: str = typer.Option("ddim", help=f"One of {', '.join(SAMPLER_NAMES)}."),
@@ -141,7 +141,8 @@ def sample_cmd(
     """Sample a model at fixed seeds: a PNG per sample plus a labelled grid (2-D: samples.npy + scatter.png)."""
     from workers.local import sample_model
 
-    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps, class_id=class_id,
+    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps or native_steps(model),
+                            class_id=class_id,
                             guidance=guidance, sampler=sampler, eta=eta)
     bar = _Bar("sample", enabled=not as_json)
     try:
@@ -151,6 +152,48 @@ def sample_cmd(
         bar.close()
     _emit(as_json, summary, f"{summary['n']} samples, NFE {summary['nfe']}, "
           f"{summary['ms_per_sample']} ms/sample -> {summary['grid']}")
+
+
+def native_steps(model: str) -> int:
+    """A teacher's default step count (50), or the step count a student was distilled for."""
+    if model.startswith("teacher:"):
+        return 50
+    spec_path = Path(model) / "student.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"model: {model!r} is neither teacher:NAME nor a student folder (no student.json)")
+    return int(json.loads(spec_path.read_text())["config"]["student_steps"])
+
+
+# -- distill -------------------------------------------------------------------------------------------------
+
+@app.command("distill")
+@cli_errors
+def distill_cmd(
+    teacher: str = typer.Option(..., help="Teacher name (see `teachers list`)."),
+    method: str = typer.Option(..., help="mmd, mmd-instant, emd, diff-instruct or dmd2."),
+    student_steps: int = typer.Option(None, "--student-steps", help="Student sampling steps (default: the preset's)."),
+    iterations: int = typer.Option(2000, min=1, help="Training iterations."),
+    preset: str = typer.Option("default", help="Named config preset (e.g. toy2d, digits, no-gan)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config field: KEY=VALUE (repeatable)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Batch size (default 512 for 2-D, 64 for images)."),
+    seed: int = typer.Option(0, min=0, help="Run seed."),
+    out: Path = typer.Option(..., help="Output folder (re-running resumes an interrupted run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Distil a teacher into a few-step student in the foreground (progress bar, metrics.jsonl, previews)."""
+    from core.method_specs import build_method_config
+    from workers.local import distill
+
+    build_method_config(method, preset=preset, student_steps=student_steps, sets=set_ or ())  # fail fast
+    bar = _Bar(f"{method} {teacher}", enabled=not as_json)
+    try:
+        result = distill(teacher, method, out, preset=preset, student_steps=student_steps, sets=set_ or (),
+                         iterations=iterations, batch_size=batch_size, seed=seed, data_dir=get_settings().data_dir,
+                         device=get_settings().device, progress=bar)
+    finally:
+        bar.close()
+    _emit(as_json, result, f"{result['status']} after {result['step']} steps ({result['cpu_minutes']} CPU min); "
+          f"student: {result['out_dir']}")
 
 
 # -- the studio ----------------------------------------------------------------------------------------------

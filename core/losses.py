@@ -21,15 +21,16 @@ def sum_sq(a: torch.Tensor) -> torch.Tensor:
 
 
 def dmd_normaliser(x: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
-    """DMD's adaptive weight 1 / mean|x - D_T(z_t)| per example, detached, in at least float32 [paper, DMD eq. 8]."""
-    return 1.0 / (x.detach().float() - x_real.detach().float()).abs().flatten(1).mean(1)
+    """DMD's adaptive weight 1 / mean|x - D_T(z_t)| per example, detached, in float32 or wider [paper, DMD eq. 8]."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return 1.0 / (x.detach().to(dtype) - x_real.detach().to(dtype)).abs().flatten(1).mean(1)
 
 
 def dmd_gradient(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, int]:
     """g = (x_fake - x_real) / mean|x - x_real| per example; NaN/inf entries become 0 and are counted [code]."""
     assert x.shape == x_real.shape == x_fake.shape, "dmd_gradient: x, x_real and x_fake must have one shape"
     norm = dmd_normaliser(x, x_real)
-    g = (x_fake.float() - x_real.float()) * norm.reshape(-1, *([1] * (x.ndim - 1)))
+    g = (x_fake.to(norm.dtype) - x_real.to(norm.dtype)) * norm.reshape(-1, *([1] * (x.ndim - 1)))
     bad = ~torch.isfinite(g)
     count = int(bad.sum())
     return torch.where(bad, torch.zeros_like(g), g), count
@@ -38,7 +39,7 @@ def dmd_gradient(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) ->
 def dm_loss(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """L_DM = 1/2 mean((x - sg(x - g))^2) over all elements, so dL/dx = g / numel [code]."""
     assert x.shape == g.shape, f"dm_loss: shapes {tuple(x.shape)} and {tuple(g.shape)} differ"
-    target = (x.detach().float() - g).to(x.dtype)
+    target = (x.detach().to(torch.promote_types(x.dtype, g.dtype)) - g).to(x.dtype)  # float64 x must not round via fp32
     return 0.5 * F.mse_loss(x, target, reduction="mean")
 
 

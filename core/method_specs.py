@@ -252,3 +252,74 @@ class DMD2Config(_Validating):
 
 
 METHOD_CONFIGS: dict[str, type] = {c.key: c for c in (MMDConfig, MMDInstantConfig, EMDConfig, DiffInstructConfig, DMD2Config)}
+
+
+# -- Presets ---------------------------------------------------------------------------------------------------
+# Tiny-CPU defaults per benchmark ([choice], METHODS.md §8) and the paper ablations as named variants.
+# sigma_data is the measured data std: 1.42 for both toy2d mixtures, 0.64 for 16x16 digits in [-1, 1].
+_TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}
+_DIGITS = {"sigma_data": 0.64}
+
+
+def _presets(cls, extra: dict[str, dict]) -> dict[str, Any]:
+    base = {"default": {}, "toy2d": _TOY, "digits": _DIGITS}
+    out = {}
+    for name, changes in {**base, **extra}.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        out[name] = cls(**{k: v for k, v in changes.items() if k in fields})
+    return out
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mmd": _presets(MMDConfig, {"marginal-renoise": {"renoise": "marginal"}}),
+    "mmd-instant": _presets(MMDInstantConfig, {"toy2d": {k: v for k, v in _TOY.items() if k != "lr_aux"}}),
+    "emd": _presets(EMDConfig, {"no-cancel": {"noise_cancel": "none"}, "k1": {"langevin_steps": 1},
+                                "k8": {"langevin_steps": 8}}),
+    "diff-instruct": _presets(DiffInstructConfig, {}),
+    "dmd2": _presets(DMD2Config, {"no-ttur": {"ttur_ratio": 1}, "no-gan": {"gan": False},
+                                  "no-backsim": {"student_steps": 4, "backward_simulation": False},
+                                  "4-step": {"student_steps": 4}}),
+}
+
+
+def _parse_value(cls, key: str, raw: str):
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    kind = types[key]
+    try:
+        if kind in ("bool", bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if kind in ("int", int):
+            return int(raw)
+        if kind in ("float", float):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{cls.key}: {key} expects a {kind} value, got {raw!r}") from None
+
+
+def build_method_config(method: str, *, preset: str = "default", student_steps: int | None = None,
+                        sets: list[str] | tuple[str, ...] = ()):
+    """Method config from a preset, --student-steps and KEY=VALUE overrides; errors name the field."""
+    if method not in METHOD_CONFIGS:
+        raise ValueError(f"method: unknown method {method!r} (known: {', '.join(METHOD_CONFIGS)})")
+    cls = METHOD_CONFIGS[method]
+    if preset not in PRESETS[method]:
+        raise ValueError(f"preset: unknown preset {preset!r} for {method} (known: {', '.join(PRESETS[method])})")
+    changes: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for item in sets:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"set: {item!r} is not KEY=VALUE")
+        if key not in fields:
+            raise ValueError(f"set: unknown key {key!r} for {method} (known: {', '.join(sorted(fields))})")
+        changes[key] = _parse_value(cls, key, raw.strip())
+    if student_steps is not None:
+        changes["student_steps"] = student_steps
+    config = dataclasses.replace(PRESETS[method][preset], **changes)
+    if cls.one_step_only and config.student_steps != 1:
+        raise ValueError(f"student_steps: {method} is a one-step method; it supports only 1, got {config.student_steps}")
+    return config

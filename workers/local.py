@@ -90,22 +90,58 @@ def _labels(request: SampleRequest, cond: torch.Tensor | None) -> list[str]:
     return [f"s{s} c{int(c)}" for s, c in zip(request.seeds, cond)]
 
 
-def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None = None, device: str = "cpu",
-                 batch_size: int = 256, progress=None) -> dict:
-    """Sample a model at fixed seeds and write PNGs + a labelled grid (images) or samples.npy + scatter (2-D)."""
+def _teacher_sampler(request: SampleRequest, data_dir, device):
+    """(info, run(noise_bank, cond), draws, NFE, title) for a teacher reference."""
     name = parse_model_ref(request.model)
     info = get_teacher_info(name, data_dir)
-    if request.class_id is not None:
-        if not info.num_classes:
-            raise ValueError(f"class: teacher {name!r} is unconditional; leave --class out")
-        if not 0 <= request.class_id < info.num_classes:
-            raise ValueError(f"class: must be in [0, {info.num_classes - 1}] for {name!r}, got {request.class_id}")
-    elif request.guidance != 1.0:
+    if request.class_id is None and request.guidance != 1.0:
         raise ValueError("guidance: needs --class (guidance only applies to class-conditional sampling)")
+    _check_class(request, info.num_classes, name)
     denoiser = load_teacher(name, data_dir, device)
-    out_dir = check_writable(out_dir)
     if request.guidance != 1.0:
         denoiser = CFGDenoiser(denoiser, request.guidance)
+    nfe = request.steps * nfe_per_call(denoiser, conditional=request.class_id is not None)
+    title = f"teacher:{name} · {request.sampler} {request.steps} steps · NFE {nfe}"
+
+    def run(noise, cond):
+        return sample(denoiser, noise, request.steps, cond, request.sampler, request.eta)
+
+    return info, run, noise_draws(request.sampler, request.steps, request.eta), nfe, title
+
+
+def _student_sampler(request: SampleRequest, data_dir, device):
+    """The same for a student folder: its method's own sampler, unguided, at request.steps."""
+    task, spec = load_student(Path(request.model), data_dir, device)
+    info = get_teacher_info(spec["teacher"], data_dir)
+    if request.guidance != 1.0:
+        raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
+    _check_class(request, info.num_classes, spec["teacher"])
+    if getattr(task.config, "one_step_only", False) and request.steps != 1:
+        raise ValueError(f"steps: {spec['method']} is a one-step generator; use --steps 1")
+    title = f"{spec['method']} student of {spec['teacher']} · {request.steps} steps · NFE {request.steps}"
+
+    def run(noise, cond):
+        return task.sample(noise, cond, request.steps)
+
+    return info, run, task.noise_draws(request.steps), request.steps, title
+
+
+def _check_class(request: SampleRequest, num_classes: int, name: str) -> None:
+    if request.class_id is None:
+        return
+    if not num_classes:
+        raise ValueError(f"class: {name!r} is unconditional; leave --class out")
+    if not 0 <= request.class_id < num_classes:
+        raise ValueError(f"class: must be in [0, {num_classes - 1}] for {name!r}, got {request.class_id}")
+
+
+def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None = None, device: str = "cpu",
+                 batch_size: int = 256, progress=None) -> dict:
+    """Sample a teacher or a student folder at fixed seeds; write PNGs + a labelled grid (images) or
+    samples.npy + scatter (2-D)."""
+    is_teacher = request.model.startswith("teacher:")
+    info, run, draws, nfe, title = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
+    out_dir = check_writable(out_dir)
 
     # Class ids: the requested class for every sample, else the null class (unconditional).
     n = len(request.seeds)
@@ -113,20 +149,17 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     if info.num_classes:
         cls = info.num_classes if request.class_id is None else request.class_id
         cond = torch.full((n,), cls, dtype=torch.long, device=device)
-    draws = noise_draws(request.sampler, request.steps, request.eta)
     chunks = []
     t0 = time.perf_counter()
     for lo in range(0, n, batch_size):
         seeds = request.seeds[lo:lo + batch_size]
         noise = seeded_noise(seeds, info.data_shape, draws, device=device)
-        chunks.append(sample(denoiser, noise, request.steps, None if cond is None else cond[lo:lo + batch_size],
-                             request.sampler, request.eta).cpu())
+        with torch.no_grad():
+            chunks.append(run(noise, None if cond is None else cond[lo:lo + batch_size]).cpu())
         if progress:
             progress(min(lo + batch_size, n), n)
     x = torch.cat(chunks)
     elapsed = time.perf_counter() - t0
-    nfe = request.steps * nfe_per_call(denoiser, conditional=request.class_id is not None)
-    title = f"teacher:{name} · {request.sampler} {request.steps} steps · NFE {nfe}"
     if request.class_id is not None:
         title += f" · class {request.class_id}" + (f" · w={request.guidance:g}" if request.guidance != 1.0 else "")
 
@@ -146,10 +179,11 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
             ref = bench.mixture.sample(min(2048, max(n, 256)), torch.Generator().manual_seed(12345)).numpy()
         grid_path = out_dir / "scatter.png"
         scatter_image(x.double().numpy(), title=title, reference=ref).save(grid_path)
-    summary = {"model": request.model, "n": n, "steps": request.steps, "nfe": nfe, "sampler": request.sampler,
-               "class": request.class_id, "guidance": request.guidance, "seeds": list(request.seeds),
-               "out_dir": str(out_dir), "grid": str(grid_path), "files": len(files),
-               "seconds": round(elapsed, 3), "ms_per_sample": round(1000 * elapsed / n, 3)}
+    summary = {"model": request.model, "n": n, "steps": request.steps, "nfe": nfe,
+               "sampler": request.sampler if is_teacher else "student", "class": request.class_id,
+               "guidance": request.guidance, "seeds": list(request.seeds), "out_dir": str(out_dir),
+               "grid": str(grid_path), "files": len(files), "seconds": round(elapsed, 3),
+               "ms_per_sample": round(1000 * elapsed / n, 3)}
     (out_dir / "sample.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -159,3 +193,82 @@ def import_teacher(path: Path, name: str, data_dir: Path) -> dict:
     from core.teachers.imported import import_folder
 
     return import_folder(path, name, data_dir)
+
+
+def _distill_batches(info):
+    """sample_batch for the loop: the teacher's benchmark data, or (imported teachers) batch size + null class."""
+    if info.benchmark != "imported":
+        return get_benchmark(info.benchmark).sample_batch, True
+
+    def sizes_only(batch_size: int, generator: torch.Generator) -> dict:
+        return {"size": torch.tensor(batch_size)}
+
+    return sizes_only, False
+
+
+def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default", student_steps: int | None = None,
+            sets=(), iterations: int = 2000, batch_size: int | None = None, seed: int = 0,
+            data_dir: Path | None = None, device: str = "cpu", progress=None) -> dict:
+    """Distil `teacher` with `method` in the foreground through the one training loop."""
+    from core.method_specs import build_method_config
+    from core.methods import METHODS
+    from core.specs import TrainConfig
+    from core.train import run_training
+
+    # 1. Validate everything before any work.
+    info = get_teacher_info(teacher, data_dir)
+    config = build_method_config(method, preset=preset, student_steps=student_steps, sets=sets)
+    needs_data = method in ("mmd", "mmd-instant") or (method == "dmd2" and (config.gan or not config.backward_simulation))
+    sample_batch, has_data = _distill_batches(info)
+    if needs_data and not has_data:
+        raise ValueError(f"method: {method} with these settings needs training data; teacher {teacher!r} has none "
+                         "(use a data-free method or dmd2 with gan=false)")
+    if info.kind == "analytic":
+        raise ValueError(f"teacher: {teacher!r} is analytic and has no network to copy; use a network teacher "
+                         f"such as {info.benchmark}")
+    batch = batch_size or (512 if not info.is_image else 64)
+    train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
+                        checkpoint_every=max(1, min(500, iterations // 4)), log_every=max(1, min(25, iterations // 20)),
+                        preview_every=max(1, min(500, iterations // 4)),
+                        preview_seeds=tuple(range(512 if not info.is_image else 32)))
+    out_dir = check_writable(out_dir)
+
+    # 2. Build the method from the teacher and run the loop.
+    torch.manual_seed(seed)
+    cls = METHODS[method]
+    kwargs = {"has_data": has_data} if method == "dmd2" else {}
+    task = cls(load_teacher(teacher, data_dir, device), config, total_steps=iterations, device=device, **kwargs)
+    spec = {"name": f"{method}-{teacher}", "kind": "student", "teacher": teacher, "method": method, "preset": preset,
+            "config": config.to_dict(), "train": train.to_dict(), "seed": seed,
+            "teacher_hash": task.teacher_hash}
+    cpu0 = time.process_time()
+    result = run_training(task, sample_batch, train, out_dir=out_dir, spec=spec, device=device,
+                          on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
+    (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
+    return {"status": result.status, "step": result.step, "out_dir": str(out_dir),
+            "model": str(result.model_path) if result.model_path else None, "method": method, "teacher": teacher,
+            "student_steps": config.student_steps, "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
+            "wall_minutes": round(result.elapsed_s / 60, 2)}
+
+
+def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu"):
+    """(method object holding the trained student, spec) from a distill output folder."""
+    from core.checkpoints import load_state
+    from core.method_specs import METHOD_CONFIGS
+    from core.methods import METHODS
+
+    folder = Path(folder)
+    if not (folder / "model.safetensors").is_file() or not (folder / "student.json").is_file():
+        raise FileNotFoundError(f"model: {folder} is not a finished student folder (model.safetensors and "
+                                "student.json missing)")
+    spec = json.loads((folder / "student.json").read_text())
+    config = METHOD_CONFIGS[spec["method"]].from_dict(spec["config"])
+    kwargs = {"has_data": True} if spec["method"] == "dmd2" else {}
+    task = METHODS[spec["method"]](load_teacher(spec["teacher"], data_dir, device), config,
+                                   total_steps=spec["train"]["iterations"], device=device, **kwargs)
+    if task.teacher_hash != spec["teacher_hash"]:
+        raise ValueError(f"model: teacher {spec['teacher']!r} has changed since this student was distilled")
+    state, _ = load_state(folder / "model.safetensors", device=device)
+    task.student.load_state_dict(state)
+    task.student.eval()
+    return task, spec

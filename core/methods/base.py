@@ -78,6 +78,8 @@ class Method:
         # Guidance touches the teacher only, in every method (§2.4).
         self.teacher_g = CFGDenoiser(self.teacher, config.guidance) if config.guidance != 1.0 else self.teacher
         self.teacher_hash = parameter_hash(self.teacher)
+        # Noise in the networks' dtype: float32 normally, float64 when tests run a float64 teacher.
+        self.dtype = next(self.teacher.parameters(), torch.empty(0)).dtype
         self.generator = torch.Generator(device=self.device)
         self.step = 0
         self.nets: dict[str, nn.Module] = {}
@@ -88,8 +90,8 @@ class Method:
     def schedule(self):
         return self.teacher.schedule
 
-    def randn(self, shape, dtype=torch.float32) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=self.generator, device=self.device, dtype=dtype)
+    def randn(self, shape) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, device=self.device, dtype=self.dtype)
 
     def batch_size_and_cond(self, batch: dict) -> tuple[int, torch.Tensor | None]:
         cond = batch.get("cond")

@@ -42,10 +42,10 @@ class DMD2(Method):
         if config.gan:
             self.tap = FeatureTap(bottleneck(self.fake))
             with torch.no_grad():
-                z = torch.zeros((1, *self.teacher.data_shape), device=self.device)
+                z = torch.zeros((1, *self.teacher.data_shape), device=self.device, dtype=self.dtype)
                 feats = self.tap.encode(self.fake, z, torch.full((1,), 0.5, dtype=torch.float64),
                                         self.teacher.null_cond(1, self.device))
-            self.head = build_head(tuple(feats.shape[1:])).to(self.device)
+            self.head = build_head(tuple(feats.shape[1:])).to(device=self.device, dtype=self.dtype)
             self.nets["head"] = self.head
             fake_params += list(self.head.parameters())
         self.fake_params = fake_params
