@@ -259,8 +259,8 @@ def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu"
 
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file() or not (folder / "student.json").is_file():
-        raise FileNotFoundError(f"model: {folder} is not a finished student folder (model.safetensors and "
-                                "student.json missing)")
+        raise FileNotFoundError(f"model: {str(folder)!r} is neither teacher:NAME nor a finished student folder "
+                                "(model.safetensors and student.json)")
     spec = json.loads((folder / "student.json").read_text())
     config = METHOD_CONFIGS[spec["method"]].from_dict(spec["config"])
     kwargs = {"has_data": True} if spec["method"] == "dmd2" else {}
