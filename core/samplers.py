@@ -56,39 +56,34 @@ def ddim(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = N
     return x0_hat
 
 
-@torch.no_grad()
-def ancestral(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = None):
-    """Ancestral sampling: z_s ~ q(z_s | z_t, x0_hat) (conditional re-noising, §2.3); returns the last x0_hat."""
+def _renoising(noise, denoiser: Denoiser, timesteps, cond, callback: Callback, renoise) -> torch.Tensor:
+    """The multistep loop of ancestral-type samplers: x0_hat = D(z_t, t); z_s = renoise(z_t, x0_hat, s, t, n)."""
     n = timesteps.numel() - 1
     _check(noise, timesteps, n)
     z = noise[0]
     x0_hat = z
     for i in range(n):
-        t, s = timesteps[i], timesteps[i + 1]
-        tb = t.expand(z.shape[0])
-        x0_hat = denoiser(z, tb, cond)
+        t, s = timesteps[i].expand(z.shape[0]), timesteps[i + 1].expand(z.shape[0])
+        x0_hat = denoiser(z, t, cond)
         if callback is not None:
-            callback({"step": i, "t": float(t), "z_t": z, "x0_hat": x0_hat})
+            callback({"step": i, "t": float(timesteps[i]), "z_t": z, "x0_hat": x0_hat})
         if i + 1 < n:
-            z = posterior_sample(denoiser.schedule, z, x0_hat, s.expand(z.shape[0]), tb, noise[i + 1])
+            z = renoise(z, x0_hat, s, t, noise[i + 1])
     return x0_hat
+
+
+@torch.no_grad()
+def ancestral(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = None):
+    """Ancestral sampling: z_s ~ q(z_s | z_t, x0_hat) (conditional re-noising, §2.3); returns the last x0_hat."""
+    return _renoising(noise, denoiser, timesteps, cond, callback,
+                      lambda z, x0, s, t, eps: posterior_sample(denoiser.schedule, z, x0, s, t, eps))
 
 
 @torch.no_grad()
 def marginal(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = None):
     """Fresh-noise re-noising z_s = alpha_s x0_hat + sigma_s eps (DMD2/LCM multistep students); returns the last x0_hat."""
-    n = timesteps.numel() - 1
-    _check(noise, timesteps, n)
-    z = noise[0]
-    x0_hat = z
-    for i in range(n):
-        t, s = timesteps[i], timesteps[i + 1]
-        x0_hat = denoiser(z, t.expand(z.shape[0]), cond)
-        if callback is not None:
-            callback({"step": i, "t": float(t), "z_t": z, "x0_hat": x0_hat})
-        if i + 1 < n:
-            z = marginal_sample(denoiser.schedule, x0_hat, s.expand(z.shape[0]), noise[i + 1])
-    return x0_hat
+    return _renoising(noise, denoiser, timesteps, cond, callback,
+                      lambda z, x0, s, t, eps: marginal_sample(denoiser.schedule, x0, s, eps))
 
 
 SAMPLERS = {"ddim": ddim, "ancestral": ancestral, "marginal": marginal}

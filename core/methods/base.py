@@ -8,6 +8,7 @@ re-seeds every step. Subclasses define `train_step(batch)` and `sample(noise, co
 from __future__ import annotations
 
 import copy
+import time
 from typing import ClassVar
 
 import torch
@@ -18,6 +19,8 @@ from core.losses import fake_score_loss
 from core.nets import parameter_hash
 from core.noise import seeded_noise
 from core.posterior import marginal_sample
+from core.samplers import ancestral
+from core.schedules import time_grid
 from core.time_sampling import edm_weight, uniform_t
 
 
@@ -86,6 +89,22 @@ class Method:
         self.optims: dict[str, tuple] = {}
 
     # -- helpers for subclasses ----------------------------------------------------------------------------
+    def init_student_and_aux(self, aux: Denoiser | None) -> None:
+        """G and A as trainable copies of T (A may be injected by tests), each with its own Adam and schedule."""
+        self.student = clone_trainable(self.teacher)
+        self.aux = aux if aux is not None else clone_trainable(self.teacher)
+        self.nets = {"student": self.student, "aux": self.aux}
+        self.optims = {
+            "gen": make_optimizer(self.student.parameters(), self.config, self.config.lr_gen, self.total_steps),
+            "aux": make_optimizer(self.aux.parameters(), self.config, self.config.lr_aux, self.total_steps),
+        }
+
+    def ancestral_sample(self, noise, cond, steps, student) -> torch.Tensor:
+        """The k-step MMD sampler: conditional re-noising on the uniform grid t_i = 1 - i/k [paper, Alg. 1]."""
+        steps = steps or self.config.student_steps
+        bank = noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
+        return ancestral(bank, student or self.student, time_grid(self.schedule, steps), cond)
+
     @property
     def schedule(self):
         return self.teacher.schedule
@@ -168,13 +187,7 @@ class OneStepMethod(Method):
         super().__init__(teacher, config, total_steps=total_steps, device=device)
         if config.student_steps != 1:
             raise ValueError(f"{self.key}: student_steps must be 1 (a one-step method), got {config.student_steps}")
-        self.student = clone_trainable(self.teacher)
-        self.aux = aux if aux is not None else clone_trainable(self.teacher)
-        self.nets = {"student": self.student, "aux": self.aux}
-        self.optims = {
-            "gen": make_optimizer(self.student.parameters(), config, config.lr_gen, total_steps),
-            "aux": make_optimizer(self.aux.parameters(), config, config.lr_aux, total_steps),
-        }
+        self.init_student_and_aux(aux)
         self.t_gen = self.schedule.t_from_log_snr(torch.tensor(config.lambda_star, dtype=torch.float64)).clamp(
             max=self.schedule.t_max)
 
@@ -208,3 +221,30 @@ class OneStepMethod(Method):
         lr = sched.get_last_lr()[0]
         norm = optimizer_step(loss, opt, sched, list(self.student.parameters()), self.config.grad_clip)
         return {"loss/gen": loss.item(), "grad_norm/gen": norm, "lr/gen": lr}
+
+    def generator_turn(self, xi, t, eps0, cond) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(L_G, x = G(.) with grad, method metrics) for one generator update; defined by each method."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """TTUR: a generator update every `ttur_ratio`-th iteration, A on detached samples every iteration.
+
+        Randomness order: xi; on generator turns t and eps_0 (then the method's own draws); then A's t and noise.
+        """
+        t0 = time.perf_counter()
+        b, cond = self.batch_size_and_cond(batch)
+        xi = self.randn((b, *self.teacher.data_shape))
+        metrics: dict[str, float] = {}
+        if self.step % self.config.ttur_ratio == 0:
+            t = uniform_t(b, self.config.t_lo, self.config.t_hi, self.generator, self.device)
+            loss, x, extra = self.generator_turn(xi, t, self.randn(xi.shape), cond)
+            metrics.update(self.gen_update(loss))
+            metrics.update(extra)
+        else:
+            with torch.no_grad():
+                x = self.generate(xi, cond)
+        metrics.update(self.aux_update(x.detach(), cond))
+        metrics.update({"stats/x_mean": float(x.detach().mean()), "stats/x_std": float(x.detach().std()),
+                        "time/step_s": time.perf_counter() - t0})
+        self.step += 1
+        return metrics

@@ -8,15 +8,12 @@ directly, so that the test of that identity compares two independent code paths.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from core.denoisers import bcast
 from core.losses import inner, vsd_weight
 from core.method_specs import DiffInstructConfig
 from core.methods.base import OneStepMethod
-from core.time_sampling import uniform_t
 
 
 class DiffInstruct(OneStepMethod):
@@ -37,21 +34,6 @@ class DiffInstruct(OneStepMethod):
         loss = (w.to(x.dtype) * inner(x, (x_fake - x_real).to(x.dtype))).mean()
         return loss, x
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        """Randomness order: xi, then (generator turns) t and eps, then A's t and noise."""
-        t0 = time.perf_counter()
-        b, cond = self.batch_size_and_cond(batch)
-        xi = self.randn((b, *self.teacher.data_shape))
-        metrics: dict[str, float] = {}
-        if self.step % self.config.ttur_ratio == 0:
-            t = uniform_t(b, self.config.t_lo, self.config.t_hi, self.generator, self.device)
-            loss, x = self.generator_loss(xi, self.randn(xi.shape), t, cond)
-            metrics.update(self.gen_update(loss))
-        else:
-            with torch.no_grad():
-                x = self.generate(xi, cond)
-        metrics.update(self.aux_update(x.detach(), cond))
-        metrics.update({"stats/x_mean": float(x.detach().mean()), "stats/x_std": float(x.detach().std()),
-                        "time/step_s": time.perf_counter() - t0})
-        self.step += 1
-        return metrics
+    def generator_turn(self, xi, t, eps0, cond):
+        loss, x = self.generator_loss(xi, eps0, t, cond)
+        return loss, x, {}

@@ -12,7 +12,6 @@ No reference code exists; every numeric default is [choice] and covered by the t
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ from core.denoisers import bcast
 from core.losses import inner, vsd_weight
 from core.method_specs import EMDConfig
 from core.methods.base import OneStepMethod
-from core.time_sampling import uniform_t
 
 
 @dataclass
@@ -100,24 +98,8 @@ class EMD(OneStepMethod):
         loss = -(coef.to(x.dtype) * inner(x, e_tilde.to(x.dtype))).mean()
         return loss, x, e_tilde
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        """Randomness order: xi; on generator turns t, eps_0 and the Langevin noise; then A's t and noise."""
-        t0 = time.perf_counter()
-        b, cond = self.batch_size_and_cond(batch)
-        xi = self.randn((b, *self.teacher.data_shape))
-        metrics: dict[str, float] = {}
-        if self.step % self.config.ttur_ratio == 0:
-            t = uniform_t(b, self.config.t_lo, self.config.t_hi, self.generator, self.device)
-            chain = self.e_step(xi, self.randn(xi.shape), t, cond)
-            loss, x, e_tilde = self.generator_loss(chain, t, cond)
-            metrics.update(self.gen_update(loss))
-            metrics["emd/eps_tilde_norm"] = float(e_tilde.flatten(1).norm(dim=1).mean())
-            metrics["emd/xi_drift_norm"] = float((chain.xi - xi).flatten(1).norm(dim=1).mean())
-        else:
-            with torch.no_grad():
-                x = self.generate(xi, cond)
-        metrics.update(self.aux_update(x.detach(), cond))
-        metrics.update({"stats/x_mean": float(x.detach().mean()), "stats/x_std": float(x.detach().std()),
-                        "time/step_s": time.perf_counter() - t0})
-        self.step += 1
-        return metrics
+    def generator_turn(self, xi, t, eps0, cond):
+        chain = self.e_step(xi, eps0, t, cond)
+        loss, x, e_tilde = self.generator_loss(chain, t, cond)
+        return loss, x, {"emd/eps_tilde_norm": float(e_tilde.flatten(1).norm(dim=1).mean()),
+                         "emd/xi_drift_norm": float((chain.xi - xi).flatten(1).norm(dim=1).mean())}

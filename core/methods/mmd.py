@@ -17,10 +17,8 @@ import torch
 from core.denoisers import Denoiser, bcast
 from core.losses import inner, sum_sq
 from core.method_specs import MMDConfig
-from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
+from core.methods.base import Method, optimizer_step
 from core.posterior import marginal_sample, posterior_sample
-from core.samplers import ancestral
-from core.schedules import time_grid
 from core.time_sampling import karras_t, mmd_weight, mmd_weighting
 
 
@@ -30,19 +28,11 @@ class MMD(Method):
     def __init__(self, teacher: Denoiser, config: MMDConfig, *, total_steps: int, device="cpu",
                  aux: Denoiser | None = None):
         super().__init__(teacher, config, total_steps=total_steps, device=device)
-        self.student = clone_trainable(self.teacher)
-        self.aux = aux if aux is not None else clone_trainable(self.teacher)
-        self.nets = {"student": self.student, "aux": self.aux}
-        self.optims = {
-            "gen": make_optimizer(self.student.parameters(), config, config.lr_gen, total_steps),
-            "aux": make_optimizer(self.aux.parameters(), config, config.lr_aux, total_steps),
-        }
+        self.init_student_and_aux(aux)
         self.weighting = mmd_weighting(config)
 
     def sample(self, noise, cond=None, steps=None, student=None):
-        steps = steps or self.config.student_steps
-        bank = noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
-        return ancestral(bank, student or self.student, time_grid(self.schedule, steps), cond)
+        return self.ancestral_sample(noise, cond, steps, student)
 
     def draw_times(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         """s ~ Karras per example, t = min(s + delta, t_max) with delta ~ U[0, 1/k] [paper]."""

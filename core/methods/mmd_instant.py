@@ -22,8 +22,6 @@ from core.losses import inner, sum_sq
 from core.method_specs import MMDInstantConfig
 from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
 from core.posterior import marginal_sample, posterior_sample
-from core.samplers import ancestral
-from core.schedules import time_grid
 from core.time_sampling import karras_t, mmd_weight, mmd_weighting
 
 
@@ -83,9 +81,7 @@ class MMDInstant(Method):
 
     # -- shared sampling pieces -------------------------------------------------------------------------
     def sample(self, noise, cond=None, steps=None, student=None):
-        steps = steps or self.config.student_steps
-        bank = noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
-        return ancestral(bank, student or self.student, time_grid(self.schedule, steps), cond)
+        return self.ancestral_sample(noise, cond, steps, student)
 
     def draw(self, x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(s, t, z_t) per example: s ~ Karras, t = min(s + delta, t_max), z_t = alpha_t x + sigma_t eps."""
