@@ -90,3 +90,12 @@ def f2(ring_mixture) -> NetworkTeacher:
 def mlp_teacher(f2) -> NetworkDenoiser:
     """The frozen F2 denoiser. Methods keep a reference to it (not a copy): never modify it in a test."""
     return f2.denoiser
+
+
+@pytest.fixture(scope="session")
+def mlp_teacher64(f2) -> NetworkDenoiser:
+    """A frozen float64 copy of F2: methods built on it draw float64 noise (Method reads the teacher's dtype), for
+    the tight-tolerance EMD / Diff-Instruct tests. Shared, like `mlp_teacher`: never modify it in a test."""
+    import copy
+
+    return copy.deepcopy(f2.denoiser).double().eval().requires_grad_(False)
