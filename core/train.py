@@ -103,7 +103,7 @@ def run_training(
     # 2. Resume from the latest checkpoint, if any.
     start = 0
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}  # per key: generator metrics appear only on generator turns
     found = list_checkpoints(ckpt_dir) if resume else []
     if found:
         state, _ = load_state(found[-1][1], device=device)
@@ -113,14 +113,14 @@ def run_training(
         start = int(state["step"])
         _truncate_metrics(metrics_path, start)
         # The partial logging interval, so the first row after a resume averages the same steps.
-        sums, count = dict(state.get("log_sums") or {}), int(state.get("log_count") or 0)
+        sums, counts = dict(state.get("log_sums") or {}), dict(state.get("log_counts") or {})
     elif metrics_path.exists():
         metrics_path.unlink()
 
     def checkpoint(step: int) -> Path:
         path = save_state(checkpoint_path(ckpt_dir, step),
                           {"task": task.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                           "step": step, "log_sums": dict(sums), "log_count": count},
+                           "step": step, "log_sums": dict(sums), "log_counts": dict(counts)},
                           {"spec": spec, "step": step})
         for _, old in list_checkpoints(ckpt_dir)[:-config.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -152,14 +152,14 @@ def run_training(
             metrics["time/step_s"] = time.perf_counter() - t0
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
+                counts[k] = counts.get(k, 0) + 1
 
             # Log means over the interval, then previews and checkpoints.
             if step % config.log_every == 0 or step == config.iterations:
-                row = {"step": step, **{k: v / count for k, v in sums.items()}}
+                row = {"step": step, **{k: v / counts[k] for k, v in sums.items()}}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-                sums, count = {}, 0
+                sums, counts = {}, {}
                 if on_progress:
                     elapsed = time.perf_counter() - t_start
                     on_progress({"step": step, "iterations": config.iterations, "metrics": row,

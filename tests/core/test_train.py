@@ -190,6 +190,30 @@ class NanTask:
         return torch.zeros(len(seeds), 2)
 
 
+class TTURTask(NanTask):
+    """Reports a generator metric only on every third step, as TTUR methods do."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+
+    def train_step(self, batch):
+        out = {"loss/aux": 1.0}
+        if self.step % 3 == 0:
+            out["loss/gen"] = 2.0 + self.step  # steps 0, 3, 6 -> 2, 5, 8
+        self.step += 1
+        return out
+
+
+def test_metrics_average_each_key_over_the_steps_that_report_it(tmp_path):
+    config = TrainConfig(iterations=9, batch_size=4, checkpoint_every=100, log_every=9, preview_every=100,
+                         ema_decay=0.0, preview_seeds=(0,))
+    run_training(TTURTask(), lambda b, g: {"x": torch.zeros(b, 2)}, config, out_dir=tmp_path, spec={"name": "t"})
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["loss/aux"] == 1.0
+    assert row["loss/gen"] == (2.0 + 5.0 + 8.0) / 3  # not divided by the 9 steps of the interval
+
+
 def test_non_finite_loss_raises(tmp_path):
     with pytest.raises(FloatingPointError, match="loss/denoise"):
         run_training(NanTask(), BENCH.sample_batch, CONFIG, out_dir=tmp_path, spec=SPEC)

@@ -312,6 +312,8 @@ def test_aux_loss_matches_explicit_with_the_right_weight(teacher64, steps, weigh
     """L_A = mean w(s) (||sg x~ - A(z_s)||^2 + ||T(z_s) - A(z_s)||^2) with the weight "auto" resolves to."""
     m = _make(teacher64, student_steps=steps, weighting=weighting)
     assert m.weighting == kind
+    with torch.no_grad():  # A != T, so both terms of L_A are non-zero
+        m.aux.net.body[-1].bias.add_(torch.tensor([0.05, -0.03], dtype=F64))
     batch = _batch(1, 32, dtype=F64)
     exp = _replay(m, batch["x"], seed=5)
     with torch.no_grad():

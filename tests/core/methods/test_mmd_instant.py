@@ -314,6 +314,11 @@ def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
         assert all(torch.equal(m.precond[k], frozen[k]) for k in frozen)
 
 
+@pytest.mark.parametrize(("steps", "kind"), [(2, "unit"), (4, "edm"), (8, "edm")])
+def test_auto_weighting_follows_student_steps(mlp_teacher, steps, kind):
+    assert _make(mlp_teacher, student_steps=steps).weighting == kind
+
+
 @pytest.mark.parametrize("total", [3, 2])
 def test_iterations_must_exceed_precond_batches(mlp_teacher, total):
     with pytest.raises(ValueError, match="precond_batches"):
