@@ -174,6 +174,8 @@ class EMDConfig(_Validating):
     def __post_init__(self):
         self._common()
         self._positive("lr_aux", "gamma_eps", "sigma_data")
+        if self.gamma_eps > 1:  # |1 - gamma_eps| > 1 makes the eps recursion diverge; 1 is the Diff-Instruct limit
+            self._fail("gamma_eps", "must be in (0, 1]")
         self._non_negative("gamma_z")
         self._int_at_least("ttur_ratio", 1)
         self._int_at_least("langevin_steps", 1)

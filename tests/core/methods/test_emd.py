@@ -26,7 +26,7 @@ from core.schedules import CosineSchedule
 from core.specs import TrainConfig
 from core.train import run_training
 
-from .conftest import shifted_mixture
+from .conftest import dsm_fitted_ring, shifted_mixture
 
 F64 = torch.float64
 SCHED = CosineSchedule()
@@ -150,6 +150,11 @@ def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
     torch.testing.assert_close(chain.noise, noise, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(chain.xi, xi, rtol=1e-12, atol=1e-12)
     assert torch.equal(chain.eps0, eps0)
+    # w(t) ("dmd") from the chain's initial state: (sigma^2/alpha^2) / mean|G(xi_0) - T(z_t^(0))| (§5.5).
+    with torch.no_grad():
+        x0 = m.student(xi0, m.t_gen.expand(32), None)
+        w0 = (s / a).pow(2)[:, 0] / (x0 - mlp_teacher64(a * x0 + s * eps0, t)).abs().mean(1)
+    torch.testing.assert_close(chain.weight, w0, rtol=1e-12, atol=0)
     assert float(chain.drift.abs().max()) > 1e-3 and float((chain.xi - xi0).abs().max()) > 1e-3  # both moved
 
     assert torch.equal(eps_tilde(chain, "exact", ge, k), chain.drift)
@@ -177,10 +182,10 @@ def test_generator_loss_is_the_m_step_formula(mlp_teacher64):
 # T4: zero gradient at equality, the right direction away from it (emd with "exact")
 # ================================================================================================================
 
-def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, **config) -> torch.Tensor:
-    """dL_G/dx for x = exact samples of the ring shifted by delta; T = F1, A = the exact shifted denoiser."""
+def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=None, **config) -> torch.Tensor:
+    """dL_G/dx for x = exact samples of the ring shifted by delta; T = F1, A = the exact shifted denoiser (or `aux`)."""
     moved = shifted_mixture(mixture, delta)
-    m = EMD(_ParamGMM(mixture), EMDConfig(**config), total_steps=10, aux=_ParamGMM(moved))
+    m = EMD(_ParamGMM(mixture), EMDConfig(**config), total_steps=10, aux=_ParamGMM(moved) if aux is None else aux)
     assert m.dtype == F64
     gen = torch.Generator().manual_seed(seed)
     x = moved.sample(n, gen)
@@ -210,6 +215,20 @@ def test_t4_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
     # Samples sit at the teacher's ring + delta: the update must point back, along -delta.
     assert float(step @ -d) > 0.0
     assert float(step @ -d) / (float(step.norm()) * float(d.norm())) > 0.9
+
+
+@pytest.mark.parametrize("weighting", ["dmd", "unit"])
+def test_t4_statistical_dsm_trained_aux(ring_mixture, weighting):
+    """Spec's statistical T4: A fitted by DSM on exact student samples (a learnable mixture, conftest.dsm_fitted_ring)
+    instead of the exact shifted denoiser. The batch-mean |g| at delta = 0 must stay below 20% of its value at
+    |delta| = 0.3 (measured ratio ~0.04 ("dmd") and ~0.03 ("unit")), and the shifted cases still point the update
+    toward the teacher."""
+    zero = _t4_grad(ring_mixture, (0.0, 0.0), aux=dsm_fitted_ring((0.0, 0.0)), noise_cancel="exact", weighting=weighting)
+    at_zero = float(zero.norm(dim=1).mean())
+    for delta in ((0.3, 0.0), (0.0, -0.3)):
+        g = _t4_grad(ring_mixture, delta, aux=dsm_fitted_ring(delta), noise_cancel="exact", weighting=weighting)
+        assert at_zero < 0.2 * float(g.norm(dim=1).mean()), (at_zero, float(g.norm(dim=1).mean()), delta)
+        assert float(-g.mean(0) @ -torch.tensor(delta, dtype=F64)) > 0.0
 
 
 def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
@@ -407,8 +426,11 @@ def test_t9_chain_reaches_the_noised_teacher(t9_setup):
     z0 = a * _affine_g(s9["xi"]) + s * s9["eps0"]
     z_k = _t9_chain(s9["teacher"], s9["exact_g"], s9["xi"], s9["eps0"], steps=500, gamma_eps=0.01, gamma_z=0.01)
     before, after = _energy_distance(z0, ref), _energy_distance(z_k, ref)
-    assert before > 0.2, before            # measured ~0.32; a same-distribution pair gives ~0.006
-    assert after < 0.5 * before, (before, after)   # measured ~0.004
+    assert before > 0.2, before                    # measured ~0.33; same-distribution pairs give 0.001-0.003
+    assert after < 0.5 * before, (before, after)   # the spec's bound; measured ~0.006
+    # Stronger than the spec: near the noise floor. A drift missing its sigma factor (a target tilted by e^(f/sigma))
+    # still passes the 50% bound but stops at ~0.07.
+    assert after < 0.1 * before, (before, after)
 
 
 @pytest.mark.parametrize(("which", "gamma_eps", "gamma_z"), [("eps-only", 0.01, 0.0), ("xi-only", 0.0, 0.01)])
@@ -500,6 +522,7 @@ def test_t15_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
 @pytest.mark.parametrize(("changes", "field"), [
     ({"gamma_eps": 0.0}, "gamma_eps"),
     ({"gamma_eps": -0.1}, "gamma_eps"),
+    ({"gamma_eps": 1.5}, "gamma_eps"),  # |1 - gamma| > 1 diverges
     ({"gamma_z": -1e-3}, "gamma_z"),
     ({"langevin_steps": 0}, "langevin_steps"),
     ({"langevin_steps": 2.0}, "langevin_steps"),
@@ -574,6 +597,7 @@ TRAIN = TrainConfig(iterations=12, batch_size=64, checkpoint_every=5, log_every=
 def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
     spec = {"name": "emd-test", "kind": "student"}
     kwargs = {"ttur_ratio": 2, "total_steps": TRAIN.iterations}
+    teacher_hash = parameter_hash(mlp_teacher)
 
     full = _make(mlp_teacher, **kwargs)
     res = run_training(full, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "full", spec=spec)
@@ -595,6 +619,7 @@ def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
             assert torch.equal(a[k], b[k]), (name, k)
     assert not torch.equal(full.student.net.body[0].weight, mlp_teacher.net.body[0].weight)  # it did train
     assert resumed.step == full.step == 12
+    assert parameter_hash(mlp_teacher) == teacher_hash == full.teacher_hash == resumed.teacher_hash
 
     def rows(folder):
         return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
