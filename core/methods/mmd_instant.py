@@ -16,6 +16,7 @@ import time
 
 import torch
 from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.denoisers import Denoiser
 from core.losses import inner, sum_sq
@@ -69,15 +70,17 @@ class MMDInstant(Method):
     def jvp_theta(self, nu, z_s, s, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """(T_c(z_s), J_theta nu) by forward-mode AD; the double-VJP trick where an op lacks forward mode."""
         theta = self.theta()
-        try:
-            return jvp(lambda p: self.teacher_at(p, z_s, s, cond), (theta,), (nu,))
-        except (RuntimeError, NotImplementedError):
-            params = {n: p.requires_grad_(True) for n, p in theta.items()}
-            out = self.teacher_at(params, z_s, s, cond)
-            probe = torch.zeros_like(out, requires_grad=True)
-            vjp = torch.autograd.grad(out, list(params.values()), grad_outputs=probe, create_graph=True)
-            (u,) = torch.autograd.grad(vjp, probe, grad_outputs=[nu[n] for n in params])
-            return out.detach(), u
+        # The fused CPU/GPU attention kernels have neither forward-mode AD nor double backward: use the math one.
+        with sdpa_kernel([SDPBackend.MATH]):
+            try:
+                return jvp(lambda p: self.teacher_at(p, z_s, s, cond), (theta,), (nu,))
+            except (RuntimeError, NotImplementedError):
+                params = {n: p.requires_grad_(True) for n, p in theta.items()}
+                out = self.teacher_at(params, z_s, s, cond)
+                probe = torch.zeros_like(out, requires_grad=True)
+                vjp = torch.autograd.grad(out, list(params.values()), grad_outputs=probe, create_graph=True)
+                (u,) = torch.autograd.grad(vjp, probe, grad_outputs=[nu[n] for n in params])
+                return out.detach(), u
 
     # -- shared sampling pieces -------------------------------------------------------------------------
     def sample(self, noise, cond=None, steps=None, student=None):

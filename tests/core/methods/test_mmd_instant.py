@@ -448,3 +448,25 @@ def test_t15_run_training_resume_is_exact_across_the_phase_boundary(mlp_teacher,
         return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
 
     assert rows(tmp_path / "full") == rows(tmp_path / "cut")
+
+
+def test_runs_on_a_diffusers_unet_with_attention():
+    """Fused attention kernels lack forward-mode AD and double backward; the JVP must still work on a real UNet."""
+    from core.denoisers import diffusers_denoiser
+    from core.method_specs import MMDInstantConfig
+    from core.methods.mmd_instant import MMDInstant
+    from core.nets import build_unet
+    from core.schedules import CosineSchedule
+
+    torch.manual_seed(0)
+    unet = build_unet(8, 1, num_classes=3, block_out_channels=(8, 16), attention=True)
+    teacher = diffusers_denoiser(unet, CosineSchedule(), "v_prediction", num_classes=3).eval()
+    m = MMDInstant(teacher, MMDInstantConfig(student_steps=2, precond_batches=1, warmup=0), total_steps=3)
+    batch = {"x": torch.rand(4, 1, 8, 8) * 2 - 1, "cond": torch.tensor([0, 1, 2, 0])}
+    before = [p.detach().clone() for p in m.student.parameters()]
+    m.generator.manual_seed(0)
+    m.train_step(batch)  # preconditioner phase
+    m.generator.manual_seed(1)
+    metrics = m.train_step(batch)  # distill phase: parameter-space JVP through attention
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.student.parameters()))
