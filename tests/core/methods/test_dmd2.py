@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 
 import pytest
 import torch
 from torch import nn
 
-from core.data import get_benchmark
 from core.gmm import GaussianMixture, GMMDenoiser
 from core.losses import dm_loss, dmd_gradient, fake_score_loss
 from core.method_specs import DMD2Config
@@ -23,28 +21,14 @@ from core.nets import parameter_hash
 from core.posterior import marginal_sample
 from core.samplers import marginal
 from core.schedules import CosineSchedule
-from core.specs import TrainConfig
 from core.time_sampling import edm_weight
-from core.train import run_training
 
+from . import helpers as h
 from .conftest import shifted_mixture
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-BENCH = get_benchmark("toy2d-ring")
 TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}  # the toy2d preset's knobs
-
-
-def _batch(n: int, size: int = 64) -> dict:
-    return BENCH.sample_batch(size, torch.Generator().manual_seed(n))
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in module.named_parameters()}
-
-
-def _no_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
 def _make(teacher, seed: int = 0, total_steps: int = 50, has_data: bool = True, **config) -> DMD2:
@@ -163,7 +147,7 @@ def test_t4_nan_count_reaches_the_metrics_and_spares_the_student(mlp_teacher):
 
     m.generator_update = poisoned.__get__(m)
     m.generator.manual_seed(0)
-    metrics = m.train_step(_batch(0))
+    metrics = m.train_step(h.batch(0))
     assert metrics["dmd2/nan_count"] == 4.0
     assert math.isfinite(metrics["loss/gen"]) and math.isfinite(metrics["grad_norm/gen"])
     assert all(bool(torch.isfinite(p).all()) for p in m.student.parameters())
@@ -175,7 +159,7 @@ def test_dm_gradient_zero_at_init_and_gan_reaches_the_student(mlp_teacher):
     for gan in (False, True):
         m = _make(mlp_teacher, gan=gan, ttur_ratio=1)
         m.generator.manual_seed(0)
-        metrics = m.train_step(_batch(0))
+        metrics = m.train_step(h.batch(0))
         assert metrics["loss/dm"] == 0.0 and metrics["dmd2/nan_count"] == 0.0
         if gan:
             assert metrics["grad_norm/gen"] > 0.0
@@ -347,7 +331,7 @@ def test_t5_train_step_draws_k_uniformly_and_feeds_the_simulated_input(mlp_teach
     m.generator_input = spy
     for n in range(40):
         m.generator.manual_seed(1000 + n)
-        m.train_step(_batch(n, 16))
+        m.train_step(h.batch(n, 16))
     assert len(seen) == 40 and set(seen) == {0, 1, 2, 3}
     del m.generator_input
     counts = torch.zeros(4)
@@ -387,9 +371,9 @@ def test_t6_ttur_bookkeeping(mlp_teacher):
     m.generator_update, m.fake_update = spy_gen, spy_fake
     r = 3
     for n in range(7):
-        before = {"student": _snapshot(m.student), "fake": _snapshot(m.fake), "head": _snapshot(m.head)}
+        before = {"student": h.snapshot(m.student), "fake": h.snapshot(m.fake), "head": h.snapshot(m.head)}
         m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
+        metrics = m.train_step(h.batch(n))
         assert ("loss/gen" in metrics) == (n % r == 0), n
         student_changed = [not torch.equal(p, before["student"][k]) for k, p in m.student.named_parameters()]
         if n % r == 0:
@@ -411,37 +395,20 @@ def test_t6_ttur_bookkeeping(mlp_teacher):
 # T15: plumbing
 # ================================================================================================================
 
-METRIC_KEY = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)+$")
-
 
 def test_t15_state_round_trip_gives_identical_next_step(mlp_teacher):
     m1 = _make(mlp_teacher, seed=0, gan=True, ttur_ratio=3, student_steps=2)
-    for n in range(4):
-        m1.generator.manual_seed(n)
-        m1.train_step(_batch(n))
-    state = copy.deepcopy(m1.state_dict())
+    state = h.state_after(m1, 4)
     m2 = _make(mlp_teacher, seed=1, gan=True, ttur_ratio=3, student_steps=2)  # different head init
     m2.load_state_dict(state)
     assert m2.step == m1.step == 4
-    for n in (4, 5, 6):  # 4, 5: fake-only turns; 6: a generator turn
-        out = []
-        for m in (m1, m2):
-            m.generator.manual_seed(100 + n)
-            out.append(_no_time(m.train_step(_batch(n))))
-        assert out[0] == out[1], n
-        assert ("loss/gen" in out[0]) == (n % 3 == 0)
-    for name in ("student", "fake", "head"):
-        for (k, p), q in zip(m1.nets[name].named_parameters(), m2.nets[name].parameters(), strict=True):
-            assert torch.equal(p, q), (name, k)
+    steps = (4, 5, 6)  # 4, 5: fake-only turns; 6: a generator turn
+    for n, out in zip(steps, h.assert_same_next_steps(m1, m2, steps, nets=("student", "fake", "head")), strict=True):
+        assert ("loss/gen" in out) == (n % 3 == 0)
 
 
 def test_t15_load_rejects_other_teacher(mlp_teacher):
-    state = _make(mlp_teacher, gan=False).state_dict()
-    other = copy.deepcopy(mlp_teacher)
-    with torch.no_grad():
-        other.net.body[-1].bias.add_(1e-3)
-    with pytest.raises(ValueError, match="teacher"):
-        _make(other, gan=False).load_state_dict(state)
+    h.assert_rejects_other_teacher(lambda teacher: _make(teacher, gan=False), mlp_teacher)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -469,54 +436,17 @@ def test_t15_config_round_trips_and_gan_needs_data(mlp_teacher):
 
 def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
     m = _make(mlp_teacher, gan=True, ttur_ratio=2, student_steps=2)
-    seen = set()
-    for n in range(4):
-        m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        for k, v in metrics.items():
-            assert METRIC_KEY.match(k), k
-            assert isinstance(v, float) and math.isfinite(v), (k, v)
+    steps = h.train_steps(m, range(4))
+    h.check_metrics(steps, required={"loss/gen", "loss/aux", "loss/disc", "grad_norm/gen", "grad_norm/aux", "lr/gen",
+                                     "stats/x_mean", "stats/x_std", "time/step_s", "dmd2/nan_count"})
+    for metrics in steps:
         if "loss/gen" in metrics:  # L = L_DM + lambda_G L_G,gan (§7.4)
             expected = metrics["loss/dm"] + m.config.gan_weight_gen * metrics["loss/gen_gan"]
             assert metrics["loss/gen"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
-        seen |= set(metrics)
-    required = {"loss/gen", "loss/aux", "loss/disc", "grad_norm/gen", "grad_norm/aux", "lr/gen", "stats/x_mean",
-                "stats/x_std", "time/step_s", "dmd2/nan_count"}
-    assert required <= seen, required - seen
-
-
-TRAIN = TrainConfig(iterations=12, batch_size=64, checkpoint_every=5, log_every=3, preview_every=6, ema_decay=0.0,
-                    preview_seeds=tuple(range(16)))
 
 
 def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
-    import json
-
-    spec = {"name": "dmd2-test", "kind": "student"}
-    kwargs = {"gan": True, "ttur_ratio": 2, "student_steps": 2, "total_steps": TRAIN.iterations}
-
-    full = _make(mlp_teacher, seed=0, **kwargs)
-    res = run_training(full, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "full", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    calls = []
-    part = _make(mlp_teacher, seed=0, **kwargs)
-    res = run_training(part, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec,
-                       should_stop=lambda: calls.append(1) or len(calls) >= 7)
-    assert res.status == "stopped" and res.step == 7
-    resumed = _make(mlp_teacher, seed=1, **kwargs)  # a fresh object with a different head init
-    res = run_training(resumed, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    for name in ("student", "fake", "head"):
-        a, b = full.nets[name].state_dict(), resumed.nets[name].state_dict()
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
-    assert resumed.step == full.step == 12
-
-    def rows(folder):
-        return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-
-    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
-    assert [r["step"] for r in rows(tmp_path / "full")] == [3, 6, 9, 12]
+    kwargs = {"gan": True, "ttur_ratio": 2, "student_steps": 2, "total_steps": h.TRAIN.iterations}
+    h.assert_exact_resume(lambda: _make(mlp_teacher, seed=0, **kwargs), tmp_path, {"name": "dmd2-test", "kind": "student"},
+                          nets=("student", "fake", "head"),
+                          make_resumed=lambda: _make(mlp_teacher, seed=1, **kwargs))  # a fresh object, other head init

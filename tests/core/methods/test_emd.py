@@ -7,15 +7,12 @@ method draws float64 noise; T4 and T9 use the analytic ring F1 (float64); T15 us
 from __future__ import annotations
 
 import copy
-import json
 import math
-import re
 
 import pytest
 import torch
 from torch import nn
 
-from core.data import get_benchmark
 from core.denoisers import Denoiser
 from core.gmm import GaussianMixture, GMMDenoiser
 from core.method_specs import WEIGHTINGS_VSD, DiffInstructConfig, EMDConfig, build_method_config
@@ -23,46 +20,22 @@ from core.methods.diff_instruct import DiffInstruct
 from core.methods.emd import EMD, eps_tilde, langevin
 from core.nets import parameter_hash
 from core.schedules import CosineSchedule
-from core.specs import TrainConfig
-from core.train import run_training
 
+from . import helpers as h
 from .conftest import dsm_fitted_ring, shifted_mixture
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-BENCH = get_benchmark("toy2d-ring")
 TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}  # the toy2d preset's knobs
-METRIC_KEY = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)+$")
 
 
 # ================================================================================================================
 # helpers
 # ================================================================================================================
 
-def _batch(n: int, size: int = 64) -> dict:
-    return BENCH.sample_batch(size, torch.Generator().manual_seed(n))
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in module.named_parameters()}
-
-
-def _no_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
-
 
 def _make(teacher, total_steps: int = 50, aux=None, **config) -> EMD:
     return EMD(teacher, EMDConfig(**{**TOY, **config}), total_steps=total_steps, aux=aux)
-
-
-def _perturbed(den: Denoiser, scale: float = 0.05, seed: int = 0) -> Denoiser:
-    """A trainable copy of `den` with every parameter jittered, so A != T (and Delta != 0) from the start."""
-    out = copy.deepcopy(den).requires_grad_(True).train()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return out
 
 
 def _flat_grad(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -123,8 +96,8 @@ def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
     xi <- xi + g_z (alpha J^T Delta - xi) + sqrt(2 g_z) n_xi (draw order n_eps, n_xi per step), and each buffer
     follows its own recursion; then the three noise_cancel modes read the buffers as §5.4 says."""
     k, ge, gz = 3, 0.1, 0.02
-    m = _make(mlp_teacher64, aux=_perturbed(mlp_teacher64), langevin_steps=k, gamma_eps=ge, gamma_z=gz)
-    m.student = m.nets["student"] = _perturbed(mlp_teacher64, scale=0.02, seed=1)  # G != T, so J_G is not T's
+    m = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=k, gamma_eps=ge, gamma_z=gz)
+    m.student = m.nets["student"] = h.perturbed(mlp_teacher64, scale=0.02, seed=1)  # G != T, so J_G is not T's
     xi0, eps0, t = _inputs(32, seed=3)
     m.generator.manual_seed(11)
     chain = m.e_step(xi0, eps0, t, None)
@@ -166,7 +139,7 @@ def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
 
 def test_generator_loss_is_the_m_step_formula(mlp_teacher64):
     """L_G = -mean_b w_b (alpha/sigma) <G(sg xi_K), sg eps_tilde>, w from the chain's initial state."""
-    m = _make(mlp_teacher64, aux=_perturbed(mlp_teacher64), langevin_steps=2, gamma_eps=0.1, gamma_z=0.01,
+    m = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=2, gamma_eps=0.1, gamma_z=0.01,
               weighting="unit")
     xi, eps0, t = _inputs(16, seed=4)
     m.generator.manual_seed(0)
@@ -210,25 +183,14 @@ def test_t4_zero_gradient_at_equality(ring_mixture, config):
 @pytest.mark.parametrize("weighting", ["dmd", "unit"])
 def test_t4_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
     g = _t4_grad(ring_mixture, delta, noise_cancel="exact", weighting=weighting)
-    d = torch.tensor(delta, dtype=F64)
-    step = -g.mean(0)  # batch-mean descent direction on the samples
-    # Samples sit at the teacher's ring + delta: the update must point back, along -delta.
-    assert float(step @ -d) > 0.0
-    assert float(step @ -d) / (float(step.norm()) * float(d.norm())) > 0.9
+    h.assert_update_toward_teacher(g, delta)  # samples at the teacher's ring + delta: the update points back
 
 
 @pytest.mark.parametrize("weighting", ["dmd", "unit"])
 def test_t4_statistical_dsm_trained_aux(ring_mixture, weighting):
-    """Spec's statistical T4: A fitted by DSM on exact student samples (a learnable mixture, conftest.dsm_fitted_ring)
-    instead of the exact shifted denoiser. The batch-mean |g| at delta = 0 must stay below 20% of its value at
-    |delta| = 0.3 (measured ratio ~0.04 ("dmd") and ~0.03 ("unit")), and the shifted cases still point the update
-    toward the teacher."""
-    zero = _t4_grad(ring_mixture, (0.0, 0.0), aux=dsm_fitted_ring((0.0, 0.0)), noise_cancel="exact", weighting=weighting)
-    at_zero = float(zero.norm(dim=1).mean())
-    for delta in ((0.3, 0.0), (0.0, -0.3)):
-        g = _t4_grad(ring_mixture, delta, aux=dsm_fitted_ring(delta), noise_cancel="exact", weighting=weighting)
-        assert at_zero < 0.2 * float(g.norm(dim=1).mean()), (at_zero, float(g.norm(dim=1).mean()), delta)
-        assert float(-g.mean(0) @ -torch.tensor(delta, dtype=F64)) > 0.0
+    """Spec's statistical T4 with A fitted by DSM on exact student samples: see helpers.assert_statistical_t4."""
+    h.assert_statistical_t4(lambda delta: _t4_grad(ring_mixture, delta, aux=dsm_fitted_ring(delta), noise_cancel="exact",
+                                                   weighting=weighting))
 
 
 def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
@@ -244,7 +206,7 @@ def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
         grads = torch.autograd.grad(loss, list(m.student.parameters()))
         zero = all(torch.equal(gr, torch.zeros_like(gr)) for gr in grads)
         m.generator.manual_seed(0)
-        metrics = m.train_step(_batch(0))
+        metrics = m.train_step(h.batch(0))
         if cancel == "exact":
             assert torch.equal(chain.drift, torch.zeros_like(chain.drift))
             assert zero and metrics["grad_norm/gen"] == 0.0 and metrics["loss/gen"] == 0.0
@@ -258,7 +220,7 @@ def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS_VSD)
 def test_t7_emd_k1_equals_diff_instruct(mlp_teacher64, weighting):
-    aux = _perturbed(mlp_teacher64)  # the same A for all three; nothing is stepped here
+    aux = h.perturbed(mlp_teacher64)  # the same A for all three; nothing is stepped here
     di = DiffInstruct(mlp_teacher64, DiffInstructConfig(weighting=weighting), total_steps=10, aux=aux)
     xi, eps0, t = _inputs(64, seed=5)
     loss_di, x_di = di.generator_loss(xi, eps0, t, None)
@@ -285,13 +247,13 @@ def test_t7_through_train_step(mlp_teacher64):
     """Same identity through train_step: both methods draw xi, t, eps_0 in the same order, so with the same seed the
     first generator update sees the same inputs and gives the same loss, grad norm and updated student."""
     common = {"ttur_ratio": 1, "warmup": 0, "weighting": "dmd", **TOY}
-    di = DiffInstruct(mlp_teacher64, DiffInstructConfig(**common), total_steps=10, aux=_perturbed(mlp_teacher64))
-    emd = _make(mlp_teacher64, aux=_perturbed(mlp_teacher64), langevin_steps=1, gamma_eps=1.0, gamma_z=0.0,
+    di = DiffInstruct(mlp_teacher64, DiffInstructConfig(**common), total_steps=10, aux=h.perturbed(mlp_teacher64))
+    emd = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=1, gamma_eps=1.0, gamma_z=0.0,
                 noise_cancel="exact", **common)
     metrics = []
     for m in (di, emd):
         m.generator.manual_seed(7)
-        metrics.append(m.train_step(_batch(0)))
+        metrics.append(m.train_step(h.batch(0)))
     for key in ("loss/gen", "grad_norm/gen", "stats/x_mean", "stats/x_std"):
         assert metrics[1][key] == pytest.approx(metrics[0][key], rel=1e-8, abs=1e-14), key
     assert metrics[0]["grad_norm/gen"] > 0.0
@@ -459,64 +421,24 @@ def test_t9_each_block_tilts_toward_the_teacher(t9_setup, which, gamma_eps, gamm
 
 def test_t15_state_round_trip_gives_identical_next_step(mlp_teacher):
     m1 = _make(mlp_teacher, ttur_ratio=3)
-    for n in range(4):
-        m1.generator.manual_seed(n)
-        m1.train_step(_batch(n))
-    state = copy.deepcopy(m1.state_dict())
+    state = h.state_after(m1, 4)
     assert state["config"] == m1.config.to_dict() and EMDConfig.from_dict(state["config"]) == m1.config
     m2 = _make(mlp_teacher, ttur_ratio=3)
     m2.load_state_dict(state)
     assert m2.step == m1.step == 4
-    for n in (4, 5, 6):  # 4, 5: aux-only turns; 6: a generator turn
-        out = []
-        for m in (m1, m2):
-            m.generator.manual_seed(100 + n)
-            out.append(_no_time(m.train_step(_batch(n))))
-        assert out[0] == out[1], n
-        assert ("loss/gen" in out[0]) == (n % 3 == 0)
-    for name in ("student", "aux"):
-        for (k, p), q in zip(m1.nets[name].named_parameters(), m2.nets[name].parameters(), strict=True):
-            assert torch.equal(p, q), (name, k)
+    steps = (4, 5, 6)  # 4, 5: aux-only turns; 6: a generator turn
+    for n, out in zip(steps, h.assert_same_next_steps(m1, m2, steps), strict=True):
+        assert ("loss/gen" in out) == (n % 3 == 0)
 
 
 def test_t15_load_rejects_other_teacher(mlp_teacher):
-    state = _make(mlp_teacher).state_dict()
-    other = copy.deepcopy(mlp_teacher)
-    with torch.no_grad():
-        other.net.body[-1].bias.add_(1e-3)
-    with pytest.raises(ValueError, match="teacher"):
-        _make(other).load_state_dict(state)
+    h.assert_rejects_other_teacher(_make, mlp_teacher)
 
 
 def test_t15_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
     """G changes only when step % r == 0, A every step; the generator pass leaves A (and its .grad) alone; the
     teacher's parameters never change. A starts perturbed so that the very first G gradient is non-zero."""
-    teacher_hash = parameter_hash(mlp_teacher)
-    r = 3
-    m = _make(mlp_teacher, aux=_perturbed(mlp_teacher), ttur_ratio=r)
-    gen_update, after_gen = m.gen_update, []
-
-    def spy(loss):
-        out = gen_update(loss)
-        after_gen.append(([p.grad for p in m.aux.parameters()],
-                          all(torch.equal(p, before["aux"][k]) for k, p in m.aux.named_parameters())))
-        return out
-
-    m.gen_update = spy
-    for n in range(7):
-        before = {"student": _snapshot(m.student), "aux": _snapshot(m.aux)}
-        m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        assert ("loss/gen" in metrics) == (n % r == 0), n
-        changed = [not torch.equal(p, before["student"][k]) for k, p in m.student.named_parameters()]
-        assert all(changed) if n % r == 0 else not any(changed), n
-        assert all(not torch.equal(p, before["aux"][k]) for k, p in m.aux.named_parameters()), n
-        assert all(p.grad is None for p in m.student.parameters()) and all(p.grad is None for p in m.aux.parameters())
-    assert len(after_gen) == 3
-    for grads, aux_unchanged in after_gen:
-        assert all(g is None for g in grads) and aux_unchanged
-    assert parameter_hash(mlp_teacher) == teacher_hash == m.teacher_hash
-    assert parameter_hash(m.teacher) == teacher_hash
+    h.assert_ttur_bookkeeping(lambda: _make(mlp_teacher, aux=h.perturbed(mlp_teacher), ttur_ratio=3), mlp_teacher, r=3)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -558,72 +480,25 @@ def test_t15_one_step_only(mlp_teacher):
 
 def test_t15_sample_is_one_step(mlp_teacher):
     m = _make(mlp_teacher)
-    xi = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    for steps in (0, 2, 4):
-        with pytest.raises(ValueError, match="steps"):
-            m.sample(xi, None, steps)
-    out = m.sample(xi, None, 1)
-    assert not out.requires_grad and out.shape == xi.shape
-    assert torch.equal(out, m.sample(xi)) and torch.equal(out, m.sample(xi[None], None, 1))
-    with torch.no_grad():
-        assert torch.equal(out, m.student(xi, m.t_gen.expand(16), None))
+    h.assert_one_step_sample(m)
     assert float(m.t_gen) == pytest.approx(float(SCHED.t_from_log_snr(torch.tensor(-6.0, dtype=F64))))
 
 
 def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
     m = _make(mlp_teacher, ttur_ratio=2)
-    seen = set()
-    for n in range(4):
-        m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        for k, v in metrics.items():
-            assert METRIC_KEY.match(k), k
-            assert isinstance(v, float) and math.isfinite(v), (k, v)
+    steps = h.train_steps(m, range(4))
+    h.check_metrics(steps, required=h.TWO_NET_KEYS | {"emd/eps_tilde_norm", "emd/xi_drift_norm"})
+    for n, metrics in enumerate(steps):
         gen_turn = n % 2 == 0
         assert {"loss/gen", "emd/eps_tilde_norm", "emd/xi_drift_norm"} <= set(metrics) if gen_turn \
             else not ({"loss/gen", "emd/eps_tilde_norm", "emd/xi_drift_norm"} & set(metrics)), n
         if gen_turn:
             assert metrics["emd/xi_drift_norm"] > 0.0  # gamma_z = 0.01 > 0: xi moves
-        seen |= set(metrics)
-    required = {"loss/gen", "loss/aux", "grad_norm/gen", "grad_norm/aux", "lr/gen", "lr/aux", "stats/x_mean",
-                "stats/x_std", "time/step_s", "emd/eps_tilde_norm", "emd/xi_drift_norm"}
-    assert required <= seen, required - seen
-
-
-TRAIN = TrainConfig(iterations=12, batch_size=64, checkpoint_every=5, log_every=3, preview_every=6, ema_decay=0.0,
-                    preview_seeds=tuple(range(16)))
 
 
 def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
-    spec = {"name": "emd-test", "kind": "student"}
-    kwargs = {"ttur_ratio": 2, "total_steps": TRAIN.iterations}
     teacher_hash = parameter_hash(mlp_teacher)
-
-    full = _make(mlp_teacher, **kwargs)
-    res = run_training(full, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "full", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    calls = []
-    part = _make(mlp_teacher, **kwargs)
-    res = run_training(part, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec,
-                       should_stop=lambda: calls.append(1) or len(calls) >= 7)
-    assert res.status == "stopped" and res.step == 7
-    resumed = _make(mlp_teacher, **kwargs)
-    res = run_training(resumed, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    for name in ("student", "aux"):
-        a, b = full.nets[name].state_dict(), resumed.nets[name].state_dict()
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+    full, _, resumed = h.assert_exact_resume(lambda: _make(mlp_teacher, ttur_ratio=2, total_steps=h.TRAIN.iterations),
+                                             tmp_path, {"name": "emd-test", "kind": "student"})
     assert not torch.equal(full.student.net.body[0].weight, mlp_teacher.net.body[0].weight)  # it did train
-    assert resumed.step == full.step == 12
     assert parameter_hash(mlp_teacher) == teacher_hash == full.teacher_hash == resumed.teacher_hash
-
-    def rows(folder):
-        return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-
-    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
-    assert [r["step"] for r in rows(tmp_path / "full")] == [3, 6, 9, 12]
-

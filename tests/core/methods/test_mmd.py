@@ -8,29 +8,25 @@ MMD.train_step documents (s, delta, eps, n).
 from __future__ import annotations
 
 import copy
-import json
 import math
-import re
+from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 
 import core.methods.mmd as mmd_module
-from core.data import get_benchmark
 from core.method_specs import MMDConfig
 from core.methods.mmd import MMD
 from core.nets import parameter_hash
 from core.posterior import posterior_coefficients, posterior_sample
 from core.samplers import ancestral, marginal
 from core.schedules import CosineSchedule, time_grid
-from core.specs import TrainConfig
 from core.time_sampling import edm_weight, karras_t, mmd_weighting
-from core.train import run_training
+
+from . import helpers as h
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-BENCH = get_benchmark("toy2d-ring")
 TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}  # the toy2d preset's knobs
 
 
@@ -42,22 +38,6 @@ def teacher64(mlp_teacher):
 
 def _make(teacher, total_steps: int = 50, **config) -> MMD:
     return MMD(teacher, MMDConfig(**{**TOY, **config}), total_steps=total_steps)
-
-
-def _batch(n: int, size: int = 64, dtype=torch.float32) -> dict:
-    return {"x": BENCH.sample_batch(size, torch.Generator().manual_seed(n))["x"].to(dtype)}
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in module.named_parameters()}
-
-
-def _changed(module: nn.Module, before: dict[str, torch.Tensor]) -> list[bool]:
-    return [not torch.equal(p, before[k]) for k, p in module.named_parameters()]
-
-
-def _no_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
 def _col(c: torch.Tensor) -> torch.Tensor:
@@ -125,7 +105,7 @@ def _assert_conditional(rec: dict, exp: dict) -> None:
 def test_t11_train_step_uses_conditional_posterior(teacher64):
     m = _make(teacher64, student_steps=2)  # k = 2: delta ~ U[0, 1/2], so many examples clamp to t = 1
     for n in range(4):                     # two auxiliary turns (even n), two generator turns (odd n)
-        batch = _batch(n, dtype=F64)
+        batch = h.batch(n, dtype=F64)
         exp = _replay(m, batch["x"], seed=10 + n)
         rec = _run_captured(m, batch, seed=10 + n)
         # The draws are the documented ones: s, delta -> t, eps -> z_t (forward noising), A is queried at s.
@@ -156,7 +136,7 @@ def test_t11_marginal_renoise_ablation_fails_the_conditional_check(teacher64):
     the conditional draw only where t = 1."""
     m = _make(teacher64, student_steps=2, renoise="marginal")
     for n in range(2):
-        batch = _batch(n, dtype=F64)
+        batch = h.batch(n, dtype=F64)
         exp = _replay(m, batch["x"], seed=10 + n)
         rec = _run_captured(m, batch, seed=10 + n)
         with pytest.raises(AssertionError):
@@ -230,10 +210,10 @@ def test_t12_even_iterations_update_aux_odd_update_student(mlp_teacher):
     teacher_hash = parameter_hash(mlp_teacher)
     m = _make(mlp_teacher, student_steps=4)
     for n in range(6):
-        before_s, before_a = _snapshot(m.student), _snapshot(m.aux)
+        before_s, before_a = h.snapshot(m.student), h.snapshot(m.aux)
         m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        s_changed, a_changed = _changed(m.student, before_s), _changed(m.aux, before_a)
+        metrics = m.train_step(h.batch(n))
+        s_changed, a_changed = h.changed(m.student, before_s), h.changed(m.aux, before_a)
         if n % 2 == 0:
             assert "loss/aux" in metrics and "loss/gen" not in metrics, n
             assert all(a_changed) and not any(s_changed), n
@@ -250,21 +230,21 @@ def test_t12_generator_loss_at_init_has_exactly_zero_gradient(mlp_teacher):
     """G = A = T, w = 1, no auxiliary update yet: A(z_s) - T_g(z_s) == 0, so L_G has zero gradient and the student
     stays bit-identical (Adam with a zero gradient does not move)."""
     m = _make(mlp_teacher)
-    before = _snapshot(m.student)
+    before = h.snapshot(m.student)
     m.step = 1  # a generator turn before any auxiliary update
     m.generator.manual_seed(0)
-    metrics = m.train_step(_batch(0))
+    metrics = m.train_step(h.batch(0))
     assert metrics["loss/gen"] == 0.0 and metrics["mmd/moment_gap"] == 0.0
     assert metrics["grad_norm/gen"] == 0.0
-    assert not any(_changed(m.student, before))
+    assert not any(h.changed(m.student, before))
     # Control: the same evaluation with A a hair away from T does reach the student.
     m2 = _make(mlp_teacher)
     with torch.no_grad():
         m2.aux.net.body[-1].bias.add_(1e-3)
     m2.step = 1
     m2.generator.manual_seed(0)
-    metrics2 = m2.train_step(_batch(0))
-    assert metrics2["grad_norm/gen"] > 0.0 and all(_changed(m2.student, before))
+    metrics2 = m2.train_step(h.batch(0))
+    assert metrics2["grad_norm/gen"] > 0.0 and all(h.changed(m2.student, before))
 
 
 def _spy_optimizer_step(monkeypatch) -> list:
@@ -286,7 +266,7 @@ def test_t12_generator_gradient_matches_explicit_loss(teacher64, monkeypatch):
     with torch.no_grad():
         m.aux.net.body[-1].bias.add_(torch.tensor([0.05, -0.03], dtype=F64))  # A != T
     m.step = 1
-    batch = _batch(0, 32, dtype=F64)
+    batch = h.batch(0, 32, dtype=F64)
     exp = _replay(m, batch["x"], seed=7)
     with torch.no_grad():
         gap = m.aux(exp["z_s"], exp["s"]) - m.teacher(exp["z_s"], exp["s"])
@@ -314,7 +294,7 @@ def test_aux_loss_matches_explicit_with_the_right_weight(teacher64, steps, weigh
     assert m.weighting == kind
     with torch.no_grad():  # A != T, so both terms of L_A are non-zero
         m.aux.net.body[-1].bias.add_(torch.tensor([0.05, -0.03], dtype=F64))
-    batch = _batch(1, 32, dtype=F64)
+    batch = h.batch(1, 32, dtype=F64)
     exp = _replay(m, batch["x"], seed=5)
     with torch.no_grad():
         a, tt = m.aux(exp["z_s"], exp["s"]), m.teacher(exp["z_s"], exp["s"])
@@ -383,40 +363,23 @@ def test_edm_weight_formula():
 # T15: plumbing
 # ================================================================================================================
 
-METRIC_KEY = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)+$")
-
 
 def test_t15_state_round_trip_gives_identical_next_step(mlp_teacher):
     m1 = _make(mlp_teacher, student_steps=4)
-    for n in range(3):
-        m1.generator.manual_seed(n)
-        m1.train_step(_batch(n))
-    state = copy.deepcopy(m1.state_dict())
+    state = h.state_after(m1, 3)
     assert state["teacher_hash"] == parameter_hash(mlp_teacher)
     assert MMDConfig.from_dict(state["config"]) == m1.config
     m2 = _make(mlp_teacher, student_steps=4)
     m2.load_state_dict(state)
     assert m2.step == m1.step == 3
-    for n in (3, 4, 5):  # generator, auxiliary, generator turns
-        out = []
-        for m in (m1, m2):
-            m.generator.manual_seed(100 + n)
-            out.append(_no_time(m.train_step(_batch(n))))
-        assert out[0] == out[1], n
-        assert ("loss/gen" in out[0]) == (n % 2 == 1)
-    for name in ("student", "aux"):
-        for (k, p), q in zip(m1.nets[name].named_parameters(), m2.nets[name].parameters(), strict=True):
-            assert torch.equal(p, q), (name, k)
+    steps = (3, 4, 5)  # generator, auxiliary, generator turns
+    for n, out in zip(steps, h.assert_same_next_steps(m1, m2, steps), strict=True):
+        assert ("loss/gen" in out) == (n % 2 == 1)
     assert parameter_hash(m1.teacher) == parameter_hash(mlp_teacher)
 
 
 def test_t15_load_rejects_other_teacher(mlp_teacher):
-    state = _make(mlp_teacher).state_dict()
-    other = copy.deepcopy(mlp_teacher)
-    with torch.no_grad():
-        other.net.body[-1].bias.add_(1e-3)
-    with pytest.raises(ValueError, match="teacher"):
-        _make(other).load_state_dict(state)
+    h.assert_rejects_other_teacher(_make, mlp_teacher)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -449,52 +412,13 @@ def test_t15_config_round_trips():
 
 def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
     m = _make(mlp_teacher, student_steps=4)
-    seen = set()
-    for n in range(4):
-        m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        for k, v in metrics.items():
-            assert METRIC_KEY.match(k), k
-            assert isinstance(v, float) and math.isfinite(v), (k, v)
-        seen |= set(metrics)
-    required = {"loss/gen", "loss/aux", "grad_norm/gen", "grad_norm/aux", "lr/gen", "lr/aux", "stats/x_mean",
-                "stats/x_std", "time/step_s", "mmd/moment_gap"}
-    assert required <= seen, required - seen
-
-
-TRAIN = TrainConfig(iterations=12, batch_size=64, checkpoint_every=5, log_every=3, preview_every=6, ema_decay=0.0,
-                    preview_seeds=tuple(range(8)))
+    h.check_metrics(h.train_steps(m, range(4)), required=h.TWO_NET_KEYS | {"mmd/moment_gap"})
 
 
 def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
-    spec = {"name": "mmd-test", "kind": "student"}
-    kwargs = {"student_steps": 4, "total_steps": TRAIN.iterations}
-
-    full = _make(mlp_teacher, **kwargs)
-    res = run_training(full, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "full", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    calls = []
-    part = _make(mlp_teacher, **kwargs)
-    res = run_training(part, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec,
-                       should_stop=lambda: calls.append(1) or len(calls) >= 7)
-    assert res.status == "stopped" and res.step == 7
-    resumed = _make(mlp_teacher, **kwargs)  # a fresh object
-    res = run_training(resumed, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec)
-    assert res.status == "completed" and res.step == 12
-
-    for name in ("student", "aux"):
-        a, b = full.nets[name].state_dict(), resumed.nets[name].state_dict()
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+    full, _, _ = h.assert_exact_resume(lambda: _make(mlp_teacher, student_steps=4, total_steps=h.TRAIN.iterations), tmp_path,
+                                       {"name": "mmd-test", "kind": "student"},
+                                       train=replace(h.TRAIN, preview_seeds=tuple(range(8))))
     # The run did train both networks.
     assert any(not torch.equal(p, q) for p, q in zip(full.student.parameters(), mlp_teacher.parameters()))
-    assert resumed.step == full.step == 12
     assert parameter_hash(mlp_teacher) == full.teacher_hash
-
-    def rows(folder):
-        return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-
-    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
-    assert [r["step"] for r in rows(tmp_path / "full")] == [3, 6, 9, 12]

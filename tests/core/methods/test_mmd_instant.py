@@ -9,28 +9,25 @@ M(eta) = 1/2 ||mean grad_theta L_theta(x~(eta), z_s)||^2_Lambda differentiated b
 from __future__ import annotations
 
 import copy
-import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
-from torch import nn
 from torch.func import functional_call
 
 import core.methods.mmd_instant as mi_module
-from core.data import get_benchmark
 from core.method_specs import MMDInstantConfig
 from core.methods.mmd_instant import MMDInstant
 from core.nets import parameter_hash
 from core.posterior import posterior_coefficients, posterior_sample
 from core.schedules import CosineSchedule
-from core.specs import TrainConfig
 from core.time_sampling import edm_weight, karras_t
-from core.train import run_training
+
+from . import helpers as h
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-BENCH = get_benchmark("toy2d-ring")
 TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "precond_batches": 2}  # toy2d knobs; a short Lambda phase for speed
 BIAS_SHIFT = 0.2
 
@@ -47,22 +44,6 @@ def _make(teacher, total_steps: int = 20, shift: float = 0.0, **config) -> MMDIn
         with torch.no_grad():
             m.student.net.body[-1].bias.add_(shift)  # the output bias of the MLP inside the student
     return m
-
-
-def _batch(n: int, size: int = 64, dtype=torch.float32) -> dict:
-    return {"x": BENCH.sample_batch(size, torch.Generator().manual_seed(n))["x"].to(dtype)}
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in module.named_parameters()}
-
-
-def _changed(module: nn.Module, before: dict[str, torch.Tensor]) -> list[bool]:
-    return [not torch.equal(p, before[k]) for k, p in module.named_parameters()]
-
-
-def _no_time(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -101,7 +82,7 @@ class _FixedBatch:
 
     def __init__(self, teacher, m: MMDInstant, b: int = 24, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.x = BENCH.mixture.sample(b, g).to(F64)
+        self.x = h.BENCH.mixture.sample(b, g).to(F64)
         self.s = 0.15 + 0.6 * torch.rand(b, generator=g, dtype=F64)
         self.t = (self.s + torch.rand(b, generator=g, dtype=F64) / m.config.student_steps).clamp(max=1.0)
         self.z_t = SCHED.alpha(self.t)[:, None] * self.x + SCHED.sigma(self.t)[:, None] * torch.randn(
@@ -253,7 +234,7 @@ def test_t10_moment_estimate_equals_explicit_gamma_a_lambda_gamma_b(teacher64, s
     m = _make(teacher64, shift=BIAS_SHIFT, student_steps=8)
     m.precond = _random_precond(teacher64, seed=seed + 10)
     m.step = 5
-    batch = _batch(seed, 32, dtype=F64)
+    batch = h.batch(seed, 32, dtype=F64)
     rep = _replay_halves(m, batch["x"], seed=100 + seed)
     gammas = {}
     for name, r in rep.items():
@@ -274,10 +255,10 @@ def test_t10_moment_estimate_equals_explicit_gamma_a_lambda_gamma_b(teacher64, s
 def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
     beta2, eps, nb = 0.9, 1e-8, 3  # beta2 well below 1 so the per-batch weights differ
     m = _make(teacher64, total_steps=6, precond_batches=nb, precond_beta2=beta2, precond_eps=eps)
-    teacher_hash, student0 = parameter_hash(teacher64), _snapshot(m.student)
+    teacher_hash, student0 = parameter_hash(teacher64), h.snapshot(m.student)
     grads = []
     for n in range(nb):
-        x = _batch(n, 32, dtype=F64)["x"]
+        x = h.batch(n, 32, dtype=F64)["x"]
         g = torch.Generator().manual_seed(200 + n)  # order: s, delta, eps (unused), n; z_s = alpha_s x + sigma_s n
         s = karras_t(32, SCHED, m.config.sigma_min, m.config.sigma_max, m.config.rho, g)
         torch.rand(32, generator=g, dtype=F64)
@@ -291,7 +272,7 @@ def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
         assert metrics["loss/teacher"] == pytest.approx(loss, rel=1e-12)
         assert metrics["mmd/precond_progress"] == pytest.approx((n + 1) / nb)
         assert "loss/gen" not in metrics
-        assert not any(_changed(m.student, student0)), n
+        assert not any(h.changed(m.student, student0)), n
         assert parameter_hash(teacher64) == teacher_hash
         assert all(p.grad is None and not p.requires_grad for p in m.teacher.parameters())
         assert (m.precond is None) == (n < nb - 1), n
@@ -305,11 +286,11 @@ def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
     frozen = {k: v.clone() for k, v in m.precond.items()}
     # Distillation: the student moves, the teacher and Lambda do not.
     for n in range(nb, 6):
-        before = _snapshot(m.student)
+        before = h.snapshot(m.student)
         m.generator.manual_seed(200 + n)
-        metrics = m.train_step(_batch(n, 32, dtype=F64))
+        metrics = m.train_step(h.batch(n, 32, dtype=F64))
         assert "loss/gen" in metrics and "loss/teacher" not in metrics
-        assert all(_changed(m.student, before)), n
+        assert all(h.changed(m.student, before)), n
         assert parameter_hash(teacher64) == teacher_hash
         assert all(torch.equal(m.precond[k], frozen[k]) for k in frozen)
 
@@ -328,13 +309,13 @@ def test_iterations_must_exceed_precond_batches(mlp_teacher, total):
 def test_distill_phase_rejects_batch_size_one(mlp_teacher):
     m = _make(mlp_teacher, total_steps=5, precond_batches=1)
     m.generator.manual_seed(0)
-    m.train_step(_batch(0, 1))               # the preconditioner phase works on any batch
+    m.train_step(h.batch(0, 1))               # the preconditioner phase works on any batch
     assert m.precond is not None
-    before = _snapshot(m.student)
+    before = h.snapshot(m.student)
     with pytest.raises(ValueError, match="batch_size"):
-        m.train_step(_batch(1, 1))
-    assert m.step == 1 and not any(_changed(m.student, before))
-    m.train_step(_batch(1, 2))               # two examples are enough: one per half
+        m.train_step(h.batch(1, 1))
+    assert m.step == 1 and not any(h.changed(m.student, before))
+    m.train_step(h.batch(1, 2))               # two examples are enough: one per half
     assert m.step == 2
 
 
@@ -346,35 +327,20 @@ def test_distill_phase_rejects_batch_size_one(mlp_teacher):
 def test_t15_state_round_trip_gives_identical_next_steps(mlp_teacher, cut):
     kwargs = {"total_steps": 10, "precond_batches": 3, "student_steps": 4}
     m1 = _make(mlp_teacher, **kwargs)
-    for n in range(cut):
-        m1.generator.manual_seed(n)
-        m1.train_step(_batch(n))
-    state = copy.deepcopy(m1.state_dict())
+    state = h.state_after(m1, cut)
     assert set(state["extra"]) == {"v", "precond"}
     assert (state["extra"]["precond"] is None) == (cut < 3)
     assert state["teacher_hash"] == parameter_hash(mlp_teacher)
     m2 = _make(mlp_teacher, **kwargs)
     m2.load_state_dict(state)
-    assert m2.step == cut
-    for n in range(cut, cut + 3):
-        out = []
-        for m in (m1, m2):
-            m.generator.manual_seed(100 + n)
-            out.append(_no_time(m.train_step(_batch(n))))
-        assert out[0] == out[1], n
-    for (k, p), q in zip(m1.student.named_parameters(), m2.student.parameters(), strict=True):
-        assert torch.equal(p, q), k
+    assert m2.step == m1.step == cut
+    h.assert_same_next_steps(m1, m2, range(cut, cut + 3), nets=("student",))
     for k in m1.v:
         assert torch.equal(m1.v[k], m2.v[k]) and torch.equal(m1.precond[k], m2.precond[k]), k
 
 
 def test_t15_load_rejects_other_teacher(mlp_teacher):
-    state = _make(mlp_teacher, precond_batches=2).state_dict()
-    other = copy.deepcopy(mlp_teacher)
-    with torch.no_grad():
-        other.net.body[-1].bias.add_(1e-3)
-    with pytest.raises(ValueError, match="teacher"):
-        _make(other, precond_batches=2).load_state_dict(state)
+    h.assert_rejects_other_teacher(lambda teacher: _make(teacher, precond_batches=2), mlp_teacher)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
@@ -395,59 +361,26 @@ def test_t15_config_validation_names_the_field(changes, field):
 
 
 def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
-    import re
-
-    key = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)+$")
     m = _make(mlp_teacher, total_steps=6, precond_batches=2)
-    seen = set()
-    for n in range(4):
-        m.generator.manual_seed(n)
-        metrics = m.train_step(_batch(n))
-        for k, v in metrics.items():
-            assert key.match(k), k
-            assert isinstance(v, float) and math.isfinite(v), (k, v)
-        seen |= set(metrics)
     required = {"loss/gen", "loss/teacher", "grad_norm/gen", "lr/gen", "stats/x_mean", "stats/x_std", "time/step_s",
                 "mmd/moment_norm", "mmd/precond_progress"}
-    assert required <= seen, required - seen
+    h.check_metrics(h.train_steps(m, range(4)), required=required)
 
 
-TRAIN = TrainConfig(iterations=10, batch_size=64, checkpoint_every=4, log_every=3, preview_every=5, ema_decay=0.0,
-                    preview_seeds=tuple(range(8)))
+TRAIN = replace(h.TRAIN, iterations=10, checkpoint_every=4, preview_every=5, preview_seeds=tuple(range(8)))
 
 
 @pytest.mark.parametrize("stop", [2, 5])  # inside the preconditioner phase, and after it
 def test_t15_run_training_resume_is_exact_across_the_phase_boundary(mlp_teacher, tmp_path, stop):
-    spec = {"name": "mmd-instant-test", "kind": "student"}
     kwargs = {"precond_batches": 3, "student_steps": 4, "total_steps": TRAIN.iterations}
-
-    full = _make(mlp_teacher, **kwargs)
-    res = run_training(full, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "full", spec=spec)
-    assert res.status == "completed" and res.step == 10
-
-    calls = []
-    part = _make(mlp_teacher, **kwargs)
-    res = run_training(part, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec,
-                       should_stop=lambda: calls.append(1) or len(calls) >= stop)
-    assert res.status == "stopped" and res.step == stop
+    full, part, resumed = h.assert_exact_resume(lambda: _make(mlp_teacher, **kwargs), tmp_path,
+                                                {"name": "mmd-instant-test", "kind": "student"}, nets=("student",),
+                                                stop_after=stop, train=TRAIN, log_steps=None)
     assert (part.precond is None) == (stop < 3)
-    resumed = _make(mlp_teacher, **kwargs)  # a fresh object
-    res = run_training(resumed, BENCH.sample_batch, TRAIN, out_dir=tmp_path / "cut", spec=spec)
-    assert res.status == "completed" and res.step == 10
-
-    a, b = full.student.state_dict(), resumed.student.state_dict()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
     assert any(not torch.equal(p, q) for p, q in zip(full.student.parameters(), mlp_teacher.parameters()))
     for k in full.precond:
         assert torch.equal(full.precond[k], resumed.precond[k]) and torch.equal(full.v[k], resumed.v[k]), k
-    assert resumed.step == full.step == 10
     assert parameter_hash(mlp_teacher) == full.teacher_hash
-
-    def rows(folder):
-        return [_no_time(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-
-    assert rows(tmp_path / "full") == rows(tmp_path / "cut")
 
 
 def test_runs_on_a_diffusers_unet_with_attention():
