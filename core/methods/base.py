@@ -99,11 +99,14 @@ class Method:
             "aux": make_optimizer(self.aux.parameters(), self.config, self.config.lr_aux, self.total_steps),
         }
 
+    def noise_bank(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sample contract accepts [B, ...] or a bank [draws, B, ...]; always return the bank."""
+        return noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
+
     def ancestral_sample(self, noise, cond, steps, student) -> torch.Tensor:
         """The k-step MMD sampler: conditional re-noising on the uniform grid t_i = 1 - i/k [paper, Alg. 1]."""
         steps = steps or self.config.student_steps
-        bank = noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None]
-        return ancestral(bank, student or self.student, time_grid(self.schedule, steps), cond)
+        return ancestral(self.noise_bank(noise), student or self.student, time_grid(self.schedule, steps), cond)
 
     @property
     def schedule(self):
@@ -200,7 +203,7 @@ class OneStepMethod(Method):
     def sample(self, noise, cond=None, steps=None, student=None):
         if steps not in (None, 1):
             raise ValueError(f"{self.key}: a one-step generator samples with steps = 1, got {steps}")
-        xi = noise[0] if noise.ndim > len(self.teacher.data_shape) + 1 else noise
+        xi = self.noise_bank(noise)[0]
         with torch.no_grad():
             return self.generate(xi, cond, student)
 

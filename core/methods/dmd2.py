@@ -61,8 +61,7 @@ class DMD2(Method):
     def sample(self, noise, cond=None, steps=None, student=None):
         steps = steps or self.config.student_steps
         grid = self.grid if steps == self.config.student_steps else time_grid(self.schedule, steps)
-        return marginal(noise if noise.ndim > len(self.teacher.data_shape) + 1 else noise[None],
-                        student or self.student, grid, cond)
+        return marginal(self.noise_bank(noise), student or self.student, grid, cond)
 
     @torch.no_grad()
     def backward_simulate(self, noise: torch.Tensor, cond, k: int) -> torch.Tensor:

@@ -46,10 +46,3 @@ def load_builtin(info: TeacherInfo, device="cpu") -> Denoiser:
     state, _ = load_state(path)
     denoiser.net.load_state_dict(state)
     return denoiser.to(device).eval().requires_grad_(False)
-
-
-def training_meta(path: Path | None = None, name: str | None = None) -> dict:
-    """The JSON record shipped next to a built-in teacher's weights."""
-    import json
-    path = path or weights_path(name)
-    return json.loads(path.with_suffix(".json").read_text()).get("meta", {})
