@@ -173,7 +173,7 @@ def distill_cmd(
     method: str = typer.Option(..., help="mmd, mmd-instant, emd, diff-instruct or dmd2."),
     student_steps: int = typer.Option(None, "--student-steps", help="Student sampling steps (default: the preset's)."),
     iterations: int = typer.Option(2000, min=1, help="Training iterations."),
-    preset: str = typer.Option("default", help="Named config preset (e.g. toy2d, digits, no-gan)."),
+    preset: str = typer.Option("default", help="Named config preset; chain with + (e.g. toy2d, digits, digits+no-gan)."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config field: KEY=VALUE (repeatable)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Batch size (default 512 for 2-D, 64 for images)."),
     seed: int = typer.Option(0, min=0, help="Run seed."),

@@ -1,10 +1,20 @@
-"""Student quality against the teacher: toy2d (mode coverage, energy distance, sliced W2) and digits (Fréchet
-distance on an independent classifier's features, class accuracy, speed).
+"""Student quality against the teacher, and the paper ablations.
 
-Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--methods mmd,dmd2,...]
-      .venv/bin/python benchmarks/quality.py digits [--iterations 2000] [--n 2000]
-Writes benchmarks/results/quality-<part>.json and .md (git revision, machine). Students are trained through the
-same code path as `distill-studio distill` (workers.local.distill) into benchmarks/results/runs/.
+Parts (each stores one JSON file per row under benchmarks/results/rows/<part>/, then rebuilds the report):
+  toy2d      every method on the ring: mode coverage, energy distance and sliced W2 to the true mixture, against the
+             teacher's ancestral sampler at 1, 2, 4, 8 and 50 steps.
+  digits     every method at its native steps and the teacher's DDIM at 1, 2, 4, 8 and 50 steps: Fréchet distance
+             on an independent classifier's features (n = 2000), class accuracy, samples/s, CPU minutes of training
+             and peak memory of the training process.
+  ablations  the papers' ablations on the ring, over several seeds: DMD2 TTUR / GAN / backward simulation, MMD
+             conditional vs marginal re-noising, EMD noise cancellation and K in {1, 4, 8}.
+  report     rebuild results/quality.json and results/quality.md from the stored rows without training.
+
+Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--methods mmd,dmd2]
+      .venv/bin/python benchmarks/quality.py digits [--methods dmd2] [--iterations N]
+      .venv/bin/python benchmarks/quality.py ablations [--seeds 0,1,2] [--only dmd2]
+Students are trained by the CLI (`distill-studio distill ... --json`) in a child process, so CPU time and peak
+memory are that run's own. Use OMP_NUM_THREADS=1 to reproduce the single-thread CPU minutes reported.
 The digits Fréchet distance uses a small sklearn MLP's hidden features until the evaluation issue's extractor lands.
 """
 
@@ -12,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -31,17 +41,48 @@ from core.images import to_uint8  # noqa: E402
 from core.noise import seeded_noise  # noqa: E402
 from core.samplers import sample  # noqa: E402
 from core.teachers import load_teacher  # noqa: E402
-from workers.local import distill, load_student  # noqa: E402
+from workers.local import load_student  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-NATIVE = {"toy2d": [("mmd", 8), ("mmd", 2), ("mmd-instant", 8), ("emd", 1), ("diff-instruct", 1), ("dmd2", 1),
-                    ("dmd2", 4)],
-          "digits": [("mmd", 8), ("mmd", 4), ("emd", 1), ("diff-instruct", 1), ("dmd2", 1), ("dmd2", 4)]}
+ROWS = RESULTS / "rows"
+RUNS = RESULTS / "runs"
+TEACHER_STEPS = (1, 2, 4, 8, 50)
+
+# (method, preset, student steps) at each method's native step counts.
+NATIVE = {
+    "toy2d": [("mmd", "toy2d", 8), ("mmd", "toy2d", 2), ("mmd-instant", "toy2d", 8), ("emd", "toy2d", 1),
+              ("diff-instruct", "toy2d", 1), ("dmd2", "toy2d", 1), ("dmd2", "toy2d", 4)],
+    "digits": [("mmd", "digits", 8), ("mmd", "digits", 4), ("mmd-instant", "digits", 8), ("emd", "digits", 1),
+               ("diff-instruct", "digits", 1), ("dmd2", "digits", 1), ("dmd2", "digits", 4)],
+}
+# Digits iterations per method: what fits the issue's 15 CPU-minute budget at one thread on this machine's CPU,
+# from a 30-iteration timing of each method at one thread (dmd2 about 1.1 s/iteration, mmd 0.9, emd 1.4).
+DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 400, ("emd", 1): 600,
+                     ("diff-instruct", 1): 1000, ("dmd2", 1): 800, ("dmd2", 4): 700}
+# The papers' ablations: (method, steps, [(label, preset), ...]); the first variant is the reference.
+ABLATIONS = [
+    ("dmd2", 1, [("TTUR 5 + GAN", "toy2d"), ("no TTUR (ratio 1)", "toy2d+no-ttur"), ("no GAN", "toy2d+no-gan")]),
+    ("dmd2", 4, [("backward simulation", "toy2d+4-step"), ("noised real images", "toy2d+no-backsim")]),
+    ("mmd", 8, [("conditional re-noising", "toy2d"), ("marginal re-noising", "toy2d+marginal-renoise")]),
+    ("mmd", 2, [("conditional re-noising", "toy2d+2-step"), ("marginal re-noising", "toy2d+2-step+marginal-renoise")]),
+    ("emd", 1, [("K = 4, exact cancel", "toy2d"), ("K = 4, no cancel", "toy2d+no-cancel"),
+                ("K = 1", "toy2d+k1"), ("K = 8", "toy2d+k8")]),
+]
 
 
 def git_revision() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
+
+
+def save_row(part: str, slug: str, row: dict) -> None:
+    row = {**row, "git": git_revision(), "threads": torch.get_num_threads()}
+    path = ROWS / part / f"{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1))
+    tmp.replace(path)  # atomic: parts may run in parallel processes
+    print(row, flush=True)
 
 
 # -- distances -------------------------------------------------------------------------------------------------
@@ -75,32 +116,61 @@ def toy_scores(x: torch.Tensor, mixture) -> dict:
             "energy": energy_distance(x, ref), "sliced_w2": sliced_w2(x, ref)}
 
 
+# -- training through the CLI in a child process ----------------------------------------------------------------
+
+def train_student(teacher: str, method: str, preset: str, steps: int, iterations: int, seed: int) -> tuple[Path, dict]:
+    """Run `distill-studio distill --json` as a child; its own CPU minutes and peak RSS come back with the result."""
+    out = RUNS / f"{teacher}-{method}-{steps}-{preset}-{iterations}-s{seed}"
+    cli = Path(sys.executable).with_name("distill-studio")
+    cmd = [str(cli), "distill", "--teacher", teacher, "--method", method, "--preset", preset, "--student-steps",
+           str(steps), "--iterations", str(iterations), "--seed", str(seed), "--out", str(out), "--json"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    stdout = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {child.returncode}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return out, {"iterations": iterations, "seed": seed, "cpu_minutes": result["cpu_minutes"],
+                 "peak_rss_mb": round(usage.ru_maxrss / 1024), "command": " ".join(["distill-studio", *cmd[1:-1]])}
+
+
 # -- parts -----------------------------------------------------------------------------------------------------
 
-def run_student(teacher: str, method: str, steps: int, iterations: int, preset: str, seed: int) -> tuple:
-    out = RESULTS / "runs" / f"{teacher}-{method}-{steps}-{preset}-{iterations}"
-    t0 = time.process_time()
-    result = distill(teacher, method, out, preset=preset, student_steps=steps, iterations=iterations, seed=seed)
-    task, _ = load_student(out)
-    return task, result, (time.process_time() - t0) / 60
+def toy_teacher_rows(n: int) -> None:
+    mixture, teacher = get_benchmark("toy2d-ring").mixture, load_teacher("toy2d-ring")
+    for steps in TEACHER_STEPS:
+        x = sample(teacher, seeded_noise(range(n), (2,), steps), steps, sampler="ancestral")
+        save_row("toy2d", f"teacher-{steps}", {"model": "teacher (ancestral)", "steps": steps, "n": n,
+                                               **toy_scores(x, mixture)})
 
 
-def part_toy2d(args) -> list[dict]:
-    mixture = get_benchmark("toy2d-ring").mixture
-    teacher = load_teacher("toy2d-ring")
-    seeds = range(args.n)
-    rows = []
-    for steps in (1, 2, 4, 8, 50):
-        x = sample(teacher, seeded_noise(seeds, (2,), steps), steps, sampler="ancestral")
-        rows.append({"model": "teacher (ancestral)", "steps": steps, **toy_scores(x, mixture)})
-    for method, steps in NATIVE["toy2d"]:
+def toy_student_scores(method: str, preset: str, steps: int, iterations: int, seed: int, n: int) -> dict:
+    folder, info = train_student("toy2d-ring", method, preset, steps, iterations, seed)
+    task, _ = load_student(folder)
+    x = task.sample(seeded_noise(range(n), (2,), task.noise_draws(steps)), None, steps)
+    return {**info, "n": n, **toy_scores(x, get_benchmark("toy2d-ring").mixture)}
+
+
+def part_toy2d(args) -> None:
+    if args.teacher or not (ROWS / "toy2d" / "teacher-1.json").exists():
+        toy_teacher_rows(args.n)
+    for method, preset, steps in NATIVE["toy2d"]:
         if args.methods and method not in args.methods:
             continue
-        task, result, cpu_min = run_student("toy2d-ring", method, steps, args.iterations, "toy2d", args.seed)
-        x = task.sample(seeded_noise(seeds, (2,), task.noise_draws(steps)), None, steps)
-        rows.append({"model": method, "steps": steps, "cpu_minutes": round(cpu_min, 2), **toy_scores(x, mixture)})
-        print(rows[-1], flush=True)
-    return rows
+        scores = toy_student_scores(method, preset, steps, args.iterations or 2000, args.seed, args.n)
+        save_row("toy2d", f"{method}-{steps}", {"model": method, "steps": steps, "preset": preset, **scores})
+
+
+def part_ablations(args) -> None:
+    for method, steps, variants in ABLATIONS:
+        if args.methods and method not in args.methods:
+            continue
+        for label, preset in variants:
+            for seed in args.seeds:
+                scores = toy_student_scores(method, preset, steps, args.iterations or 2000, seed, args.n)
+                save_row("ablations", f"{method}-{steps}-{preset}-s{seed}",
+                         {"model": method, "steps": steps, "variant": label, "preset": preset, **scores})
 
 
 def digits_features():
@@ -117,7 +187,7 @@ def digits_features():
     return clf, features
 
 
-def part_digits(args) -> list[dict]:
+def part_digits(args) -> None:
     clf, features = digits_features()
     real, _ = digits_tensors()
     real_f = features(real)
@@ -130,55 +200,114 @@ def part_digits(args) -> list[dict]:
         secs = time.perf_counter() - t0
         x = torch.from_numpy(to_uint8(x)).float()[:, None] / 127.5 - 1  # what a user sees: 8-bit PNG values
         acc = float((clf.predict(x.flatten(1).numpy()) == cond.numpy()).mean())
-        return {"fd": frechet(features(x), real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
+        return {"n": len(seeds), "fd": frechet(features(x), real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
 
-    teacher = load_teacher("digits")
-    rows = []
-    for steps in (1, 2, 4, 8, 50):
-        rows.append({"model": "teacher (DDIM)", "steps": steps,
-                     **score(lambda s, c, k=steps: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c))})
-        print(rows[-1], flush=True)
-    for method, steps in NATIVE["digits"]:
+    if args.teacher or not (ROWS / "digits" / "teacher-1.json").exists():
+        teacher = load_teacher("digits")
+        for steps in TEACHER_STEPS:
+            save_row("digits", f"teacher-{steps}", {"model": "teacher (DDIM)", "steps": steps, **score(
+                lambda s, c, k=steps: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c))})
+        # Calibration: the distance between two halves of the real digits (about 900 each, so a noisier floor).
+        perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+        half = len(real) // 2
+        save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
+                                           "fd": frechet(features(real[perm[:half]]), features(real[perm[half:]]))})
+    for method, preset, steps in NATIVE["digits"]:
         if args.methods and method not in args.methods:
             continue
-        task, result, cpu_min = run_student("digits", method, steps, args.iterations, "digits", args.seed)
-        row = {"model": method, "steps": steps, "cpu_minutes": round(cpu_min, 2),
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-               **score(lambda s, c, k=steps, m=task: m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k))}
-        rows.append(row)
-        print(row, flush=True)
-    return rows
+        iterations = args.iterations or DIGITS_ITERATIONS[(method, steps)]
+        folder, info = train_student("digits", method, preset, steps, iterations, args.seed)
+        task, _ = load_student(folder)
+        save_row("digits", f"{method}-{steps}", {"model": method, "steps": steps, "preset": preset, **info, **score(
+            lambda s, c, k=steps, m=task: m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k))})
 
 
-def write(part: str, rows: list[dict], args) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"git": git_revision(), "machine": platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "iterations": args.iterations, "n": args.n, "rows": rows}
-    (RESULTS / f"quality-{part}.json").write_text(json.dumps(doc, indent=1))
-    keys = [k for k in rows[0] if k not in ("model", "steps")]
+# -- report ----------------------------------------------------------------------------------------------------
+
+def load_rows(part: str) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted((ROWS / part).glob("*.json"))]
+    order = {"teacher": 0, "real": 1}
+    return sorted(rows, key=lambda r: (order.get(r["model"].split()[0], 2), r["model"], r["steps"], r.get("preset", ""),
+                                       r.get("seed", 0)))
+
+
+def table(rows: list[dict], keys: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
-        keys += [k for k in r if k not in keys and k not in ("model", "steps")]
-    lines = [f"# Student quality: {part} (git {doc['git']}, {args.iterations} iterations, n = {args.n})", "",
-             "| model | steps | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        lines.append("| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)
+                     + " |")
+    return lines
+
+
+def ablation_summary(rows: list[dict]) -> list[dict]:
+    """Mean (and per-seed values) of each metric per (method, steps, variant)."""
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
-        lines.append(f"| {r['model']} | {r['steps']} | " + " | ".join(cells) + " |")
-    (RESULTS / f"quality-{part}.md").write_text("\n".join(lines) + "\n")
+        groups.setdefault((r["model"], r["steps"], r["variant"], r["preset"]), []).append(r)
+    out = []
+    for (model, steps, variant, preset), rs in groups.items():
+        row = {"model": model, "steps": steps, "variant": variant, "preset": preset, "seeds": len(rs)}
+        for k in ("covered", "quality", "energy", "sliced_w2"):
+            vals = [r[k] for r in rs]
+            row[k] = float(np.mean(vals))
+            row[f"{k}_range"] = f"{min(vals):.3g}–{max(vals):.3g}"
+        out.append(row)
+    ranks = {(m, s, [p for _, p in v][i]): i for m, s, v in ABLATIONS for i in range(len(v))}
+    return sorted(out, key=lambda r: ([(m, s) for m, s, _ in ABLATIONS].index((r["model"], r["steps"])),
+                                      ranks.get((r["model"], r["steps"], r["preset"]), 99)))
+
+
+def report() -> None:
+    doc = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__}
+    lines = ["# Student quality and ablations", "",
+             "Generated by `benchmarks/quality.py` from the rows in `benchmarks/results/rows/`; every row records its "
+             "git revision, seed, iterations and the command that trained it.", ""]
+    toy = load_rows("toy2d")
+    if toy:
+        doc["toy2d"] = toy
+        lines += ["## toy2d ring (n = 8192; energy distance and sliced W2 to the true mixture)", "",
+                  *table(toy, ["model", "steps", "covered", "quality", "energy", "sliced_w2", "iterations",
+                               "cpu_minutes"]), ""]
+    digits = load_rows("digits")
+    if digits:
+        doc["digits"] = digits
+        lines += ["## digits (n = 2000; Fréchet distance on a digits classifier's features)", "",
+                  *table(digits, ["model", "steps", "fd", "accuracy", "samples_per_s", "iterations", "cpu_minutes",
+                                  "peak_rss_mb"]), ""]
+    ablations = load_rows("ablations")
+    if ablations:
+        summary = ablation_summary(ablations)
+        doc["ablations"] = {"runs": ablations, "summary": summary}
+        lines += ["## Ablations on the toy2d ring (mean over seeds; range in brackets)", "",
+                  "| method | steps | variant | preset | seeds | modes covered | quality | energy | sliced W2 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in summary:
+            lines.append(f"| {r['model']} | {r['steps']} | {r['variant']} | `{r['preset']}` | {r['seeds']} | "
+                         f"{r['covered']:.3g} ({r['covered_range']}) | {r['quality']:.3g} ({r['quality_range']}) | "
+                         f"{r['energy']:.3g} ({r['energy_range']}) | {r['sliced_w2']:.3g} ({r['sliced_w2_range']}) |")
+        lines.append("")
+    (RESULTS / "quality.json").write_text(json.dumps(doc, indent=1))
+    (RESULTS / "quality.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["toy2d", "digits"])
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("part", choices=["toy2d", "digits", "ablations", "report"])
+    parser.add_argument("--iterations", type=int, default=None, help="override the iterations of every student")
     parser.add_argument("--n", type=int, default=None, help="samples per row (toy2d 8192, digits 2000)")
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=None)
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these methods")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2],
+                        help="ablation seeds")
+    parser.add_argument("--teacher", action="store_true", help="recompute the teacher rows")
     args = parser.parse_args()
-    args.n = args.n or (8192 if args.part == "toy2d" else 2000)
+    args.n = args.n or (2000 if args.part == "digits" else 8192)
     torch.manual_seed(0)
-    rows = part_toy2d(args) if args.part == "toy2d" else part_digits(args)
-    write(args.part, rows, args)
+    parts = {"toy2d": part_toy2d, "digits": part_digits, "ablations": part_ablations}
+    if args.part in parts:
+        parts[args.part](args)
+    report()
 
 
 if __name__ == "__main__":

@@ -263,18 +263,20 @@ _TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}
 _DIGITS = {"sigma_data": 0.64}
 
 
-def _presets(cls, extra: dict[str, dict]) -> dict[str, Any]:
+def _presets(cls, extra: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Preset name -> field changes from the method's defaults; a benchmark preset's changes that name fields the
+    method lacks are dropped (mmd-instant has no auxiliary learning rate)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
     base = {"default": {}, "toy2d": _TOY, "digits": _DIGITS}
-    out = {}
-    for name, changes in {**base, **extra}.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
-        out[name] = cls(**{k: v for k, v in changes.items() if k in fields})
-    return out
+    return {name: {k: v for k, v in changes.items() if k in fields} for name, changes in {**base, **extra}.items()}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "mmd": _presets(MMDConfig, {"marginal-renoise": {"renoise": "marginal"}}),
-    "mmd-instant": _presets(MMDInstantConfig, {"toy2d": {k: v for k, v in _TOY.items() if k != "lr_aux"}}),
+# Benchmark presets set the scale (data std, learning rates); ablation presets switch one mechanism. They compose
+# with "+", left to right: "digits+no-gan" is the digits preset with the GAN term off.
+PRESET_CHANGES: dict[str, dict[str, dict[str, Any]]] = {
+    "mmd": _presets(MMDConfig, {"marginal-renoise": {"renoise": "marginal"}, "4-step": {"student_steps": 4},
+                                "2-step": {"student_steps": 2}}),
+    "mmd-instant": _presets(MMDInstantConfig, {}),
     "emd": _presets(EMDConfig, {"no-cancel": {"noise_cancel": "none"}, "k1": {"langevin_steps": 1},
                                 "k8": {"langevin_steps": 8}}),
     "diff-instruct": _presets(DiffInstructConfig, {}),
@@ -282,6 +284,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                                   "no-backsim": {"student_steps": 4, "backward_simulation": False},
                                   "4-step": {"student_steps": 4}}),
 }
+PRESETS: dict[str, dict[str, Any]] = {m: {name: METHOD_CONFIGS[m](**changes) for name, changes in named.items()}
+                                      for m, named in PRESET_CHANGES.items()}
+
+
+def preset_changes(method: str, preset: str) -> dict[str, Any]:
+    """The field changes of a preset or a "+"-joined chain of presets, applied left to right."""
+    changes: dict[str, Any] = {}
+    for name in preset.split("+"):
+        name = name.strip()
+        if name not in PRESET_CHANGES[method]:
+            raise ValueError(f"preset: unknown preset {name!r} for {method} "
+                             f"(known: {', '.join(PRESET_CHANGES[method])}; join with +, e.g. digits+no-gan)")
+        changes.update(PRESET_CHANGES[method][name])
+    return changes
 
 
 def _parse_value(cls, key: str, raw: str):
@@ -307,9 +323,7 @@ def build_method_config(method: str, *, preset: str = "default", student_steps: 
     if method not in METHOD_CONFIGS:
         raise ValueError(f"method: unknown method {method!r} (known: {', '.join(METHOD_CONFIGS)})")
     cls = METHOD_CONFIGS[method]
-    if preset not in PRESETS[method]:
-        raise ValueError(f"preset: unknown preset {preset!r} for {method} (known: {', '.join(PRESETS[method])})")
-    changes: dict[str, Any] = {}
+    changes = preset_changes(method, preset)
     fields = {f.name for f in dataclasses.fields(cls)}
     for item in sets:
         key, sep, raw = str(item).partition("=")
@@ -321,7 +335,7 @@ def build_method_config(method: str, *, preset: str = "default", student_steps: 
         changes[key] = _parse_value(cls, key, raw.strip())
     if student_steps is not None:
         changes["student_steps"] = student_steps
-    config = dataclasses.replace(PRESETS[method][preset], **changes)
+    config = cls(**changes)
     if cls.one_step_only and config.student_steps != 1:
         raise ValueError(f"student_steps: {method} is a one-step method; it supports only 1, got {config.student_steps}")
     return config
