@@ -41,6 +41,7 @@ from core.images import to_uint8  # noqa: E402
 from core.noise import seeded_noise  # noqa: E402
 from core.samplers import sample  # noqa: E402
 from core.teachers import load_teacher  # noqa: E402
+from core.toy_metrics import toy_scores  # noqa: E402
 from workers.local import load_student  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -87,33 +88,11 @@ def save_row(part: str, slug: str, row: dict) -> None:
 
 # -- distances -------------------------------------------------------------------------------------------------
 
-def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
-
-
-def sliced_w2(a: torch.Tensor, b: torch.Tensor, projections: int = 64, seed: int = 0) -> float:
-    dirs = torch.randn(projections, a.shape[1], generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
-    dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    pa, pb = (a @ dirs.T).sort(0).values, (b @ dirs.T).sort(0).values
-    return float(((pa - pb) ** 2).mean().sqrt())
-
-
 def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
-
-
-def toy_scores(x: torch.Tensor, mixture) -> dict:
-    x = x.double()
-    d = torch.cdist(x, mixture.means.double())
-    nearest = d.argmin(1)
-    near = d.min(1).values <= 3 * mixture.stds.double()[nearest]
-    share = torch.bincount(nearest[near], minlength=mixture.means.shape[0]).double() / len(x)
-    ref = mixture.sample(len(x), torch.Generator().manual_seed(1))
-    return {"covered": int((share >= 0.01).sum()), "quality": float(near.double().mean()),
-            "energy": energy_distance(x, ref), "sliced_w2": sliced_w2(x, ref)}
 
 
 # -- training through the CLI in a child process ----------------------------------------------------------------
@@ -130,16 +109,18 @@ def train_student(teacher: str, method: str, preset: str, steps: int, iterations
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {child.returncode}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+    result = json.loads(stdout)
     return out, {"iterations": iterations, "seed": seed, "cpu_minutes": result["cpu_minutes"],
                  "peak_rss_mb": round(usage.ru_maxrss / 1024), "command": " ".join(["distill-studio", *cmd[1:-1]])}
 
 
 # -- parts -----------------------------------------------------------------------------------------------------
 
-def toy_teacher_rows(n: int) -> None:
+def toy_teacher_rows(n: int, redo: bool) -> None:
     mixture, teacher = get_benchmark("toy2d-ring").mixture, load_teacher("toy2d-ring")
     for steps in TEACHER_STEPS:
+        if not redo and (ROWS / "toy2d" / f"teacher-{steps}.json").exists():
+            continue
         x = sample(teacher, seeded_noise(range(n), (2,), steps), steps, sampler="ancestral")
         save_row("toy2d", f"teacher-{steps}", {"model": "teacher (ancestral)", "steps": steps, "n": n,
                                                **toy_scores(x, mixture)})
@@ -153,8 +134,7 @@ def toy_student_scores(method: str, preset: str, steps: int, iterations: int, se
 
 
 def part_toy2d(args) -> None:
-    if args.teacher or not (ROWS / "toy2d" / "teacher-1.json").exists():
-        toy_teacher_rows(args.n)
+    toy_teacher_rows(args.n, args.teacher)
     for method, preset, steps in NATIVE["toy2d"]:
         if args.methods and method not in args.methods:
             continue
@@ -202,16 +182,16 @@ def part_digits(args) -> None:
         acc = float((clf.predict(x.flatten(1).numpy()) == cond.numpy()).mean())
         return {"n": len(seeds), "fd": frechet(features(x), real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
 
-    if args.teacher or not (ROWS / "digits" / "teacher-1.json").exists():
-        teacher = load_teacher("digits")
-        for steps in TEACHER_STEPS:
+    teacher = load_teacher("digits")
+    for steps in TEACHER_STEPS:
+        if args.teacher or not (ROWS / "digits" / f"teacher-{steps}.json").exists():
             save_row("digits", f"teacher-{steps}", {"model": "teacher (DDIM)", "steps": steps, **score(
                 lambda s, c, k=steps: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c))})
-        # Calibration: the distance between two halves of the real digits (about 900 each, so a noisier floor).
-        perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
-        half = len(real) // 2
-        save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
-                                           "fd": frechet(features(real[perm[:half]]), features(real[perm[half:]]))})
+    # Calibration: the distance between two halves of the real digits (about 900 each, so a noisier floor).
+    perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    half = len(real) // 2
+    save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
+                                       "fd": frechet(features(real[perm[:half]]), features(real[perm[half:]]))})
     for method, preset, steps in NATIVE["digits"]:
         if args.methods and method not in args.methods:
             continue

@@ -28,6 +28,7 @@ from core.noise import seeded_noise  # noqa: E402
 from core.samplers import sample  # noqa: E402
 from core.specs import BUILTIN_TEACHERS  # noqa: E402
 from core.teachers import load_teacher  # noqa: E402
+from core.toy_metrics import energy_distance, mode_scores  # noqa: E402
 
 
 def git_revision() -> str:
@@ -67,24 +68,16 @@ def digits_accuracy(clf, per_class: int, steps: int, guidance: float = 1.0) -> d
             "per_class": per, "worst_class": min(per, key=per.get), "ms_per_sample": 1000 * seconds / len(seeds)}
 
 
-def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
-
-
 def toy_coverage(name: str, n: int, steps: int) -> dict:
     info = BUILTIN_TEACHERS[name]
     mixture = get_benchmark(info.benchmark).mixture
     teacher = load_teacher(name)
     x = sample(teacher, seeded_noise(range(n), (2,)), steps).double()
-    d = torch.cdist(x, mixture.means.double())
-    nearest = d.argmin(1)
-    near = d.min(1).values <= 3 * mixture.stds.double()[nearest]
-    k = mixture.means.shape[0]
-    share = torch.bincount(nearest[near], minlength=k).double() / n
+    scores = mode_scores(x, mixture)
     ref = mixture.sample(n, torch.Generator().manual_seed(1))
     ref2 = mixture.sample(n, torch.Generator().manual_seed(2))
-    return {"teacher": name, "steps": steps, "n": n, "modes": k, "covered": int((share >= 0.01).sum()),
-            "min_mode_share": float(share.min()), "quality": float(near.double().mean()),
+    return {"teacher": name, "steps": steps, "n": n, "modes": mixture.means.shape[0], "covered": scores["covered"],
+            "min_mode_share": scores["min_mode_share"], "quality": scores["quality"],
             "energy_distance": energy_distance(x, ref), "energy_distance_floor": energy_distance(ref2, ref)}
 
 

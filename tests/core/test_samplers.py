@@ -11,6 +11,7 @@ from core.nets import MLP
 from core.noise import seeded_noise, step_generator, step_seed
 from core.samplers import ancestral, ddim, noise_draws, sample
 from core.schedules import CosineSchedule, time_grid
+from core.toy_metrics import energy_distance
 
 F64 = torch.float64
 SEEDS = list(range(8))
@@ -104,11 +105,6 @@ def test_sampler_output_per_seed_independent_of_batching(make, conditional, samp
 
 
 # -- convergence to the mixture ---------------------------------------------------------------------------
-
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """V-statistic 2 E|X - Y| - E|X - X'| - E|Y - Y'| (>= 0; O(1/n) positive bias for equal laws)."""
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
-
 
 def test_ddim_converges_to_mixture():
     mixture = ring()
