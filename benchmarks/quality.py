@@ -8,11 +8,15 @@ Parts (each stores one JSON file per row under benchmarks/results/rows/<part>/, 
              and peak memory of the training process.
   ablations  the papers' ablations on the ring, over several seeds: DMD2 TTUR / GAN / backward simulation, MMD
              conditional vs marginal re-noising, EMD noise cancellation and K in {1, 4, 8}.
+  rare-mode  METHODS.md T14's comparison: the ring with one mode at 4 % of the mass (teacher: the shipped ring MLP
+             regressed onto that mixture's exact denoiser); coverage and the rare mode's share for emd (K = 4),
+             diff-instruct and dmd2 without GAN, three seeds. The papers predict emd covers at least as much.
   report     rebuild results/quality.json and results/quality.md from the stored rows without training.
 
 Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--methods mmd,dmd2]
       .venv/bin/python benchmarks/quality.py digits [--methods dmd2] [--iterations N]
-      .venv/bin/python benchmarks/quality.py ablations [--seeds 0,1,2] [--only dmd2]
+      .venv/bin/python benchmarks/quality.py ablations [--seeds 0,1,2] [--methods dmd2]
+      .venv/bin/python benchmarks/quality.py rare-mode [--seeds 0,1,2] [--iterations 5000]
 Students are trained by the CLI (`distill-studio distill ... --json`) in a child process, so CPU time and peak
 memory are that run's own. Use OMP_NUM_THREADS=1 to reproduce the single-thread CPU minutes reported.
 The digits Fréchet distance uses a small sklearn MLP's hidden features until the evaluation issue's extractor lands.
@@ -37,11 +41,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.data import digits_tensors, get_benchmark  # noqa: E402
+from core.gmm import fit_to_mixture, ring, rms_vs_exact  # noqa: E402
 from core.images import to_uint8  # noqa: E402
+from core.method_specs import build_method_config  # noqa: E402
+from core.methods import METHODS  # noqa: E402
 from core.noise import seeded_noise  # noqa: E402
 from core.samplers import sample  # noqa: E402
+from core.specs import TrainConfig  # noqa: E402
 from core.teachers import load_teacher  # noqa: E402
-from core.toy_metrics import toy_scores  # noqa: E402
+from core.toy_metrics import mode_scores, toy_scores  # noqa: E402
+from core.train import run_training  # noqa: E402
 from workers.local import load_student  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -151,6 +160,48 @@ def part_ablations(args) -> None:
                 scores = toy_student_scores(method, preset, steps, args.iterations or 2000, seed, args.n)
                 save_row("ablations", f"{method}-{steps}-{preset}-s{seed}",
                          {"model": method, "steps": steps, "variant": label, "preset": preset, **scores})
+
+
+RARE_WEIGHT = 0.04
+RARE_VARIANTS = [("emd", "K = 4", "toy2d"), ("diff-instruct", "K = 1", "toy2d"), ("dmd2", "no GAN", "toy2d+no-gan")]
+
+
+def rare_mode_teacher():
+    """The shipped ring MLP regressed onto the exact denoiser of the ring whose eighth mode holds 4 % of the mass."""
+    mixture = ring(weights=[(1 - RARE_WEIGHT) / 7] * 7 + [RARE_WEIGHT])
+    net = fit_to_mixture(load_teacher("toy2d-ring"), mixture, steps=3000, lr=1e-3, batch=512, seed=0, cosine_decay=True)
+    return net, mixture
+
+
+def part_rare_mode(args) -> None:
+    teacher, mixture = rare_mode_teacher()
+    iterations = args.iterations or 5000
+    for method, label, preset in RARE_VARIANTS:
+        if args.methods and method not in args.methods:
+            continue
+        config = build_method_config(method, preset=preset)
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            kwargs = {"has_data": False} if method == "dmd2" else {}
+            task = METHODS[method](teacher, config, total_steps=iterations, **kwargs)
+            train = TrainConfig(iterations=iterations, batch_size=512, seed=seed, ema_decay=0.0, checkpoint_every=iterations,
+                                log_every=100, preview_every=iterations, preview_seeds=tuple(range(64)))
+            cpu0 = time.process_time()
+            run_training(task, lambda b, g: {"x": mixture.sample(b, g).float()}, train,
+                         out_dir=RUNS / f"rare-{method}-{preset}-{iterations}-s{seed}", spec={"method": method},
+                         resume=False)
+            x = task.sample(seeded_noise(range(args.n), (2,), task.noise_draws(1)), None, 1)
+            scores = mode_scores(x, mixture)
+            save_row("rare-mode", f"{method}-s{seed}", {
+                "model": method, "steps": 1, "variant": label, "preset": preset, "seed": seed, "iterations": iterations,
+                "n": args.n, "covered": scores["covered"], "rare_share": scores["shares"][-1],
+                "quality": scores["quality"], "cpu_minutes": round((time.process_time() - cpu0) / 60, 2)})
+    x = sample(teacher, seeded_noise(range(args.n), (2,), 50), 50, sampler="ancestral")
+    scores = mode_scores(x, mixture)
+    save_row("rare-mode", "teacher-50", {"model": "teacher (ancestral)", "steps": 50, "preset": "",
+                                         "variant": f"RMS vs exact {rms_vs_exact(teacher, mixture)[0]:.3f}",
+                                         "seed": 0, "n": args.n, "covered": scores["covered"],
+                                         "rare_share": scores["shares"][-1], "quality": scores["quality"]})
 
 
 def digits_features():
@@ -266,6 +317,12 @@ def report() -> None:
                          f"{r['covered']:.3g} ({r['covered_range']}) | {r['quality']:.3g} ({r['quality_range']}) | "
                          f"{r['energy']:.3g} ({r['energy_range']}) | {r['sliced_w2']:.3g} ({r['sliced_w2_range']}) |")
         lines.append("")
+    rare = load_rows("rare-mode")
+    if rare:
+        doc["rare_mode"] = rare
+        lines += [f"## Rare mode: the ring with one mode at {RARE_WEIGHT:.0%} of the mass (T14 comparison)", "",
+                  *table(rare, ["model", "variant", "seed", "iterations", "covered", "rare_share", "quality",
+                                "cpu_minutes"]), ""]
     (RESULTS / "quality.json").write_text(json.dumps(doc, indent=1))
     (RESULTS / "quality.md").write_text("\n".join(lines))
     print("\n".join(lines))
@@ -273,7 +330,7 @@ def report() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["toy2d", "digits", "ablations", "report"])
+    parser.add_argument("part", choices=["toy2d", "digits", "ablations", "rare-mode", "report"])
     parser.add_argument("--iterations", type=int, default=None, help="override the iterations of every student")
     parser.add_argument("--n", type=int, default=None, help="samples per row (toy2d 8192, digits 2000)")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these methods")
@@ -284,7 +341,7 @@ def main() -> None:
     args = parser.parse_args()
     args.n = args.n or (2000 if args.part == "digits" else 8192)
     torch.manual_seed(0)
-    parts = {"toy2d": part_toy2d, "digits": part_digits, "ablations": part_ablations}
+    parts = {"toy2d": part_toy2d, "digits": part_digits, "ablations": part_ablations, "rare-mode": part_rare_mode}
     if args.part in parts:
         parts[args.part](args)
     report()

@@ -89,3 +89,45 @@ class GMMDenoiser(Denoiser):
         r = torch.softmax(log_r, dim=1)                  # [B, K]
         post = mu + (alpha * w2 / var)[:, :, None] * diff
         return (r[:, :, None] * post).sum(1).to(z_t.dtype)
+
+
+def fit_to_mixture(net, mixture: GaussianMixture, *, steps: int, lr: float, batch: int = 256, t_lo: float = 1e-3,
+                   seed: int = 0, cosine_decay: bool = False):
+    """Regress a NetworkDenoiser's raw output onto the exact denoiser's, at noised mixture samples with t ~ U(t_lo, 1)
+    (the spec's F2 construction); seeded, in place, returns the net frozen and in eval mode."""
+    from core.denoisers import from_x
+    from core.posterior import marginal_sample
+
+    sched = net.schedule
+    exact = GMMDenoiser(mixture, sched)
+    net.requires_grad_(True).train()
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine_decay else None
+    for _ in range(steps):
+        x = mixture.sample(batch, gen).float()
+        t = t_lo + (1.0 - t_lo) * torch.rand(batch, generator=gen, dtype=torch.float64)
+        z = marginal_sample(sched, x, t, torch.randn(batch, x.shape[1], generator=gen))
+        with torch.no_grad():
+            target = from_x(net.prediction_type, z, exact(z, t), sched.alpha(t), sched.sigma(t))
+        loss = (net.raw(z, t) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if decay is not None:
+            decay.step()
+    return net.eval().requires_grad_(False)
+
+
+def rms_vs_exact(den, mixture: GaussianMixture, *, n: int = 8192, t_lo: float = 1e-3, seed: int = 1) -> tuple[float, float]:
+    """(per-coordinate RMS, RMS of the error vector's norm) of D(z_t, t) against the exact denoiser, at noised mixture
+    samples with t ~ U(t_lo, 1): the F2 acceptance measure (< 0.05 per coordinate)."""
+    from core.posterior import marginal_sample
+
+    gen = torch.Generator().manual_seed(seed)
+    x = mixture.sample(n, gen).float()
+    t = t_lo + (1.0 - t_lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+    z = marginal_sample(den.schedule, x, t, torch.randn(n, x.shape[1], generator=gen))
+    with torch.no_grad():
+        err = den(z, t) - GMMDenoiser(mixture, den.schedule)(z, t)
+    return float(err.pow(2).mean().sqrt()), float(err.pow(2).sum(1).mean().sqrt())
