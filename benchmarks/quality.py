@@ -11,6 +11,8 @@ Parts (each stores one JSON file per row under benchmarks/results/rows/<part>/, 
   rare-mode  METHODS.md T14's comparison: the ring with one mode at 4 % of the mass (teacher: the shipped ring MLP
              regressed onto that mixture's exact denoiser); coverage and the rare mode's share for emd (K = 4),
              diff-instruct and dmd2 without GAN, three seeds. The papers predict emd covers at least as much.
+  speed      re-time the digits rows' sampling (2,000 samples, batches of 500, all threads) on a quiet machine, since
+             the training runs share the cores while the quality rows are measured.
   report     rebuild results/quality.json and results/quality.md from the stored rows without training.
 
 Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--methods mmd,dmd2]
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -86,7 +89,7 @@ def git_revision() -> str:
 
 
 def save_row(part: str, slug: str, row: dict) -> None:
-    row = {**row, "git": git_revision(), "threads": torch.get_num_threads()}
+    row = {"git": git_revision(), "threads": torch.get_num_threads(), **row}  # a re-timed row keeps its own
     path = ROWS / part / f"{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -112,6 +115,7 @@ def train_student(teacher: str, method: str, preset: str, steps: int, iterations
     cli = Path(sys.executable).with_name("distill-studio")
     cmd = [str(cli), "distill", "--teacher", teacher, "--method", method, "--preset", preset, "--student-steps",
            str(steps), "--iterations", str(iterations), "--seed", str(seed), "--out", str(out), "--json"]
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: an old folder would resume and report ~0 CPU minutes
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     stdout = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -157,6 +161,8 @@ def part_ablations(args) -> None:
             continue
         for label, preset in variants:
             for seed in args.seeds:
+                if args.skip_existing and (ROWS / "ablations" / f"{method}-{steps}-{preset}-s{seed}.json").exists():
+                    continue
                 scores = toy_student_scores(method, preset, steps, args.iterations or 2000, seed, args.n)
                 save_row("ablations", f"{method}-{steps}-{preset}-s{seed}",
                          {"model": method, "steps": steps, "variant": label, "preset": preset, **scores})
@@ -253,6 +259,35 @@ def part_digits(args) -> None:
             lambda s, c, k=steps, m=task: m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k))})
 
 
+def part_speed(args) -> None:
+    """Overwrite samples_per_s of every digits row with a timing taken alone (best of three passes)."""
+    teacher = load_teacher("digits")
+    seeds = list(range(args.n))
+    cond = torch.tensor([s % 10 for s in seeds])
+    for path in sorted((ROWS / "digits").glob("*.json")):
+        row = json.loads(path.read_text())
+        k = row["steps"]
+        if row["model"].startswith("teacher"):
+            def make(s, c, k=k):
+                return sample(teacher, seeded_noise(s, (1, 16, 16)), k, c)
+        elif row["model"].startswith("real"):
+            continue
+        else:
+            task, _ = load_student(RUNS / f"digits-{row['model']}-{k}-{row['preset']}-{row['iterations']}-s{row['seed']}")
+
+            def make(s, c, k=k, m=task):
+                return m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, len(seeds), 500):
+                    make(seeds[i:i + 500], cond[i:i + 500])
+            best = min(best, time.perf_counter() - t0)
+        row.update(samples_per_s=len(seeds) / best, speed_threads=torch.get_num_threads())
+        save_row("digits", path.stem, row)
+
+
 # -- report ----------------------------------------------------------------------------------------------------
 
 def load_rows(part: str) -> list[dict]:
@@ -330,7 +365,7 @@ def report() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["toy2d", "digits", "ablations", "rare-mode", "report"])
+    parser.add_argument("part", choices=["toy2d", "digits", "ablations", "rare-mode", "speed", "report"])
     parser.add_argument("--iterations", type=int, default=None, help="override the iterations of every student")
     parser.add_argument("--n", type=int, default=None, help="samples per row (toy2d 8192, digits 2000)")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these methods")
@@ -338,10 +373,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2],
                         help="ablation seeds")
     parser.add_argument("--teacher", action="store_true", help="recompute the teacher rows")
+    parser.add_argument("--skip-existing", action="store_true", help="ablations: keep rows already stored")
     args = parser.parse_args()
     args.n = args.n or (2000 if args.part == "digits" else 8192)
     torch.manual_seed(0)
-    parts = {"toy2d": part_toy2d, "digits": part_digits, "ablations": part_ablations, "rare-mode": part_rare_mode}
+    parts = {"toy2d": part_toy2d, "digits": part_digits, "ablations": part_ablations, "rare-mode": part_rare_mode,
+             "speed": part_speed}
     if args.part in parts:
         parts[args.part](args)
     report()
