@@ -323,6 +323,39 @@ def ablation_summary(rows: list[dict]) -> list[dict]:
                                       ranks.get((r["model"], r["steps"], r["preset"]), 99)))
 
 
+def target_checks(toy: list[dict], digits: list[dict]) -> list[str]:
+    """The issue's targets, measured: one line per student with the ratio and whether it meets the target."""
+    lines = []
+    teacher_toy = {r["steps"]: r for r in toy if r["model"].startswith("teacher")}
+    for r in toy:
+        if r["model"].startswith("teacher") or r["steps"] != 1:
+            continue
+        ratio = teacher_toy[1]["energy"] / r["energy"]
+        ok = r["covered"] >= 7 and ratio >= 3
+        lines.append(f"| toy2d | {r['model']} | 1 | covers {r['covered']}/8 (≥ 7); energy {ratio:.1f}× below the "
+                     f"teacher's 1-step (≥ 3×) | {'met' if ok else 'missed'} |")
+    teacher = {r["steps"]: r for r in digits if r["model"].startswith("teacher")}
+    for r in digits:
+        if r["model"].startswith(("teacher", "real")):
+            continue
+        to_best = r["fd"] / teacher[50]["fd"]
+        checks = [f"FD {to_best:.2f}× the teacher's 50-step"]
+        ok = True
+        if r["steps"] <= 2:
+            gain = teacher[r["steps"]]["fd"] / r["fd"]
+            checks += ["(≤ 2×; best ≤ 1.2×)", f"{gain:.1f}× better than the teacher's {r['steps']}-step DDIM (≥ 3×)"]
+            ok = to_best <= 2 and gain >= 3
+        elif r["steps"] in teacher:
+            checks.append(f"teacher's {r['steps']}-step DDIM: {teacher[r['steps']]['fd'] / r['fd']:.2f}× this")
+        checks.append(f"{r['cpu_minutes']} CPU min (≤ 15)")
+        ok = ok and r["cpu_minutes"] <= 15
+        verdict = ("met" if ok else "missed") if r["steps"] <= 2 else \
+            ("CPU met" if ok else "CPU missed") + "; no quality target beyond 2 steps"
+        lines.append(f"| digits | {r['model']} | {r['steps']} | {'; '.join(checks)} | {verdict} |")
+    return ["## Targets (issue 3)", "", "| benchmark | model | steps | measured | target |", "|---|---|---|---|---|",
+            *lines, ""] if lines else []
+
+
 def report() -> None:
     doc = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__}
     lines = ["# Student quality and ablations", "",
@@ -340,6 +373,7 @@ def report() -> None:
         lines += ["## digits (n = 2000; Fréchet distance on a digits classifier's features)", "",
                   *table(digits, ["model", "steps", "fd", "accuracy", "samples_per_s", "iterations", "cpu_minutes",
                                   "peak_rss_mb"]), ""]
+    lines += target_checks(toy, digits) if toy and digits else []
     ablations = load_rows("ablations")
     if ablations:
         summary = ablation_summary(ablations)
