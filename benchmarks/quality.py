@@ -69,8 +69,9 @@ NATIVE = {
                ("diff-instruct", "digits", 1), ("dmd2", "digits", 1), ("dmd2", "digits", 4)],
 }
 # Digits iterations per method: what fits the issue's 15 CPU-minute budget at one thread on this machine's CPU,
-# from a 30-iteration timing of each method at one thread (dmd2 about 1.1 s/iteration, mmd 0.9, emd 1.4).
-DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 400, ("emd", 1): 600,
+# from a 30-iteration timing of each method at one thread (dmd2 about 1.1 s/iteration, mmd 0.9, emd 1.4); mmd-instant
+# spends its first 200 iterations (precond_batches) on the preconditioner, which cost a teacher loss gradient each.
+DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 900, ("emd", 1): 600,
                      ("diff-instruct", 1): 1000, ("dmd2", 1): 800, ("dmd2", 4): 700}
 # The papers' ablations: (method, steps, [(label, preset), ...]); the first variant is the reference.
 ABLATIONS = [
