@@ -251,7 +251,7 @@ def part_digits(args) -> None:
     save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
                                        "fd": frechet(features(real[perm[:half]]), features(real[perm[half:]]))})
     for method, preset, steps in NATIVE["digits"]:
-        if args.methods and method not in args.methods:
+        if (args.methods and method not in args.methods) or (args.steps and steps not in args.steps):
             continue
         iterations = args.iterations or DIGITS_ITERATIONS[(method, steps)]
         folder, info = train_student("digits", method, preset, steps, iterations, args.seed)
@@ -404,6 +404,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None, help="override the iterations of every student")
     parser.add_argument("--n", type=int, default=None, help="samples per row (toy2d 8192, digits 2000)")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these methods")
+    parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                        help="digits: only these student step counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2],
                         help="ablation seeds")
