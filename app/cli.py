@@ -6,6 +6,7 @@ and the web process stay light. Every error is one line on stderr naming the pro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shlex
@@ -16,13 +17,16 @@ import typer
 
 from core.catalogue import list_teachers
 from core.specs import SAMPLER_NAMES, SampleRequest, check_name
+from storage.db import DatabaseUnavailable
 from storage.settings import SettingsError, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distill Studio: train and compare few-step students.")
 teachers_app = typer.Typer(no_args_is_help=True, help="List, train and import teachers.")
 app.add_typer(teachers_app, name="teachers")
+db_app = typer.Typer(no_args_is_help=True, help="The studio database (STUDIO_DATABASE_URL).")
+app.add_typer(db_app, name="db")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, SettingsError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, SettingsError, DatabaseUnavailable)
 
 
 def fail(message: str) -> None:
@@ -120,6 +124,18 @@ def teachers_import(
     info = import_teacher(path, name, get_settings().data_dir)
     _emit(as_json, info, f"imported {info['name']}: {info['prediction_type']}, "
           f"{'x'.join(map(str, info['data_shape']))}, classes={info['num_classes']}")
+
+
+# -- db ------------------------------------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+@cli_errors
+def db_upgrade(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Create or migrate the database to the newest schema (a no-op when it is up to date)."""
+    from storage.migrate import upgrade
+
+    result = upgrade(get_settings().database_url)
+    _emit(as_json, dataclasses.asdict(result), f"{result.database}: {result.before or 'empty'} -> {result.after}")
 
 
 # -- sample --------------------------------------------------------------------------------------------------

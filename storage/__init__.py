@@ -1,1 +1,1 @@
-"""Storage: settings, and (with the jobs issue) the database models, sessions and migrations."""
+"""Storage: settings, the database (models, sessions, repository functions, migrations) and artifact paths."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.urls import broker_url, database_url
 
 
 class SettingsError(ValueError):
@@ -17,6 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
 
     data_dir: Path = Field(default=Path("studio-data"), description="artifacts, imported teachers, database")
+    # Empty means the embedded default in the data dir; both are validated after data_dir, which they build on.
+    database_url: str = Field(default="", validate_default=True, description="SQLAlchemy URL: SQLite or Postgres")
+    broker_url: str = Field(default="", validate_default=True, description="Celery broker: Redis or kombu's SQLAlchemy")
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=1, le=65535)
     device: str = "cpu"          # "cpu", "cuda" or "cuda:N" for foreground work and workers
@@ -26,6 +31,20 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str, info: ValidationInfo) -> str:
+        if not v and "data_dir" in info.data:
+            return f"sqlite:///{info.data['data_dir'] / 'studio.db'}"
+        return database_url(v).render_as_string(hide_password=False)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: str, info: ValidationInfo) -> str:
+        if not v and "data_dir" in info.data:
+            return f"sqla+sqlite:///{info.data['data_dir'] / 'broker.db'}"  # needs no server (DESIGN.md §5)
+        return broker_url(v)
 
     @field_validator("device")
     @classmethod
@@ -41,7 +60,8 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err.get("loc") else "?"
-        raise SettingsError(f"STUDIO_{field.upper()}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        raise SettingsError(f"STUDIO_{field.upper()}: {message}") from None
 
 
 @lru_cache(maxsize=1)

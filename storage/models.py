@@ -1,0 +1,162 @@
+"""The tables (DESIGN.md §4). Studies, pairs, raters and votes join in a later migration.
+
+File paths are stored relative to the data dir (see storage/artifacts.py), times as timezone-aware UTC.
+Constraints carry names (the naming convention below) so later migrations can alter them, SQLite included.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, MetaData, UniqueConstraint, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import JSON, BigInteger, DateTime, Integer, String, Text, TypeDecorator
+
+RUN_KINDS = ("teacher", "distill", "sample", "evaluate")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+NAMING = {"ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+          "ck": "ck_%(table_name)s_%(constraint_name)s", "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+          "pk": "pk_%(table_name)s"}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend: SQLite keeps no zone, Postgres answers in the session's zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: pass an aware UTC time")
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# Metrics grow with every logged step: 64-bit keys on Postgres; SQLite autoincrements only a plain INTEGER key.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Teacher(Base):
+    """A teacher the studio can distil: built in, trained by a `teacher` run, or imported from a diffusers folder."""
+
+    __tablename__ = "teachers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))          # e.g. builtin, diffusers
+    path: Mapped[str | None] = mapped_column(String(1024))  # relative to the data dir; None for built-ins
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)  # data shape, classes, prediction type...
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the run that trained it
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Run(Base):
+    """One job and its whole life: the database, not the broker, is the source of truth (DESIGN.md §5)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("kind", RUN_KINDS), name="kind"),
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint("step >= 0 AND attempts >= 0", name="counters"),
+        Index(None, "status", "lease_expires_at"),  # the claim and the reaper look runs up by both
+        {"sqlite_autoincrement": True},  # never reuse a deleted run's id: task messages and out_dir names carry it
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]                     # the validated RunSpec as JSON; storage does not interpret it
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    step: Mapped[int] = mapped_column(default=0)
+    total: Mapped[int | None]
+    attempts: Mapped[int] = mapped_column(default=0)  # successful claims; more than one means it was resumed
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    out_dir: Mapped[str | None] = mapped_column(String(1024))  # relative to the data dir
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]              # when the latest attempt was claimed
+    finished_at: Mapped[datetime | None]
+
+
+class Metric(Base):
+    """One scalar of one step; a resumed run may log a step twice, so there is no unique key."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index(None, "run_id", "key", "step"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    key: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float | None]  # None stands for NaN, which SQLite cannot store
+
+
+class Checkpoint(Base):
+    """A saved training state; recording the same step twice only moves its path."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the data dir
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Image(Base):
+    """One generated sample, keyed by everything that determines it (per-sample seeded noise, DESIGN.md §2).
+
+    Unconditional samples use class_id -1 and prompt '' rather than NULL: NULLs never collide in a unique key."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("model", "seed", "class_id", "prompt", "steps"),
+                      CheckConstraint("class_id >= -1 AND steps >= 1", name="values"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))  # teacher:NAME or run:ID
+    seed: Mapped[int] = mapped_column(BigInteger)
+    class_id: Mapped[int] = mapped_column(default=-1)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    steps: Mapped[int]
+    path: Mapped[str] = mapped_column(String(1024))  # relative to the data dir
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the run that drew it
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Evaluation(Base):
+    """One metric of one model, with what it was measured against so leaderboard rows are comparable."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index(None, "model", "metric"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))  # teacher:NAME or run:ID
+    metric: Mapped[str] = mapped_column(String(64))  # fid, kid, precision, recall, ms_per_sample...
+    value: Mapped[float]
+    n: Mapped[int]                                   # samples measured
+    extractor: Mapped[str] = mapped_column(String(64))
+    reference: Mapped[str] = mapped_column(String(255))  # the reference statistics (dataset, resolution, n)
+    seed: Mapped[int] = mapped_column(BigInteger)    # first seed
+    steps: Mapped[int]
+    nfe: Mapped[int]                                 # network evaluations per sample (CFG doubles them)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the evaluate run
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

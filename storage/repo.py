@@ -1,0 +1,163 @@
+"""Repository functions for runs (DESIGN.md §5): the database, not the broker, decides who runs what.
+
+Every change of a run's owner or status is one conditional UPDATE, so two workers can never both hold a run and a
+late worker cannot overwrite a newer state. Functions take a keyword-only session and never commit: the caller's
+`session_scope()` makes each call one transaction. Times come from the database's clock unless a test passes `now`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from storage.artifacts import check_relative
+from storage.db import server_now
+from storage.models import RUN_KINDS, RUN_STATUSES, TERMINAL_STATUSES, Checkpoint, Metric, Run
+
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
+
+
+def _now(session: Session, now: datetime | None) -> datetime:
+    if now is not None and now.tzinfo is None:
+        raise ValueError(f"now: {now.isoformat()} is naive; pass an aware UTC time")
+    return now if now is not None else server_now(session)
+
+
+def _lease(lease_s: float) -> timedelta:
+    if not lease_s > 0:
+        raise ValueError(f"lease_s: must be > 0, got {lease_s}")
+    return timedelta(seconds=lease_s)
+
+
+def _update(session: Session, *where, **values) -> int:
+    """UPDATE runs ... WHERE ...; the number of rows it changed (0 means the condition no longer held)."""
+    result = session.execute(update(Run).where(*where).values(**values), execution_options={"synchronize_session": False})
+    return result.rowcount
+
+
+# -- create and read ---------------------------------------------------------------------------------------
+
+def create_run(*, session: Session, kind: str, spec: dict[str, Any], total: int | None = None,
+               out_dir: str | None = None) -> Run:
+    """Queue a run; its artifacts go to `out_dir` (relative to the data dir), by default runs/ID."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"kind: must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec: must be a JSON object, got {type(spec).__name__}")
+    try:
+        json.dumps(spec, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spec: not storable as JSON ({exc})") from None
+    run = Run(kind=kind, spec=spec, total=total, out_dir=None if out_dir is None else check_relative(out_dir))
+    session.add(run)
+    session.flush()
+    run.out_dir = run.out_dir or f"runs/{run.id}"
+    session.flush()
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> Run | None:
+    """The run as the database has it now (never a stale copy from this session)."""
+    return session.get(Run, run_id, populate_existing=True)
+
+
+def list_runs(*, session: Session, status: str | None = None, kind: str | None = None, limit: int = 100) -> list[Run]:
+    """Newest first."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit).execution_options(populate_existing=True)
+    if status is not None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        query = query.where(Run.status == status)
+    if kind is not None:
+        if kind not in RUN_KINDS:
+            raise ValueError(f"kind: must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+        query = query.where(Run.kind == kind)
+    return list(session.scalars(query))
+
+
+# -- the worker's side: claim, heartbeat, record, finish ---------------------------------------------------
+
+def claim_run(*, session: Session, run_id: int, worker: str, lease_s: float, now: datetime | None = None) -> bool:
+    """Take a queued run, or a running one whose lease expired; True only for the one worker that wins."""
+    now, lease = _now(session, now), _lease(lease_s)
+    claimable = or_(Run.status == "queued", and_(Run.status == "running", Run.lease_expires_at < now))
+    return _update(session, Run.id == run_id, Run.cancel_requested.is_(False), claimable,
+                   status="running", lease_owner=worker, lease_expires_at=now + lease, heartbeat_at=now,
+                   attempts=Run.attempts + 1, started_at=now) == 1
+
+
+def heartbeat(*, session: Session, run_id: int, worker: str, lease_s: float, step: int, total: int | None = None,
+              now: datetime | None = None) -> bool:
+    """Report progress and extend the lease; False means this worker no longer owns the run and must stop."""
+    now, lease = _now(session, now), _lease(lease_s)
+    values: dict[str, Any] = {"step": step, "heartbeat_at": now, "lease_expires_at": now + lease}
+    if total is not None:
+        values["total"] = total
+    return _update(session, Run.id == run_id, Run.status == "running", Run.lease_owner == worker, **values) == 1
+
+
+def record_metrics(*, session: Session, run_id: int, step: int, values: Mapping[str, float]) -> None:
+    """One row per scalar, in one INSERT; NaN is stored as NULL (SQLite cannot hold NaN)."""
+    rows = [{"run_id": run_id, "step": step, "key": key, "value": None if math.isnan(v) else float(v)}
+            for key, v in values.items()]
+    if rows:
+        session.execute(insert(Metric), rows)
+
+
+def record_checkpoint(*, session: Session, run_id: int, step: int, path: str) -> Checkpoint:
+    """Record a checkpoint file (relative to the data dir); idempotent, so a retried write cannot fail the run."""
+    path = check_relative(path)
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+    if checkpoint is None:
+        checkpoint = Checkpoint(run_id=run_id, step=step, path=path)
+        session.add(checkpoint)
+    checkpoint.path = path
+    session.flush()
+    return checkpoint
+
+
+def finish_run(*, session: Session, run_id: int, worker: str, status: str, error: str | None = None,
+               now: datetime | None = None) -> bool:
+    """End a run in a terminal status; refused (False) unless `worker` still owns it."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"status: a run finishes as one of {', '.join(TERMINAL_STATUSES)}, got {status!r}")
+    now = _now(session, now)
+    return _update(session, Run.id == run_id, Run.status == "running", Run.lease_owner == worker,
+                   status=status, error=error, finished_at=now, **_NO_LEASE) == 1
+
+
+# -- the user's side: cancel and resume; the reaper --------------------------------------------------------
+
+def request_cancel(*, session: Session, run_id: int, now: datetime | None = None) -> bool:
+    """Cancel a queued run at once, or flag a running one for its worker; False if there is nothing to cancel."""
+    now = _now(session, now)
+    if _update(session, Run.id == run_id, Run.status == "queued", status="cancelled", finished_at=now):
+        return True
+    return _update(session, Run.id == run_id, Run.status == "running", cancel_requested=True) == 1
+
+
+def is_cancel_requested(*, session: Session, run_id: int) -> bool:
+    return session.scalar(select(Run.cancel_requested).where(Run.id == run_id)) is True
+
+
+def resume_run(*, session: Session, run_id: int) -> bool:
+    """Queue a cancelled or failed run again; its worker resumes from the latest checkpoint."""
+    return _update(session, Run.id == run_id, Run.status.in_(("cancelled", "failed")), status="queued",
+                   cancel_requested=False, error=None, finished_at=None, **_NO_LEASE) == 1
+
+
+def requeue_expired(*, session: Session, now: datetime | None = None) -> list[int]:
+    """The reaper: runs whose worker stopped renewing its lease go back to the queue (ids returned), or end
+    cancelled if a cancel was pending, since no worker is left to honour it."""
+    now = _now(session, now)
+    expired = and_(Run.status == "running", Run.lease_expires_at < now)
+    _update(session, expired, Run.cancel_requested.is_(True), status="cancelled", finished_at=now, **_NO_LEASE)
+    requeued = session.execute(update(Run).where(expired).values(status="queued", **_NO_LEASE).returning(Run.id),
+                               execution_options={"synchronize_session": False})
+    return sorted(requeued.scalars())

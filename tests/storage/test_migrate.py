@@ -1,0 +1,95 @@
+"""Migrations: an empty database becomes exactly the models' schema, and upgrading again changes nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from storage.db import make_engine
+from storage.migrate import alembic_config, upgrade
+from storage.models import Base
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def schema(url: str) -> dict[str, dict]:
+    """Everything the database says about our tables: columns, keys, indexes, unique and check constraints."""
+    engine = make_engine(url)
+    inspector = inspect(engine)
+    tables = {}
+    for name in sorted(set(inspector.get_table_names()) - {"alembic_version"}):
+        tables[name] = {
+            "columns": [(c["name"], repr(c["type"]), c["nullable"], c["default"]) for c in inspector.get_columns(name)],
+            "pk": inspector.get_pk_constraint(name)["constrained_columns"],
+            "fks": sorted((fk["name"], *fk["constrained_columns"], fk["referred_table"], str(fk["options"]))
+                          for fk in inspector.get_foreign_keys(name)),
+            "indexes": sorted((i["name"], *i["column_names"], i["unique"]) for i in inspector.get_indexes(name)),
+            "uniques": sorted((u["name"], *u["column_names"]) for u in inspector.get_unique_constraints(name)),
+            "checks": sorted((c["name"], c["sqltext"]) for c in inspector.get_check_constraints(name)),
+        }
+    engine.dispose()
+    return tables
+
+
+def autogenerate_diff(url: str) -> list:
+    """What `alembic check` would find missing: the models against the database, server defaults included."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_server_default": True}),
+                                Base.metadata)
+    engine.dispose()
+    return diff
+
+
+def test_upgrade_creates_exactly_the_models_schema(new_database, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no alembic.ini needed, wherever we run from
+    migrated, created = new_database(), new_database()
+    result = upgrade(migrated)
+    assert (result.before, result.after) == (None, HEAD)
+    assert autogenerate_diff(migrated) == []
+
+    engine = make_engine(created)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    expected = schema(created)
+    assert set(expected) == {"teachers", "runs", "metrics", "checkpoints", "images", "evaluations"}
+    assert schema(migrated) == expected
+
+
+def test_upgrading_twice_is_a_no_op(new_database):
+    url = new_database()
+    upgrade(url)
+    before = schema(url)
+    result = upgrade(url)
+    assert (result.before, result.after) == (HEAD, HEAD)
+    assert schema(url) == before
+
+
+@pytest.mark.postgres
+def test_the_password_is_masked_in_the_result(postgres):
+    url = postgres.create().replace("postgres@", "postgres:hunter2@")  # trust auth ignores the password
+    assert "hunter2" not in upgrade(url).database
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_on_postgres_wait_for_each_other(postgres):
+    url, results, errors = postgres.create(), [], []
+
+    def run() -> None:
+        try:
+            results.append(upgrade(url))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted((r.before or "", r.after) for r in results) == [("", HEAD)] + [(HEAD, HEAD)] * 3
