@@ -15,18 +15,23 @@ from pathlib import Path
 
 import typer
 
-from core.catalogue import list_teachers
+from core.catalogue import list_teachers, native_steps
 from core.specs import SAMPLER_NAMES, SampleRequest, check_name
 from storage.db import DatabaseUnavailable
 from storage.settings import SettingsError, get_settings
+from storage.urls import display_url
+from workers.submit import BrokerUnavailable, Jobs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distill Studio: train and compare few-step students.")
 teachers_app = typer.Typer(no_args_is_help=True, help="List, train and import teachers.")
 app.add_typer(teachers_app, name="teachers")
 db_app = typer.Typer(no_args_is_help=True, help="The studio database (STUDIO_DATABASE_URL).")
 app.add_typer(db_app, name="db")
+runs_app = typer.Typer(no_args_is_help=True, help="Queued, running and finished jobs.")
+app.add_typer(runs_app, name="runs")
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, SettingsError, DatabaseUnavailable)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, SettingsError, DatabaseUnavailable,
+               BrokerUnavailable)
 
 
 def fail(message: str) -> None:
@@ -170,16 +175,6 @@ def sample_cmd(
           f"{summary['ms_per_sample']} ms/sample -> {summary['grid']}")
 
 
-def native_steps(model: str) -> int:
-    """A teacher's default step count (50), or the step count a student was distilled for."""
-    if model.startswith("teacher:"):
-        return 50
-    spec_path = Path(model) / "student.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"model: {model!r} is neither teacher:NAME nor a student folder (no student.json)")
-    return int(json.loads(spec_path.read_text())["config"]["student_steps"])
-
-
 # -- distill -------------------------------------------------------------------------------------------------
 
 @app.command("distill")
@@ -193,11 +188,26 @@ def distill_cmd(
     set_: list[str] = typer.Option(None, "--set", help="Override a config field: KEY=VALUE (repeatable)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Batch size (default 512 for 2-D, 64 for images)."),
     seed: int = typer.Option(0, min=0, help="Run seed."),
-    out: Path = typer.Option(..., help="Output folder (re-running resumes an interrupted run)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1,
+                                         help="Steps between checkpoints (default: a quarter of the run, at most 500)."),
+    out: Path = typer.Option(None, help="Output folder (re-running resumes an interrupted run); not with --submit."),
+    submit: bool = typer.Option(False, "--submit", help="Queue the run for a worker and print its id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Distil a teacher into a few-step student in the foreground (progress bar, metrics.jsonl, previews)."""
+    """Distil a teacher into a few-step student: in the foreground (progress bar, metrics.jsonl, previews), or
+    queued for a worker with --submit (artifacts under DATA_DIR/runs/ID)."""
     from core.method_specs import build_method_config
+
+    if submit:
+        if out is not None:
+            fail("out: a submitted run writes to DATA_DIR/runs/ID; leave --out out")
+        spec = {"teacher": teacher, "method": method, "preset": preset, "student_steps": student_steps,
+                "sets": set_ or [], "iterations": iterations, "batch_size": batch_size, "seed": seed,
+                "checkpoint_every": checkpoint_every}
+        _submit("distill", spec, as_json)
+        return
+    if out is None:
+        fail("out: give --out DIR for a foreground run (or --submit to queue it)")
     from workers.local import distill
 
     build_method_config(method, preset=preset, student_steps=student_steps, sets=set_ or ())  # fail fast
@@ -205,11 +215,107 @@ def distill_cmd(
     try:
         result = distill(teacher, method, out, preset=preset, student_steps=student_steps, sets=set_ or (),
                          iterations=iterations, batch_size=batch_size, seed=seed, data_dir=get_settings().data_dir,
-                         device=get_settings().device, progress=bar)
+                         device=get_settings().device, progress=bar, checkpoint_every=checkpoint_every)
     finally:
         bar.close()
     _emit(as_json, result, f"{result['status']} after {result['step']} steps ({result['cpu_minutes']} CPU min); "
           f"student: {result['out_dir']}")
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------
+
+def _submit(kind: str, spec: dict, as_json: bool) -> None:
+    run_id = Jobs().submit(kind, spec)
+    _emit(as_json, {"id": run_id, "kind": kind, "status": "queued"}, str(run_id))
+
+
+def _run_dict(run, metrics: dict | None = None) -> dict:
+    out = {"id": run.id, "kind": run.kind, "status": run.status, "step": run.step, "total": run.total,
+           "progress": round(run.step / run.total, 4) if run.total else None, "attempts": run.attempts,
+           "worker": run.lease_owner, "cancel_requested": run.cancel_requested, "error": run.error,
+           "out_dir": run.out_dir, "spec": run.spec,
+           **{k: getattr(run, k).isoformat() if getattr(run, k) else None
+              for k in ("created_at", "started_at", "heartbeat_at", "finished_at")}}
+    if metrics is not None:
+        out["metrics"] = metrics
+    return out
+
+
+def _describe(run) -> str:
+    spec = run.spec
+    what = {"distill": lambda: f"{spec['method']} {spec['teacher']}", "teacher": lambda: f"teacher {spec['name']}",
+            "sample": lambda: f"sample {spec['model']}"}.get(run.kind, lambda: run.kind)()
+    done = f"{run.step}/{run.total}" if run.total else str(run.step)
+    return f"{run.id:>5}  {run.status:9}  {done:>11}  {what}"
+
+
+@runs_app.command("list")
+@cli_errors
+def runs_list(
+    status: str = typer.Option(None, help="Only runs with this status."),
+    limit: int = typer.Option(50, min=1, max=10_000, help="Newest first, at most this many."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """List runs, newest first."""
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope(Jobs().factory) as session:
+        runs = repo.list_runs(session=session, status=status, limit=limit)
+    _emit(as_json, [_run_dict(r) for r in runs], "\n".join(_describe(r) for r in runs) or "no runs")
+
+
+@runs_app.command("show")
+@cli_errors
+def runs_show(run_id: int = typer.Argument(..., help="Run id."),
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """One run: status, progress, latest metrics, error."""
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope(Jobs().factory) as session:
+        run = repo.get_run(session=session, run_id=run_id)
+        if run is None:
+            fail(f"run: no run with id {run_id}")
+        data = _run_dict(run, repo.latest_metrics(session=session, run_id=run_id))
+    lines = [_describe(run)] + [f"  {k}: {data[k]}" for k in ("attempts", "worker", "started_at", "finished_at",
+                                                              "out_dir", "error") if data[k] is not None]
+    lines += [f"  {k} = {v:.5g}" for k, v in data["metrics"].items() if v is not None]
+    _emit(as_json, data, "\n".join(lines))
+
+
+@runs_app.command("cancel")
+@cli_errors
+def runs_cancel(run_id: int = typer.Argument(..., help="Run id."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Cancel a queued run, or ask a running one to stop at its next progress interval (it keeps a checkpoint)."""
+    status = Jobs().cancel(run_id)
+    _emit(as_json, {"id": run_id, "status": status, "cancel_requested": status == "running"},
+          f"run {run_id}: " + ("cancelled" if status == "cancelled" else "cancel requested; it stops at its next update"))
+
+
+@runs_app.command("resume")
+@cli_errors
+def runs_resume(run_id: int = typer.Argument(..., help="Run id."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Queue a cancelled or failed run again; it continues from its latest checkpoint."""
+    Jobs().resume(run_id)
+    _emit(as_json, {"id": run_id, "status": "queued"}, f"run {run_id}: queued")
+
+
+@app.command("worker")
+@cli_errors
+def worker_cmd(
+    concurrency: int = typer.Option(1, min=1, max=64, help="Pool processes: one per GPU."),
+    loglevel: str = typer.Option("info", help="debug, info, warning or error."),
+    name: str = typer.Option(None, help="Celery node name (default studio-PID@HOST)."),
+):
+    """Run a worker for STUDIO_BROKER_URL / STUDIO_DATABASE_URL (migrates the database first)."""
+    from workers.worker import run_worker
+
+    if loglevel not in ("debug", "info", "warning", "error"):
+        fail(f"loglevel: must be debug, info, warning or error, got {loglevel!r}")
+    run_worker(concurrency=concurrency, loglevel=loglevel, name=name)
 
 
 # -- the studio ----------------------------------------------------------------------------------------------
@@ -219,12 +325,30 @@ def distill_cmd(
 def up(
     host: str = typer.Option(None, help="Bind address (default STUDIO_HOST or 127.0.0.1)."),
     port: int = typer.Option(None, min=1, max=65535, help="Port (default STUDIO_PORT or 7860)."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local worker (workers run elsewhere)."),
 ):
-    """Serve the studio."""
+    """Serve the studio, with a local worker on the configured broker (the embedded SQLite one by default)."""
+    import subprocess
+
     from app.ui import serve
+    from storage.migrate import upgrade
 
     settings = get_settings()
-    serve(settings, host=host or settings.host, port=port or settings.port)
+    upgrade(settings.database_url)
+    worker = None
+    if not no_worker:  # a child process: the web process never imports torch (DESIGN.md §1)
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "warning"])
+        typer.echo(f"local worker started (pid {worker.pid}) on {display_url(settings.broker_url.removeprefix('sqla+'))}",
+                   err=True)
+    try:
+        serve(settings, host=host or settings.host, port=port or settings.port)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
 
 
 def main() -> None:

@@ -52,3 +52,13 @@ def parse_model_ref(ref: str) -> str:
     if kind != "teacher" or not name:
         raise ValueError(f"model: {ref!r} is not a model reference (expected 'teacher:NAME')")
     return name
+
+
+def native_steps(model: str) -> int:
+    """A teacher's default step count (50), or the step count a student was distilled for."""
+    if model.startswith("teacher:"):
+        return 50
+    spec_path = Path(model) / "student.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"model: {model!r} is neither teacher:NAME nor a student folder (no student.json)")
+    return int(json.loads(spec_path.read_text())["config"]["student_steps"])

@@ -348,3 +348,14 @@ def build_method_config(method: str, *, preset: str = "default", student_steps: 
     if cls.one_step_only and config.student_steps != 1:
         raise ValueError(f"student_steps: {method} is a one-step method; it supports only 1, got {config.student_steps}")
     return config
+
+
+def needs_data(method: str, config) -> bool:
+    """Whether the method, so configured, trains on real data (MMD always; DMD2 for its GAN or noised-real inputs)."""
+    return method in ("mmd", "mmd-instant") or (method == "dmd2" and (config.gan or not config.backward_simulation))
+
+
+def check_teacher_data(method: str, config, teacher: str, has_data: bool) -> None:
+    if needs_data(method, config) and not has_data:
+        raise ValueError(f"method: {method} with these settings needs training data; teacher {teacher!r} has none "
+                         "(use a data-free method or dmd2 with gan=false)")

@@ -94,6 +94,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]              # when the latest attempt was claimed
     finished_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]           # when its task message was last sent (the reaper re-sends lost ones)
 
 
 class Metric(Base):

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.artifacts import check_relative
 from storage.db import server_now
-from storage.models import RUN_KINDS, RUN_STATUSES, TERMINAL_STATUSES, Checkpoint, Metric, Run
+from storage.models import RUN_KINDS, RUN_STATUSES, TERMINAL_STATUSES, Checkpoint, Image, Metric, Run
 
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
@@ -110,6 +110,22 @@ def record_metrics(*, session: Session, run_id: int, step: int, values: Mapping[
         session.execute(insert(Metric), rows)
 
 
+def truncate_metrics(*, session: Session, run_id: int, after_step: int) -> int:
+    """Drop metric rows logged after `after_step`: a resumed run logs those steps again from its checkpoint."""
+    result = session.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > after_step))
+    return result.rowcount
+
+
+def latest_metrics(*, session: Session, run_id: int) -> dict[str, float | None]:
+    """The last logged value of every metric key of a run."""
+    last = (select(Metric.key, func.max(Metric.step).label("step")).where(Metric.run_id == run_id)
+            .group_by(Metric.key).subquery())
+    rows = session.execute(select(Metric.key, Metric.value, Metric.id)
+                           .join(last, and_(Metric.key == last.c.key, Metric.step == last.c.step))
+                           .where(Metric.run_id == run_id).order_by(Metric.id))
+    return {key: value for key, value, _ in rows}
+
+
 def record_checkpoint(*, session: Session, run_id: int, step: int, path: str) -> Checkpoint:
     """Record a checkpoint file (relative to the data dir); idempotent, so a retried write cannot fail the run."""
     path = check_relative(path)
@@ -120,6 +136,30 @@ def record_checkpoint(*, session: Session, run_id: int, step: int, path: str) ->
     checkpoint.path = path
     session.flush()
     return checkpoint
+
+
+def take_over(*, session: Session, run_id: int, dead_owner: str, worker: str, lease_s: float,
+              now: datetime | None = None) -> bool:
+    """Claim a running run from an owner known to be dead (a pool child killed on this host), without waiting for
+    its lease to expire; the compare-and-set on the old owner makes it safe against a racing claim."""
+    now, lease = _now(session, now), _lease(lease_s)
+    return _update(session, Run.id == run_id, Run.status == "running", Run.lease_owner == dead_owner,
+                   Run.cancel_requested.is_(False), lease_owner=worker, lease_expires_at=now + lease, heartbeat_at=now,
+                   attempts=Run.attempts + 1, started_at=now) == 1
+
+
+def record_image(*, session: Session, model: str, seed: int, class_id: int | None, steps: int, path: str,
+                 run_id: int | None = None, prompt: str = "") -> Image:
+    """Record a generated sample; the same (model, seed, class, prompt, steps) again only moves its path."""
+    class_id = -1 if class_id is None else class_id
+    key = (Image.model == model, Image.seed == seed, Image.class_id == class_id, Image.prompt == prompt, Image.steps == steps)
+    image = session.scalar(select(Image).where(*key))
+    if image is None:
+        image = Image(model=model, seed=seed, class_id=class_id, prompt=prompt, steps=steps)
+        session.add(image)
+    image.path, image.run_id = check_relative(path), run_id
+    session.flush()
+    return image
 
 
 def finish_run(*, session: Session, run_id: int, worker: str, status: str, error: str | None = None,
@@ -150,6 +190,33 @@ def resume_run(*, session: Session, run_id: int) -> bool:
     """Queue a cancelled or failed run again; its worker resumes from the latest checkpoint."""
     return _update(session, Run.id == run_id, Run.status.in_(("cancelled", "failed")), status="queued",
                    cancel_requested=False, error=None, finished_at=None, **_NO_LEASE) == 1
+
+
+def mark_dispatched(*, session: Session, run_id: int, now: datetime | None = None) -> None:
+    """Record that the run's task message was just sent."""
+    _update(session, Run.id == run_id, dispatched_at=_now(session, now))
+
+
+def take_undispatched(*, session: Session, older_than_s: float, now: datetime | None = None) -> list[int]:
+    """Queued runs whose message was sent more than `older_than_s` ago (or never) and that no worker took: their
+    message was lost (a broker restarted without persistence, a worker died holding it). Marks them sent again in
+    the same UPDATE, so of several reapers only one re-sends each."""
+    now = _now(session, now)
+    before = now - _lease(older_than_s)
+    stale = and_(Run.status == "queued", or_(Run.dispatched_at < before,
+                                             and_(Run.dispatched_at.is_(None), Run.created_at < before)))
+    result = session.execute(update(Run).where(stale).values(dispatched_at=now).returning(Run.id),
+                             execution_options={"synchronize_session": False})
+    return sorted(result.scalars())
+
+
+def release_run(*, session: Session, run_id: int, owner: str, now: datetime | None = None) -> bool:
+    """Requeue a running run whose owner is known to be dead (or end it cancelled if a cancel was pending)."""
+    now = _now(session, now)
+    held = (Run.id == run_id, Run.status == "running", Run.lease_owner == owner)
+    if _update(session, *held, Run.cancel_requested.is_(True), status="cancelled", finished_at=now, **_NO_LEASE):
+        return False
+    return _update(session, *held, status="queued", **_NO_LEASE) == 1
 
 
 def requeue_expired(*, session: Session, now: datetime | None = None) -> list[int]:

@@ -52,7 +52,8 @@ def check_writable(folder: Path) -> Path:
 
 
 def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, seed: int | None = None,
-                  install: bool = False, device: str = "cpu", command: str = "", progress=None) -> dict:
+                  install: bool = False, device: str = "cpu", command: str = "", progress=None,
+                  should_stop=None, on_checkpoint=None) -> dict:
     """Train a built-in teacher; with `install`, ship its weights in core/teachers/weights."""
     info = BUILTIN_TEACHERS.get(name)
     if info is None or not info.trainable:
@@ -63,7 +64,7 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
     check_writable(out_dir)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = train_builtin_teacher(
-        name, out_dir, config=config, device=device,
+        name, out_dir, config=config, device=device, should_stop=should_stop, on_checkpoint=on_checkpoint,
         on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
     record = {
         "command": command, "seed": config.seed, "iterations": config.iterations,
@@ -208,9 +209,10 @@ def _distill_batches(info):
 
 def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default", student_steps: int | None = None,
             sets=(), iterations: int = 2000, batch_size: int | None = None, seed: int = 0,
-            data_dir: Path | None = None, device: str = "cpu", progress=None) -> dict:
-    """Distil `teacher` with `method` in the foreground through the one training loop."""
-    from core.method_specs import build_method_config
+            data_dir: Path | None = None, device: str = "cpu", progress=None, checkpoint_every: int | None = None,
+            should_stop=None, on_checkpoint=None) -> dict:
+    """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job)."""
+    from core.method_specs import build_method_config, check_teacher_data
     from core.methods import METHODS
     from core.specs import TrainConfig
     from core.train import run_training
@@ -218,17 +220,15 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
     # 1. Validate everything before any work.
     info = get_teacher_info(teacher, data_dir)
     config = build_method_config(method, preset=preset, student_steps=student_steps, sets=sets)
-    needs_data = method in ("mmd", "mmd-instant") or (method == "dmd2" and (config.gan or not config.backward_simulation))
     sample_batch, has_data = _distill_batches(info)
-    if needs_data and not has_data:
-        raise ValueError(f"method: {method} with these settings needs training data; teacher {teacher!r} has none "
-                         "(use a data-free method or dmd2 with gan=false)")
+    check_teacher_data(method, config, teacher, has_data)
     if info.kind == "analytic":
         raise ValueError(f"teacher: {teacher!r} is analytic and has no network to copy; use a network teacher "
                          f"such as {info.benchmark}")
     batch = batch_size or (512 if not info.is_image else 64)
     train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
-                        checkpoint_every=max(1, min(500, iterations // 4)), log_every=max(1, min(25, iterations // 20)),
+                        checkpoint_every=checkpoint_every or max(1, min(500, iterations // 4)),
+                        log_every=max(1, min(25, iterations // 20)),
                         preview_every=max(1, min(500, iterations // 4)),
                         preview_seeds=tuple(range(512 if not info.is_image else 32)))
     out_dir = check_writable(out_dir)
@@ -243,6 +243,7 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
             "teacher_hash": task.teacher_hash}
     cpu0 = time.process_time()
     result = run_training(task, sample_batch, train, out_dir=out_dir, spec=spec, device=device,
+                          should_stop=should_stop, on_checkpoint=on_checkpoint,
                           on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
     (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
     return {"status": result.status, "step": result.step, "out_dir": str(out_dir),

@@ -26,7 +26,8 @@ def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") ->
 
 
 def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig | None = None, device="cpu",
-                          resume: bool = True, on_progress=None, should_stop=None, on_preview=None) -> TrainResult:
+                          resume: bool = True, on_progress=None, should_stop=None, on_preview=None,
+                          on_checkpoint=None) -> TrainResult:
     """Train a built-in teacher from scratch (or resume) with the studio's own loop."""
     info = BUILTIN_TEACHERS.get(name)
     if info is None or not info.trainable:
@@ -39,4 +40,5 @@ def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig
     benchmark = get_benchmark(info.benchmark)
     spec = {"name": name, "kind": "teacher", "teacher": dataclasses.replace(info, train=config).to_dict()}
     return run_training(trainer, benchmark.sample_batch, config, out_dir=out_dir, spec=spec, device=device,
-                        resume=resume, on_progress=on_progress, should_stop=should_stop, on_preview=on_preview)
+                        resume=resume, on_progress=on_progress, should_stop=should_stop, on_preview=on_preview,
+                        on_checkpoint=on_checkpoint)

@@ -1,0 +1,199 @@
+"""Queue jobs: validate a spec, write the run row, send its task (DESIGN.md §5). Torch-free: the web app imports it.
+
+Nothing is written before the spec has passed every check a worker would make, so bad input never leaves a row.
+The row is committed before its message is sent; a message lost after that (broker down, worker dead) is re-sent
+by a worker's reaper, and a duplicate is harmless because workers claim runs by compare-and-set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.catalogue import get_teacher_info
+from core.method_specs import build_method_config, check_teacher_data
+from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
+from storage import repo
+from storage.db import check_connection, make_engine, make_session_factory, session_scope
+from storage.settings import Settings, get_settings
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherSpec(_Spec):
+    """Train a built-in teacher."""
+
+    name: str
+    iterations: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
+
+
+class DistillSpec(_Spec):
+    """Distil a teacher into a student; the same fields as `distill-studio distill`."""
+
+    teacher: str
+    method: str
+    preset: str = "default"
+    student_steps: Annotated[int, Field(ge=1, le=1000)] | None = None
+    sets: tuple[str, ...] = ()
+    iterations: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
+    batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None  # default: a quarter of the run, at most 500 steps
+
+
+class SampleSpec(_Spec):
+    """Sample a teacher (teacher:NAME) or a finished distill run (run:ID) at fixed seeds."""
+
+    model: str
+    seeds: Annotated[tuple[Annotated[int, Field(ge=0, lt=2**63)], ...], Field(min_length=1, max_length=100_000)]
+    steps: Annotated[int, Field(ge=1, le=1000)] | None = None  # default: teacher 50, a student its own
+    class_id: Annotated[int, Field(ge=0)] | None = None
+    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
+    sampler: Literal[SAMPLER_NAMES] = "ddim"  # type: ignore[valid-type]
+    eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+
+
+SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec}
+
+
+def _parse(kind: str, spec: dict[str, Any]) -> _Spec:
+    if kind not in SPECS:
+        raise ValueError(f"kind: must be one of {', '.join(SPECS)}, got {kind!r}")
+    if not isinstance(spec, dict):
+        raise ValueError(f"spec: must be a JSON object, got {type(spec).__name__}")
+    try:
+        return SPECS[kind].model_validate(spec)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(part) for part in err["loc"]) or "spec"
+        raise ValueError(f"{field}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: Session | None = None) -> dict[str, Any]:
+    """The normalised spec (defaults filled in) or ValueError naming the field: every check a worker would make."""
+    parsed = _parse(kind, spec)
+    if isinstance(parsed, TeacherSpec):
+        info = BUILTIN_TEACHERS.get(parsed.name)
+        if info is None or not info.trainable:
+            trainable = ", ".join(n for n, i in BUILTIN_TEACHERS.items() if i.trainable)
+            raise ValueError(f"name: {parsed.name!r} is not a trainable built-in teacher (trainable: {trainable})")
+    elif isinstance(parsed, DistillSpec):
+        info = get_teacher_info(parsed.teacher, data_dir)
+        if info.kind == "analytic":
+            raise ValueError(f"teacher: {parsed.teacher!r} is analytic and has no network to copy; use a network "
+                             f"teacher such as {info.benchmark}")
+        config = build_method_config(parsed.method, preset=parsed.preset, student_steps=parsed.student_steps,
+                                     sets=parsed.sets)
+        check_teacher_data(parsed.method, config, parsed.teacher, has_data=info.benchmark != "imported")
+        if parsed.checkpoint_every is not None and parsed.checkpoint_every > parsed.iterations:
+            raise ValueError(f"checkpoint_every: must be at most iterations ({parsed.iterations}), "
+                             f"got {parsed.checkpoint_every}")
+    else:
+        _check_sample(parsed, data_dir, session)
+    return parsed.model_dump(mode="json")
+
+
+def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:
+    kind, _, name = spec.model.partition(":")
+    if kind == "teacher" and name:
+        info = get_teacher_info(name, data_dir)
+    elif kind == "run" and name.isdigit():
+        if session is None:
+            raise ValueError("model: run references need the database")
+        run = repo.get_run(session=session, run_id=int(name))
+        if run is None or run.kind != "distill":
+            raise ValueError(f"model: run {name} is not a distill run")
+        if run.status != "succeeded":
+            raise ValueError(f"model: run {name} has not succeeded (status {run.status})")
+        info = get_teacher_info(run.spec["teacher"], data_dir)
+        if spec.guidance != 1.0:
+            raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
+    else:
+        raise ValueError(f"model: {spec.model!r} is not teacher:NAME or run:ID")
+    SampleRequest(model=spec.model, seeds=spec.seeds, steps=spec.steps or 1, class_id=spec.class_id,
+                  guidance=spec.guidance, sampler=spec.sampler, eta=spec.eta)
+    if spec.class_id is not None and not (info.num_classes and spec.class_id < info.num_classes):
+        limit = f"must be in [0, {info.num_classes - 1}]" if info.num_classes else "must be left out (unconditional)"
+        raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
+
+
+def _total(kind: str, spec: dict[str, Any]) -> int | None:
+    if kind == "distill":
+        return spec["iterations"]
+    if kind == "sample":
+        return len(spec["seeds"])
+    return spec.get("iterations") or BUILTIN_TEACHERS[spec["name"]].train.iterations
+
+
+class Jobs:
+    """Submit, cancel and resume runs against one database and broker."""
+
+    def __init__(self, settings: Settings | None = None, factory: sessionmaker[Session] | None = None):
+        self.settings = settings or get_settings()
+        if factory is None:
+            engine = make_engine(self.settings.database_url)
+            check_connection(engine)
+            factory = make_session_factory(engine)
+        self.factory = factory
+
+    def submit(self, kind: str, spec: dict[str, Any]) -> int:
+        """Validate, write the queued run and send its task; returns the run id."""
+        with session_scope(self.factory) as session:
+            clean = validate_spec(kind, spec, data_dir=self.settings.data_dir, session=session)
+            run_id = repo.create_run(session=session, kind=kind, spec=clean, total=_total(kind, clean)).id
+        self.send(run_id, kind)
+        return run_id
+
+    def send(self, run_id: int, kind: str) -> None:
+        """Send the run's task message and note when; BrokerUnavailable if the broker cannot be reached (the run stays
+        queued and a worker's reaper sends it once the broker is back)."""
+        from workers.celery_app import TASK_NAMES, get_app
+
+        app = get_app()
+        try:
+            with app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=5)
+                app.send_task(TASK_NAMES[kind], args=[run_id], queue=self.settings.queue, connection=connection)
+        except Exception as exc:  # kombu raises a different class per transport
+            raise BrokerUnavailable(f"run {run_id} is queued, but the broker is unreachable ({_one_line(exc)}); "
+                                    "a worker will send it when the broker is back") from None
+        with session_scope(self.factory) as session:
+            repo.mark_dispatched(session=session, run_id=run_id)
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a queued run at once or ask a running one's worker to stop; the run's status after the request."""
+        with session_scope(self.factory) as session:
+            run = self._get(session, run_id)
+            if not repo.request_cancel(session=session, run_id=run_id):
+                raise ValueError(f"run: {run_id} is {run.status}; only queued or running runs can be cancelled")
+            return repo.get_run(session=session, run_id=run_id).status
+
+    def resume(self, run_id: int) -> None:
+        """Queue a cancelled or failed run again; its worker continues from the latest checkpoint."""
+        with session_scope(self.factory) as session:
+            run = self._get(session, run_id)
+            if not repo.resume_run(session=session, run_id=run_id):
+                raise ValueError(f"run: {run_id} is {run.status}; only cancelled or failed runs can be resumed")
+            kind = run.kind
+        self.send(run_id, kind)
+
+    @staticmethod
+    def _get(session: Session, run_id: int):
+        run = repo.get_run(session=session, run_id=run_id)
+        if run is None:
+            raise ValueError(f"run: no run with id {run_id}")
+        return run
+
+
+class BrokerUnavailable(RuntimeError):
+    """The run row exists, but its message could not be sent."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
