@@ -224,8 +224,17 @@ def distill_cmd(
 
 # -- jobs ----------------------------------------------------------------------------------------------------
 
+def _jobs() -> Jobs:
+    """Jobs on the configured database, migrated first (a no-op when up to date), as `worker` and `up` do: on a data
+    dir no process has set up yet, a job command would otherwise fail with a traceback (no such table)."""
+    from storage.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    return Jobs()
+
+
 def _submit(kind: str, spec: dict, as_json: bool) -> None:
-    run_id = Jobs().submit(kind, spec)
+    run_id = _jobs().submit(kind, spec)
     _emit(as_json, {"id": run_id, "kind": kind, "status": "queued"}, str(run_id))
 
 
@@ -260,7 +269,7 @@ def runs_list(
     from storage import repo
     from storage.db import session_scope
 
-    with session_scope(Jobs().factory) as session:
+    with session_scope(_jobs().factory) as session:
         runs = repo.list_runs(session=session, status=status, limit=limit)
     _emit(as_json, [_run_dict(r) for r in runs], "\n".join(_describe(r) for r in runs) or "no runs")
 
@@ -273,7 +282,7 @@ def runs_show(run_id: int = typer.Argument(..., help="Run id."),
     from storage import repo
     from storage.db import session_scope
 
-    with session_scope(Jobs().factory) as session:
+    with session_scope(_jobs().factory) as session:
         run = repo.get_run(session=session, run_id=run_id)
         if run is None:
             fail(f"run: no run with id {run_id}")
@@ -289,7 +298,7 @@ def runs_show(run_id: int = typer.Argument(..., help="Run id."),
 def runs_cancel(run_id: int = typer.Argument(..., help="Run id."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Cancel a queued run, or ask a running one to stop at its next progress interval (it keeps a checkpoint)."""
-    status = Jobs().cancel(run_id)
+    status = _jobs().cancel(run_id)
     _emit(as_json, {"id": run_id, "status": status, "cancel_requested": status == "running"},
           f"run {run_id}: " + ("cancelled" if status == "cancelled" else "cancel requested; it stops at its next update"))
 
@@ -299,7 +308,7 @@ def runs_cancel(run_id: int = typer.Argument(..., help="Run id."),
 def runs_resume(run_id: int = typer.Argument(..., help="Run id."),
                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Queue a cancelled or failed run again; it continues from its latest checkpoint."""
-    Jobs().resume(run_id)
+    _jobs().resume(run_id)
     _emit(as_json, {"id": run_id, "status": "queued"}, f"run {run_id}: queued")
 
 

@@ -151,13 +151,13 @@ def take_over(*, session: Session, run_id: int, dead_owner: str, worker: str, le
 def record_image(*, session: Session, model: str, seed: int, class_id: int | None, steps: int, path: str,
                  run_id: int | None = None, prompt: str = "") -> Image:
     """Record a generated sample; the same (model, seed, class, prompt, steps) again only moves its path."""
-    class_id = -1 if class_id is None else class_id
+    path, class_id = check_relative(path), -1 if class_id is None else class_id  # refuse before adding a row
     key = (Image.model == model, Image.seed == seed, Image.class_id == class_id, Image.prompt == prompt, Image.steps == steps)
     image = session.scalar(select(Image).where(*key))
     if image is None:
         image = Image(model=model, seed=seed, class_id=class_id, prompt=prompt, steps=steps)
         session.add(image)
-    image.path, image.run_id = check_relative(path), run_id
+    image.path, image.run_id = path, run_id
     session.flush()
     return image
 
@@ -202,7 +202,9 @@ def take_undispatched(*, session: Session, older_than_s: float, now: datetime | 
     message was lost (a broker restarted without persistence, a worker died holding it). Marks them sent again in
     the same UPDATE, so of several reapers only one re-sends each."""
     now = _now(session, now)
-    before = now - _lease(older_than_s)
+    if not older_than_s > 0:
+        raise ValueError(f"older_than_s: must be > 0, got {older_than_s}")
+    before = now - timedelta(seconds=older_than_s)
     stale = and_(Run.status == "queued", or_(Run.dispatched_at < before,
                                              and_(Run.dispatched_at.is_(None), Run.created_at < before)))
     result = session.execute(update(Run).where(stale).values(dispatched_at=now).returning(Run.id),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import traceback
@@ -32,6 +33,21 @@ log = logging.getLogger("distill_studio.jobs")
 
 class Stop(Exception):
     """Raised from a progress callback of a job that has no cooperative stop (sampling)."""
+
+
+# Set in a pool child when its worker shuts down (SIGUSR2 from workers/worker.py): the job checkpoints, hands its run
+# back to the queue and returns, instead of holding the shutdown until the run ends or the process is killed.
+SHUTDOWN = threading.Event()
+
+
+def request_shutdown(*_args) -> None:
+    SHUTDOWN.set()
+
+
+def _listen_for_shutdown() -> None:
+    """Installed when a job starts, not at pool start-up: billiard resets every signal after its initializers run."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR2, request_shutdown)
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +94,7 @@ class Lease:
 
     @property
     def stopping(self) -> bool:
-        return self.cancelled or self.lost
+        return self.cancelled or self.lost or SHUTDOWN.is_set()
 
     def beat(self, metrics: dict[str, float] | None = None) -> None:
         with self._lock, session_scope(self.factory) as session:
@@ -112,7 +128,8 @@ class Lease:
 
 
 def execute(run_id: int, kind: str) -> str:
-    """Run one job; returns how it ended (for logs): succeeded, failed, cancelled, lost, skipped or unknown."""
+    """Run one job; returns how it ended (for logs): succeeded, failed, cancelled, requeued, lost, skipped or
+    unknown."""
     settings = get_settings()
     factory, worker = session_factory(), worker_id()
     with session_scope(factory) as session:
@@ -133,27 +150,46 @@ def execute(run_id: int, kind: str) -> str:
         return "skipped"
 
     log.info("run %s: claimed by %s", run_id, worker)
+    _listen_for_shutdown()
     lease = Lease(factory, run_id, worker, settings.lease_s)
     out_dir = resolve(settings.data_dir, out_rel)
     status, error = "failed", None
     try:
         with lease:
-            ended = JOBS[kind](spec, out_dir, lease, factory, settings)
-        status = "cancelled" if lease.cancelled else ("lost" if lease.lost else ended)
+            status = JOBS[kind](spec, out_dir, lease, factory, settings)
     except Stop:
-        status = "cancelled" if lease.cancelled else "lost"
+        status = "stopped"
     except Exception as exc:  # every failure becomes a readable error on the run
         error = describe_error(exc)
         log.error("run %s failed: %s\n%s", run_id, error, traceback.format_exc())
+    if status == "stopped":
+        status = "cancelled" if lease.cancelled else ("lost" if lease.lost else "requeued")
     if status == "lost":
         log.warning("run %s: lease lost to another worker; stopped without finishing it", run_id)
         return "lost"
+    if status == "requeued":
+        return _hand_back(factory, run_id, kind, worker)
     with session_scope(factory) as session:
         if not repo.finish_run(session=session, run_id=run_id, worker=worker, status=status, error=error):
             log.warning("run %s: could not record %s (the lease was lost)", run_id, status)
             return "lost"
     log.info("run %s: %s", run_id, status)
     return status
+
+
+def _hand_back(factory: sessionmaker[Session], run_id: int, kind: str, worker: str) -> str:
+    """The worker is shutting down: queue the run again (it resumes from the checkpoint just written) and send it."""
+    from workers.submit import BrokerUnavailable, Jobs
+
+    with session_scope(factory) as session:
+        if not repo.release_run(session=session, run_id=run_id, owner=worker):
+            return "cancelled"  # a cancel arrived meanwhile: release_run ended it cancelled
+    try:
+        Jobs(factory=factory).send(run_id, kind)
+    except BrokerUnavailable as exc:
+        log.warning("%s", exc)  # the reaper of a running worker re-sends it
+    log.info("run %s: worker shutting down; requeued from its checkpoint", run_id)
+    return "requeued"
 
 
 def describe_error(exc: BaseException) -> str:
@@ -207,7 +243,7 @@ def run_distill(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
                          batch_size=spec["batch_size"], seed=spec["seed"], data_dir=settings.data_dir,
                          device=settings.device, progress=lease.progress, checkpoint_every=spec["checkpoint_every"],
                          should_stop=lambda: lease.stopping, on_checkpoint=on_checkpoint)
-    return "succeeded" if result["status"] == "completed" else "cancelled"
+    return "succeeded" if result["status"] == "completed" else "stopped"
 
 
 def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
@@ -217,7 +253,7 @@ def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
         result = train_teacher(spec["name"], out_dir, iterations=spec["iterations"], seed=spec["seed"],
                                device=settings.device, progress=lease.progress, should_stop=lambda: lease.stopping,
                                on_checkpoint=on_checkpoint)
-    return "succeeded" if result["status"] == "completed" else "cancelled"
+    return "succeeded" if result["status"] == "completed" else "stopped"
 
 
 def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:

@@ -102,7 +102,10 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
 def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:
     kind, _, name = spec.model.partition(":")
     if kind == "teacher" and name:
-        info = get_teacher_info(name, data_dir)
+        try:
+            info = get_teacher_info(name, data_dir)
+        except ValueError as exc:  # name the field the user gave: model, not teacher
+            raise ValueError(f"model: {str(exc).removeprefix('teacher: ')}") from None
     elif kind == "run" and name.isdigit():
         if session is None:
             raise ValueError("model: run references need the database")

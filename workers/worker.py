@@ -6,8 +6,11 @@ one-GPU machine); on a CPU-only machine one process already uses every core thro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from pathlib import Path
 
 from celery import signals
 
@@ -17,13 +20,30 @@ from workers.celery_app import get_app
 from workers.reaper import Reaper
 
 
+def _children() -> list[int]:
+    """Pids of this process's children (the pool), read from /proc; empty where there is no /proc."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # field 4, after the ")" ending the name
+                found.append(int(stat.parent.name))
+    return found
+
+
 def run_worker(*, concurrency: int = 1, loglevel: str = "info", name: str | None = None) -> None:
     settings = get_settings()
     upgrade(settings.database_url)  # every process that starts runs the migrations (a no-op when up to date)
     logging.getLogger("distill_studio").setLevel(loglevel.upper())
     reaper = Reaper(interval_s=settings.lease_s / 3)
     signals.worker_ready.connect(lambda **_: reaper.start(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: reaper.stop(), weak=False)
+
+    def shutting_down(**_) -> None:
+        reaper.stop()
+        for pid in _children():  # each running job checkpoints and hands its run back (workers/jobs.py)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
+
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
     get_app().worker_main([
         "worker", "--queues", settings.queue, "--concurrency", str(concurrency), "--pool", "prefork",
         "--loglevel", loglevel, "--hostname", name or f"studio-{os.getpid()}@%h",
