@@ -44,8 +44,12 @@ def run_worker(*, concurrency: int = 1, loglevel: str = "info", name: str | None
                 os.kill(pid, signal.SIGUSR2)
 
     signals.worker_shutting_down.connect(shutting_down, weak=False)
-    get_app().worker_main([
+    # Until a job listens for SIGUSR2 (workers/jobs.py), a pool child ignores it: billiard's handler would kill an idle
+    # child at every shutdown ("exited with 'exitcode 70'"). billiard keeps an ignored signal ignored after this.
+    signals.worker_process_init.connect(lambda **_: signal.signal(signal.SIGUSR2, signal.SIG_IGN), weak=False)
+    # app.start returns Celery's exit code (worker_main drops it): an unrecoverable error must not exit 0.
+    raise SystemExit(get_app().start(argv=[
         "worker", "--queues", settings.queue, "--concurrency", str(concurrency), "--pool", "prefork",
         "--loglevel", loglevel, "--hostname", name or f"studio-{os.getpid()}@%h",
         "--without-mingle", "--without-gossip",  # workers share nothing but the queue; start-up stays fast
-    ])
+    ]) or 0)
