@@ -3,9 +3,9 @@
 Parts (each stores one JSON file per row under benchmarks/results/rows/<part>/, then rebuilds the report):
   toy2d      every method on the ring: mode coverage, energy distance and sliced W2 to the true mixture, against the
              teacher's ancestral sampler at 1, 2, 4, 8 and 50 steps.
-  digits     every method at its native steps and the teacher's DDIM at 1, 2, 4, 8 and 50 steps: Fréchet distance
-             on an independent classifier's features (n = 2000), class accuracy, samples/s, CPU minutes of training
-             and peak memory of the training process.
+  digits     every method at its native steps and the teacher's DDIM at 1, 2, 4, 8 and 50 steps: FID, KID, precision
+             and recall on the shipped digits classifier's features (core.metrics; n = 2000 against the 1,797 real
+             digits), class accuracy, samples/s, CPU minutes of training and peak memory of the training process.
   ablations  the papers' ablations on the ring, over several seeds: DMD2 TTUR / GAN / backward simulation, MMD
              conditional vs marginal re-noising, EMD noise cancellation and K in {1, 4, 8}.
   rare-mode  METHODS.md T14's comparison: the ring with one mode at 4 % of the mass (teacher: the shipped ring MLP
@@ -21,7 +21,6 @@ Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--method
       .venv/bin/python benchmarks/quality.py rare-mode [--seeds 0,1,2] [--iterations 5000]
 Students are trained by the CLI (`distill-studio distill ... --json`) in a child process, so CPU time and peak
 memory are that run's own. Use OMP_NUM_THREADS=1 to reproduce the single-thread CPU minutes reported.
-The digits Fréchet distance uses a small sklearn MLP's hidden features until the evaluation issue's extractor lands.
 """
 
 from __future__ import annotations
@@ -38,14 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.data import digits_tensors, get_benchmark  # noqa: E402
 from core.gmm import fit_to_mixture, ring, rms_vs_exact  # noqa: E402
-from core.images import to_uint8  # noqa: E402
 from core.method_specs import build_method_config  # noqa: E402
 from core.methods import METHODS  # noqa: E402
 from core.noise import seeded_noise  # noqa: E402
@@ -97,15 +94,6 @@ def save_row(part: str, slug: str, row: dict) -> None:
     tmp.write_text(json.dumps(row, indent=1))
     tmp.replace(path)  # atomic: parts may run in parallel processes
     print(row, flush=True)
-
-
-# -- distances -------------------------------------------------------------------------------------------------
-
-def frechet(f1: np.ndarray, f2: np.ndarray) -> float:
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
 
 
 # -- training through the CLI in a child process ----------------------------------------------------------------
@@ -211,34 +199,30 @@ def part_rare_mode(args) -> None:
                                          "rare_share": scores["shares"][-1], "quality": scores["quality"]})
 
 
-def digits_features():
-    """An MLP classifier trained on the real digits; its hidden activations are the features."""
-    from sklearn.neural_network import MLPClassifier
-
-    x, y = digits_tensors()
-    clf = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=0).fit(x.flatten(1).numpy(), y.numpy())
-
-    def features(images: torch.Tensor) -> np.ndarray:
-        flat = images.flatten(1).double().numpy()
-        return np.maximum(flat @ clf.coefs_[0] + clf.intercepts_[0], 0.0)
-
-    return clf, features
-
-
 def part_digits(args) -> None:
-    clf, features = digits_features()
+    """FID, KID, precision/recall on the shipped digits classifier's features (core.metrics, through clean-fid's maths),
+    against the 1,797 real digits; class accuracy from the same classifier. Samples are scored as the 8-bit PNGs a user
+    would save (core.metrics converts exactly as clean-fid's folder loader)."""
+    from core.metrics import fid_from_features, images_to_features, kid_from_features, prdc
+    from core.metrics.digits_classifier import classify
+
     real, _ = digits_tensors()
-    real_f = features(real)
+    real_f = images_to_features("digits", real)
     seeds = list(range(args.n))
     cond = torch.tensor([s % 10 for s in seeds])
+
+    def distances(x, ref_f) -> dict:
+        f = images_to_features("digits", x)
+        pr = prdc(ref_f, f)
+        return {"fid": fid_from_features(f, ref_f), "kid": kid_from_features(f, ref_f), "precision": pr["precision"],
+                "recall": pr["recall"]}
 
     def score(make) -> dict:
         t0 = time.perf_counter()
         x = torch.cat([make(seeds[i:i + 500], cond[i:i + 500]) for i in range(0, len(seeds), 500)])
         secs = time.perf_counter() - t0
-        x = torch.from_numpy(to_uint8(x)).float()[:, None] / 127.5 - 1  # what a user sees: 8-bit PNG values
-        acc = float((clf.predict(x.flatten(1).numpy()) == cond.numpy()).mean())
-        return {"n": len(seeds), "fd": frechet(features(x), real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
+        acc = float((classify(x) == cond.numpy()).mean())
+        return {"n": len(seeds), **distances(x, real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
 
     teacher = load_teacher("digits")
     for steps in TEACHER_STEPS:
@@ -254,7 +238,7 @@ def part_digits(args) -> None:
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
     half = len(real) // 2
     save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
-                                       "fd": frechet(features(real[perm[:half]]), features(real[perm[half:]]))})
+                                       **distances(real[perm[:half]], images_to_features("digits", real[perm[half:]]))})
     for method, preset, steps in NATIVE["digits"]:
         if (args.methods and method not in args.methods) or (args.steps and steps not in args.steps):
             continue
@@ -354,17 +338,17 @@ def target_checks(toy: list[dict], digits: list[dict]) -> list[str]:
     for r in digits:
         if r["model"].startswith(("teacher", "real")):
             continue
-        to_best = r["fd"] / teacher[50]["fd"]
-        checks = [f"FD {to_best:.2f}× the teacher's 50-step"]
+        to_best = r["fid"] / teacher[50]["fid"]
+        checks = [f"FID {to_best:.2f}× the teacher's 50-step"]
         ok = True
         if r["steps"] <= 2:
-            gain = teacher[r["steps"]]["fd"] / r["fd"]
+            gain = teacher[r["steps"]]["fid"] / r["fid"]
             checks += ["(≤ 2×; best ≤ 1.2×)", f"{gain:.1f}× better than the teacher's {r['steps']}-step DDIM (≥ 3×)"]
             ok = to_best <= 2 and gain >= 3
         else:
             for name, ref in (("DDIM", teacher), ("ancestral", ancestral)):
                 if r["steps"] in ref:
-                    checks.append(f"teacher's {r['steps']}-step {name} FD / this: {ref[r['steps']]['fd'] / r['fd']:.2f}")
+                    checks.append(f"teacher's {r['steps']}-step {name} FID / this: {ref[r['steps']]['fid'] / r['fid']:.2f}")
         checks.append(f"{r['cpu_minutes']} CPU min (≤ 15)")
         ok = ok and r["cpu_minutes"] <= 15
         verdict = ("met" if ok else "missed") if r["steps"] <= 2 else \
@@ -388,12 +372,20 @@ def report() -> None:
     digits = load_rows("digits")
     if digits:
         doc["digits"] = digits
-        lines += ["## digits (n = 2000; Fréchet distance on a digits classifier's features)", "",
-                  *table(digits, ["model", "steps", "fd", "accuracy", "samples_per_s", "iterations", "cpu_minutes",
+        lines += ["## digits (n = 2000; FID, KID, precision and recall on the digits classifier's features)", "",
+                  *table(digits, ["model", "steps", "fid", "kid", "precision", "recall", "accuracy", "samples_per_s",
+                                  "iterations", "cpu_minutes",
                                   "peak_rss_mb"]), "",
                   "samples_per_s is comparable only between rows timed in the same session (`quality.py speed`); a "
                   "k-step student runs the teacher's network k times per sample, as the teacher's DDIM at k steps "
                   "does, so at equal load their speeds match. cpu_minutes is the training process's CPU time.", ""]
+    legacy = load_rows("digits-mlp")
+    if legacy:  # measured before core.metrics existed; kept until every row is re-measured with the classifier FID
+        doc["digits_mlp_features"] = legacy
+        lines += ["## digits, earlier measurement (Fréchet distance on an sklearn MLP's hidden features, n = 2000)", "",
+                  "Not comparable with the FID above (different features). Rows move to the table above as they are "
+                  "re-measured with `quality.py digits`.", "",
+                  *table(legacy, ["model", "steps", "fd", "accuracy", "iterations", "cpu_minutes", "peak_rss_mb"]), ""]
     lines += target_checks(toy, digits) if toy and digits else []
     ablations = load_rows("ablations")
     if ablations:
