@@ -161,3 +161,20 @@ class Evaluation(Base):
     nfe: Mapped[int]                                 # network evaluations per sample (CFG doubles them)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the evaluate run
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ReferenceStats(Base):
+    """Cached features of a reference dataset (real digits, or points drawn from a toy mixture): computed once per
+    (dataset, extractor, resolution, n) and reused by every evaluation against it. The .npz file holds the features
+    (for KID and precision/recall) and their mean and covariance (for FID)."""
+
+    __tablename__ = "reference_stats"
+    __table_args__ = (UniqueConstraint("dataset", "extractor", "resolution", "n"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(64))    # digits, toy2d-ring, toy2d-grid
+    extractor: Mapped[str] = mapped_column(String(64))
+    resolution: Mapped[int]                             # image side in pixels; 0 for points
+    n: Mapped[int]                                      # reference items
+    path: Mapped[str] = mapped_column(String(1024))     # the .npz, relative to the data dir
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from storage.artifacts import check_relative
 from storage.db import server_now
-from storage.models import RUN_KINDS, RUN_STATUSES, TERMINAL_STATUSES, Checkpoint, Image, Metric, Run
+from storage.models import RUN_KINDS, RUN_STATUSES, TERMINAL_STATUSES, Checkpoint, Evaluation, Image, Metric, ReferenceStats, Run
 
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 
@@ -230,3 +230,76 @@ def requeue_expired(*, session: Session, now: datetime | None = None) -> list[in
     requeued = session.execute(update(Run).where(expired).values(status="queued", **_NO_LEASE).returning(Run.id),
                                execution_options={"synchronize_session": False})
     return sorted(requeued.scalars())
+
+
+# -- evaluations and reference statistics (issue 5) ---------------------------------------------------------
+
+def record_evaluation(*, session: Session, model: str, metric: str, value: float, n: int, extractor: str,
+                      reference: str, seed: int, steps: int, nfe: int, run_id: int | None = None) -> Evaluation:
+    """Store one measured value; a NaN or infinite value is refused (SQLite cannot hold it, and no ranking can)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{metric}: value {value} is not finite")
+    evaluation = Evaluation(model=model, metric=metric, value=float(value), n=n, extractor=extractor,
+                            reference=reference, seed=seed, steps=steps, nfe=nfe, run_id=run_id)
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def list_evaluations(*, session: Session, model: str | None = None, run_id: int | None = None) -> list[Evaluation]:
+    """Oldest first."""
+    query = select(Evaluation).order_by(Evaluation.id)
+    if model is not None:
+        query = query.where(Evaluation.model == model)
+    if run_id is not None:
+        query = query.where(Evaluation.run_id == run_id)
+    return list(session.scalars(query))
+
+
+def get_reference_stats(*, session: Session, dataset: str, extractor: str, resolution: int, n: int) -> ReferenceStats | None:
+    return session.scalar(select(ReferenceStats).where(
+        ReferenceStats.dataset == dataset, ReferenceStats.extractor == extractor,
+        ReferenceStats.resolution == resolution, ReferenceStats.n == n))
+
+
+def record_reference_stats(*, session: Session, dataset: str, extractor: str, resolution: int, n: int,
+                           path: str) -> ReferenceStats:
+    """Record where a reference's statistics file lies (relative to the data dir); the same key again moves it."""
+    path = check_relative(path)
+    stats = get_reference_stats(session=session, dataset=dataset, extractor=extractor, resolution=resolution, n=n)
+    if stats is None:
+        stats = ReferenceStats(dataset=dataset, extractor=extractor, resolution=resolution, n=n)
+        session.add(stats)
+    stats.path = path
+    session.flush()
+    return stats
+
+
+def leaderboard(*, session: Session) -> dict[str, Any]:
+    """One row per (model, steps) with the latest value of every metric measured on it, and FID-vs-NFE series.
+
+    {"rows": [{"model", "steps", "nfe", "metrics": {name: value}, "n", "extractor", "reference", "seed",
+               "evaluated_at"}],
+     "fid_vs_nfe": {model: [[nfe, fid], ...]}}
+    n, extractor, reference and seed are those of the row's latest FID (else of its latest value). Rows are ranked by
+    FID within each reference (rows without FID last, rows measured without a reference after all others); a series
+    lists a model's step counts by NFE.
+    """
+    latest: dict[tuple[str, int], dict[str, Evaluation]] = {}
+    for evaluation in session.scalars(select(Evaluation).order_by(Evaluation.id)):
+        latest.setdefault((evaluation.model, evaluation.steps), {})[evaluation.metric] = evaluation
+    rows = []
+    for (model, steps), by_metric in latest.items():
+        newest = max(by_metric.values(), key=lambda e: e.id)
+        basis = by_metric.get("fid", newest)
+        rows.append({"model": model, "steps": steps, "nfe": newest.nfe,
+                     "metrics": {name: e.value for name, e in sorted(by_metric.items())},
+                     "n": basis.n, "extractor": basis.extractor, "reference": basis.reference, "seed": basis.seed,
+                     "evaluated_at": newest.created_at.isoformat() if newest.created_at else None})
+    rows.sort(key=lambda r: (not r["reference"], r["reference"], "fid" not in r["metrics"], r["metrics"].get("fid", 0.0),
+                             r["model"], r["steps"]))
+    series: dict[str, list[list[float]]] = {}
+    for row in rows:
+        if "fid" in row["metrics"]:
+            series.setdefault(row["model"], []).append([row["nfe"], row["metrics"]["fid"]])
+    return {"rows": rows, "fid_vs_nfe": {model: sorted(points) for model, points in sorted(series.items())}}

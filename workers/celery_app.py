@@ -17,7 +17,8 @@ from celery import Celery
 
 from storage.settings import Settings, get_settings
 
-TASK_NAMES = {"teacher": "studio.train_teacher", "distill": "studio.distill", "sample": "studio.sample"}
+TASK_NAMES = {"teacher": "studio.train_teacher", "distill": "studio.distill", "sample": "studio.sample",
+              "evaluate": "studio.evaluate"}
 
 
 def make_app(settings: Settings) -> Celery:
@@ -36,8 +37,9 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=redis,
         broker_transport_options=(
             {} if redis else
-            # kombu's SQLAlchemy transport polls; SQLite waits for a writer's commit instead of failing at once
-            {"polling_interval": 0.2, "connect_args": {"timeout": 30}}),
+            # SQLite waits for a writer's commit instead of failing at once. kombu's SQLAlchemy transport hands every
+            # option to create_engine, so its polling interval (1 s) cannot be set here: "polling_interval" fails.
+            {"connect_args": {"timeout": 30}}),
     )
     return app
 

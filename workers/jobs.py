@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -293,4 +294,21 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
     return "succeeded"
 
 
-JOBS = {"distill": run_distill, "teacher": run_teacher, "sample": run_sample}
+def run_evaluate(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
+    """Evaluate the spec's models; each model's rows are stored as it finishes, so a resumed run skips those."""
+    from workers.evaluate import evaluate
+    from workers.local import check_writable
+
+    def progress(done: int, total: int) -> None:
+        lease.progress(done, total)
+        if lease.stopping:
+            raise Stop
+
+    result = evaluate(spec["models"], spec["metrics"], spec["n"], spec["seed"], data_dir=settings.data_dir,
+                      device=settings.device, extractor=spec["extractor"], guidance=spec["guidance"], progress=progress,
+                      session_factory=factory, run_id=lease.run_id)
+    (check_writable(out_dir) / "evaluation.json").write_text(json.dumps(result, indent=1))
+    return "succeeded"
+
+
+JOBS = {"distill": run_distill, "teacher": run_teacher, "sample": run_sample, "evaluate": run_evaluate}

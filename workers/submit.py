@@ -7,16 +7,21 @@ by a worker's reaper, and a duplicate is harmless because workers claim runs by 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import eval_specs
 from core.catalogue import get_teacher_info
-from core.method_specs import build_method_config, check_teacher_data
+from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
 from storage import repo
+from storage.artifacts import resolve
 from storage.db import check_connection, make_engine, make_session_factory, session_scope
 from storage.settings import Settings, get_settings
 
@@ -59,7 +64,19 @@ class SampleSpec(_Spec):
     eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
 
-SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec}
+class EvaluateSpec(_Spec):
+    """Measure models at fixed seeds: the same fields as `distill-studio evaluate` (REF syntax: core/eval_specs.py)."""
+
+    models: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
+    metrics: Annotated[tuple[str, ...], Field(min_length=1, max_length=32)]
+    n: Annotated[int, Field(ge=eval_specs.MIN_N, le=eval_specs.MAX_N)] = 1000
+    seed: Annotated[int, Field(ge=0, lt=2**62)] = 0  # seeds seed .. seed + n - 1; class-conditional: class seed % 10
+    extractor: str | None = None                     # default: the dataset's own (digits, toy2d)
+    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0  # CFG weight for class-conditional teachers
+
+
+SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec,
+                                 "evaluate": EvaluateSpec}
 
 
 def _parse(kind: str, spec: dict[str, Any]) -> _Spec:
@@ -94,6 +111,8 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
         if parsed.checkpoint_every is not None and parsed.checkpoint_every > parsed.iterations:
             raise ValueError(f"checkpoint_every: must be at most iterations ({parsed.iterations}), "
                              f"got {parsed.checkpoint_every}")
+    elif isinstance(parsed, EvaluateSpec):
+        return check_evaluate(spec, data_dir=data_dir, session=session)[0]
     else:
         _check_sample(parsed, data_dir, session)
     return parsed.model_dump(mode="json")
@@ -126,7 +145,79 @@ def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> 
         raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
 
 
+@dataclass(frozen=True)
+class EvalTarget:
+    """One model of an evaluation, resolved: what to load, at how many steps, and the data it models."""
+
+    ref: str            # the REF in canonical form (a folder as an absolute path)
+    model: str          # the key its Evaluation rows carry: teacher:NAME[+cfgW], run:ID or the folder path
+    kind: str           # "teacher" or "student"
+    source: str         # the teacher's name, or the student folder
+    steps: int
+    dataset: str        # the teacher's benchmark: digits, toy2d-ring, toy2d-grid or imported
+    num_classes: int
+    extractor: str | None  # None: no reference data for this dataset
+
+
+def check_evaluate(spec: dict[str, Any], *, data_dir: Path, session: Session | None) -> tuple[dict[str, Any], list[EvalTarget]]:
+    """(normalised spec, resolved targets) of an evaluate spec, or ValueError naming the field."""
+    spec = _parse("evaluate", spec).model_dump(mode="json")
+    metrics = eval_specs.check_metrics(spec["metrics"])
+    targets = []
+    for ref in spec["models"]:
+        target = _eval_target(ref, spec["guidance"], data_dir, session)
+        eval_specs.check_applicable(metrics, model=target.ref, dataset=target.dataset, num_classes=target.num_classes)
+        eval_specs.check_n(spec["n"], target.dataset, metrics)
+        targets.append(dataclasses.replace(target, extractor=eval_specs.check_extractor(spec["extractor"], target.dataset)))
+    if spec["extractor"] is not None and all(t.extractor is None for t in targets):
+        raise ValueError(f"extractor: no model here has reference data for {spec['extractor']!r}")
+    return {**spec, "models": [t.ref for t in targets], "metrics": list(metrics)}, targets
+
+
+def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | None) -> EvalTarget:
+    parsed = eval_specs.parse_ref(ref)
+    if parsed.kind == "teacher":
+        try:
+            info = get_teacher_info(parsed.target, data_dir)
+        except ValueError as exc:  # name the field the user gave: model, not teacher
+            raise ValueError(f"model: {str(exc).removeprefix('teacher: ')}") from None
+        if guidance != 1.0 and not info.num_classes:
+            raise ValueError(f"guidance: {parsed.target!r} is unconditional; guidance needs a class-conditional teacher")
+        return EvalTarget(ref, eval_specs.guided_model(f"teacher:{parsed.target}", guidance), "teacher", parsed.target,
+                          parsed.steps or eval_specs.TEACHER_STEPS, info.benchmark, info.num_classes, None)
+    if guidance != 1.0:
+        raise ValueError(f"guidance: students are sampled unguided (guidance belongs to the teacher); {ref!r} is one")
+    if parsed.kind == "run":
+        if session is None:
+            raise ValueError("model: run references need the database")
+        run = repo.get_run(session=session, run_id=int(parsed.target))
+        if run is None or run.kind != "distill":
+            raise ValueError(f"model: run {parsed.target} is not a distill run")
+        if run.status != "succeeded":
+            raise ValueError(f"model: run {parsed.target} has not succeeded (status {run.status})")
+        folder, model = resolve(data_dir, run.out_dir), f"run:{run.id}"
+    else:
+        folder = Path(parsed.target).expanduser().resolve()
+        model = str(folder)
+        if len(model) > 255:
+            raise ValueError(f"model: the folder path {model!r} is longer than 255 characters")
+    if not (folder / "model.safetensors").is_file() or not (folder / "student.json").is_file():
+        raise ValueError(f"model: {ref!r} is neither teacher:NAME[@STEPS], run:ID nor a finished student folder "
+                         f"({folder} has no model.safetensors and student.json)")
+    student = json.loads((folder / "student.json").read_text())
+    steps = parsed.steps or int(student["config"]["student_steps"])
+    config = METHOD_CONFIGS.get(student["method"])
+    if config is not None and config.one_step_only and steps != 1:
+        raise ValueError(f"model: {ref!r} is a one-step {student['method']} generator; evaluate it at @1")
+    info = get_teacher_info(student["teacher"], data_dir)
+    canonical = ref if parsed.kind == "run" else model + (f"@{parsed.steps}" if parsed.steps else "")
+    return EvalTarget(canonical, model, "student", str(folder), steps, info.benchmark,
+                      info.num_classes, None)
+
+
 def _total(kind: str, spec: dict[str, Any]) -> int | None:
+    if kind == "evaluate":
+        return len(spec["models"]) * spec["n"]
     if kind == "distill":
         return spec["iterations"]
     if kind == "sample":

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.exceptions import Reject
 
 
 def _execute(run_id: int, kind: str) -> str:
-    from workers.jobs import execute
+    from workers.jobs import SHUTDOWN, execute
 
+    if SHUTDOWN.is_set():
+        # This child's worker is shutting down and the child already handed a run back; a consumer that still polls
+        # (kombu's SQLite transport does for a few seconds) must not have it claim the run again: back to the queue.
+        raise Reject(f"run {run_id}: worker shutting down", requeue=True)
     return execute(int(run_id), kind)
 
 
@@ -24,3 +29,8 @@ def distill(run_id: int) -> str:
 @shared_task(name="studio.sample")
 def sample(run_id: int) -> str:
     return _execute(run_id, "sample")
+
+
+@shared_task(name="studio.evaluate")
+def evaluate(run_id: int) -> str:
+    return _execute(run_id, "evaluate")

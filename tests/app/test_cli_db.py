@@ -24,10 +24,10 @@ def test_db_upgrade_creates_the_default_sqlite_database_once(cli, tmp_path):
     first = cli("db", "upgrade", "--json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout) == {"database": f"sqlite:///{tmp_path / 'data' / 'studio.db'}", "before": None,
-                                        "after": "0002"}
+                                        "after": "0003"}
     assert (tmp_path / "data" / "studio.db").is_file()
     again = cli("db", "upgrade")
-    assert (again.exit_code, again.stdout.strip()) == (0, f"sqlite:///{tmp_path / 'data' / 'studio.db'}: 0002 -> 0002")
+    assert (again.exit_code, again.stdout.strip()) == (0, f"sqlite:///{tmp_path / 'data' / 'studio.db'}: 0003 -> 0003")
 
 
 @pytest.mark.parametrize(("url", "message"), [

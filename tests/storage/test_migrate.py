@@ -57,7 +57,8 @@ def test_upgrade_creates_exactly_the_models_schema(new_database, tmp_path, monke
     Base.metadata.create_all(engine)
     engine.dispose()
     expected = schema(created)
-    assert set(expected) == {"teachers", "runs", "metrics", "checkpoints", "images", "evaluations"}
+    assert set(expected) == {"teachers", "runs", "metrics", "checkpoints", "images", "evaluations",
+                             "reference_stats"}
     assert schema(migrated) == expected
 
 

@@ -133,7 +133,9 @@ BAD = [
     ("sample", {"model": "teacher:digits", "seeds": [0], "sampler": "euler"}, r"^sampler: Input should be 'ddim' or"),
     ("sample", {"model": "teacher:digits", "seeds": [0], "guidance": 21}, r"^guidance: .*less than or equal to 20"),
     ("sample", {"model": "run:1", "seeds": [0]}, r"^model: run 1 is not a distill run$"),
-    ("evaluate", {"model": "teacher:digits"}, r"^kind: must be one of teacher, distill, sample, got 'evaluate'$"),
+    ("evaluate", {"models": ["teacher:digits"], "metrics": ["fid", "bogus"]}, r"^metrics: unknown metric 'bogus' \(known: "),
+    ("evaluate", {"models": ["teacher:digits"], "metrics": ["fid"], "n": 1798}, r"^n: 1798 is larger than the digits reference"),
+    ("export", {"model": "teacher:digits"}, r"^kind: must be one of teacher, distill, sample, evaluate, got 'export'$"),
 ]
 
 

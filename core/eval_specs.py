@@ -1,0 +1,155 @@
+"""Torch-free rules of an evaluation (issue 5): metric names, model references, reference datasets and their keys.
+
+The job submitter (workers/submit.py, imported by the web app) checks a request with these before a row is written;
+the evaluation itself (workers/evaluate.py) uses the same rules, so both refuse the same input with the same line.
+
+    REF   teacher:NAME[@STEPS]   a teacher at STEPS DDIM steps (default 50)
+          run:ID[@STEPS]         a succeeded distill run's student (default: the steps it was distilled for)
+          PATH[@STEPS]           a student folder written by `distill` (student.json + model.safetensors)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEACHER_STEPS = 50  # why: the studio's default teacher sampler (core.catalogue.native_steps)
+MIN_N = 10          # why: k-NN manifolds (k = 5) and a covariance need a handful of samples at least
+MAX_N = 100_000     # why: features and k-NN distance matrices of this many samples still fit in memory
+PRDC_K = 5          # why: Naeem et al. 2020's default neighbourhood size
+
+# Requested metric -> the metric names it stores (one Evaluation row each).
+METRICS: dict[str, tuple[str, ...]] = {
+    "fid": ("fid",),
+    "kid": ("kid",),
+    "precision": ("precision", "recall", "density", "coverage"),  # one k-NN computation gives all four
+    "recall": ("precision", "recall", "density", "coverage"),
+    "density": ("precision", "recall", "density", "coverage"),
+    "coverage": ("precision", "recall", "density", "coverage"),
+    "accuracy": ("accuracy",),                     # the digits classifier's agreement with the requested class
+    "speed": ("ms_per_image", "images_per_s"),     # generation only: no noise drawing, no features
+    "modes": ("modes_covered", "modes_quality"),   # toy2d: modes holding >= 1 % of samples; share near a mode
+}
+REFERENCE_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """A dataset evaluations are measured against."""
+
+    name: str                     # the benchmark name (core.data.BENCHMARKS)
+    kind: str                     # "image" or "points"
+    size: int | None              # how many real items exist (None: drawn from the exact mixture, any n)
+    resolution: int               # image side in pixels; 0 for points
+    extractors: tuple[str, ...]   # the extractors that apply, the default first
+
+    def describe(self) -> str:
+        return f"{self.size} images" if self.size is not None else "points drawn from the mixture"
+
+
+REFERENCE_DATA: dict[str, ReferenceData] = {
+    "digits": ReferenceData("digits", "image", 1797, 16, ("digits", "inception")),  # scikit-learn's 1,797 digits
+    "toy2d-ring": ReferenceData("toy2d-ring", "points", None, 0, ("toy2d",)),
+    "toy2d-grid": ReferenceData("toy2d-grid", "points", None, 0, ("toy2d",)),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed REF: kind "teacher" (target: name), "run" (target: the id) or "folder" (target: the path)."""
+
+    kind: str
+    target: str
+    steps: int | None  # None: the model's own default
+
+
+def parse_ref(ref: str) -> ModelRef:
+    """teacher:NAME[@STEPS], run:ID[@STEPS] or a folder path[@STEPS]; ValueError naming `model` otherwise."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ValueError(f"model: {ref!r} is empty; give teacher:NAME[@STEPS], run:ID or a student folder")
+    kind, sep, rest = ref.partition(":")
+    if not sep or kind not in ("teacher", "run"):
+        kind, rest = "folder", ref
+    target, at, steps_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if kind == "folder" and at and not steps_text.isdigit():
+        target, at = rest, ""  # an '@' that is part of the folder's name
+    steps = None
+    if at:
+        if not steps_text.isdigit() or not 1 <= int(steps_text) <= 1000:
+            raise ValueError(f"model: {ref!r} has a bad step count {steps_text!r} (an integer in [1, 1000])")
+        steps = int(steps_text)
+    if kind == "teacher" and not target:
+        raise ValueError(f"model: {ref!r} names no teacher (teacher:NAME[@STEPS])")
+    if kind == "run" and not target.isdigit():
+        raise ValueError(f"model: {ref!r} is not run:ID with a numeric id")
+    return ModelRef(kind, target, steps)
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """The requested metric names (a list, or comma-separated text), stripped, lowercased and without repeats;
+    ValueError naming an unknown one."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    names: list[str] = []
+    for raw in (part for item in metrics for part in str(item).split(",")):
+        name = str(raw).strip().lower()
+        if not name:
+            continue
+        if name not in METRICS:
+            raise ValueError(f"metrics: unknown metric {name!r} (known: {', '.join(METRICS)})")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"metrics: give at least one of {', '.join(METRICS)}")
+    return tuple(names)
+
+
+def stored_metrics(metrics) -> tuple[str, ...]:
+    """The metric names the requested ones store, in a fixed order."""
+    wanted = {stored for name in check_metrics(metrics) for stored in METRICS[name]}
+    order = [stored for names in METRICS.values() for stored in names]
+    return tuple(dict.fromkeys(s for s in order if s in wanted))
+
+
+def check_applicable(metrics, *, model: str, dataset: str, num_classes: int) -> None:
+    """Refuse metrics that cannot be measured on this model's data (naming `metrics`)."""
+    for name in check_metrics(metrics):
+        if name in REFERENCE_METRICS and dataset not in REFERENCE_DATA:
+            raise ValueError(f"metrics: {name} needs reference data; {model} ({dataset}) has none (known: "
+                             f"{', '.join(REFERENCE_DATA)}); only speed applies")
+        if name == "accuracy" and (dataset != "digits" or num_classes != 10):
+            raise ValueError(f"metrics: accuracy needs a class-conditional digits model; {model} is {dataset}")
+        if name == "modes" and not dataset.startswith("toy2d-"):
+            raise ValueError(f"metrics: modes is for toy2d models; {model} is {dataset}")
+
+
+def check_extractor(extractor: str | None, dataset: str) -> str | None:
+    """The extractor for `dataset` (its default when None); None for data without a reference."""
+    data = REFERENCE_DATA.get(dataset)
+    if data is None:
+        return None
+    if extractor is None:
+        return data.extractors[0]
+    if extractor not in data.extractors:
+        raise ValueError(f"extractor: {extractor!r} does not apply to {dataset} (use: {', '.join(data.extractors)})")
+    return extractor
+
+
+def check_n(n: int, dataset: str, metrics) -> int:
+    """n samples per model: within [MIN_N, MAX_N] and, for reference metrics, at most the reference's size."""
+    if not isinstance(n, int) or isinstance(n, bool) or not MIN_N <= n <= MAX_N:
+        raise ValueError(f"n: must be an integer in [{MIN_N}, {MAX_N}], got {n!r}")
+    data = REFERENCE_DATA.get(dataset)
+    needs_reference = any(name in REFERENCE_METRICS for name in check_metrics(metrics))
+    if needs_reference and data is not None and data.size is not None and n > data.size:
+        raise ValueError(f"n: {n} is larger than the {dataset} reference ({data.size} images)")
+    return n
+
+
+def reference_key(dataset: str, extractor: str, resolution: int, n: int) -> str:
+    """The name of a reference's statistics: the file stem under DATA_DIR/reference/ and Evaluation.reference."""
+    return f"{dataset}-{extractor}-{resolution}-{n}"
+
+
+def guided_model(model: str, guidance: float) -> str:
+    """The stored model key of a teacher sampled with classifier-free guidance w (w = 1: plain)."""
+    return model if guidance == 1.0 else f"{model}+cfg{guidance:g}"

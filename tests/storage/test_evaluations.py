@@ -1,0 +1,79 @@
+"""Evaluations, reference statistics and the leaderboard (storage/repo.py), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage import repo
+from storage.db import session_scope
+from storage.models import ReferenceStats
+
+REF = "digits-digits-16-500"
+
+
+def _add(session, model, steps, nfe, **values):
+    for metric, value in values.items():
+        repo.record_evaluation(session=session, model=model, metric=metric, value=value, n=500, extractor="digits",
+                               reference=REF, seed=0, steps=steps, nfe=nfe)
+
+
+def test_the_leaderboard_has_one_row_per_model_and_steps_with_the_latest_values(db):
+    with session_scope(db) as session:
+        _add(session, "teacher:digits", 50, 50, fid=9.0, accuracy=0.97)
+        _add(session, "teacher:digits", 4, 4, fid=30.0, ms_per_image=1.5)
+        _add(session, "run:3", 1, 1, fid=12.0, kid=0.01)
+        _add(session, "teacher:digits", 8, 8, fid=18.0)
+        _add(session, "teacher:digits", 50, 50, fid=8.0)  # measured again: the newer value counts
+        _add(session, "teacher:digits+cfg2", 8, 16, fid=15.0)
+        repo.record_evaluation(session=session, model="teacher:toy2d-ring", metric="ms_per_image", value=0.2, n=256,
+                               extractor="toy2d", reference="", seed=0, steps=50, nfe=50)
+    with session_scope(db) as session:
+        board = repo.leaderboard(session=session)
+    rows = board["rows"]
+    assert [(r["model"], r["steps"], r["nfe"]) for r in rows] == [
+        ("teacher:digits", 50, 50), ("run:3", 1, 1), ("teacher:digits+cfg2", 8, 16), ("teacher:digits", 8, 8),
+        ("teacher:digits", 4, 4),
+        ("teacher:toy2d-ring", 50, 50)]  # measured without a reference: last
+    assert rows[0]["metrics"] == {"accuracy": 0.97, "fid": 8.0}
+    assert rows[4]["metrics"] == {"fid": 30.0, "ms_per_image": 1.5}
+    assert (rows[0]["n"], rows[0]["extractor"], rows[0]["reference"], rows[0]["seed"]) == (500, "digits", REF, 0)
+    assert all(r["evaluated_at"] for r in rows)
+    assert board["fid_vs_nfe"] == {"run:3": [[1, 12.0]], "teacher:digits": [[4, 30.0], [8, 18.0], [50, 8.0]],
+                                   "teacher:digits+cfg2": [[16, 15.0]]}
+
+
+def test_an_empty_leaderboard(db):
+    with session_scope(db) as session:
+        assert repo.leaderboard(session=session) == {"rows": [], "fid_vs_nfe": {}}
+
+
+def test_evaluations_are_listed_by_model_and_run(db):
+    with session_scope(db) as session:
+        run_id = repo.create_run(session=session, kind="evaluate", spec={}).id
+        repo.record_evaluation(session=session, model="teacher:digits", metric="fid", value=1.0, n=10, extractor="digits",
+                               reference=REF, seed=0, steps=4, nfe=4, run_id=run_id)
+        _add(session, "run:1", 1, 1, fid=2.0)
+    with session_scope(db) as session:
+        assert [e.value for e in repo.list_evaluations(session=session)] == [1.0, 2.0]
+        assert [e.model for e in repo.list_evaluations(session=session, run_id=run_id)] == ["teacher:digits"]
+        assert [e.value for e in repo.list_evaluations(session=session, model="run:1")] == [2.0]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_value_that_is_not_finite_is_refused(db, value):
+    with pytest.raises(ValueError, match=r"^fid: value .* is not finite"), session_scope(db) as session:
+        _add(session, "teacher:digits", 4, 4, fid=value)
+
+
+def test_reference_stats_are_unique_by_their_key_and_record_a_relative_path(db):
+    key = {"dataset": "digits", "extractor": "digits", "resolution": 16, "n": 500}
+    with session_scope(db) as session:
+        first = repo.record_reference_stats(session=session, path="reference/a.npz", **key).id
+        again = repo.record_reference_stats(session=session, path="reference/b.npz", **key)
+        assert (again.id, again.path) == (first, "reference/b.npz")
+        assert repo.get_reference_stats(session=session, **{**key, "n": 400}) is None
+    with pytest.raises(ValueError, match="must be relative to the data dir"), session_scope(db) as session:
+        repo.record_reference_stats(session=session, path="/etc/passwd", **{**key, "n": 1})
+    with pytest.raises(IntegrityError), session_scope(db) as session:  # two writers racing on one key: one row wins
+        session.add_all([ReferenceStats(path="x.npz", **{**key, "n": 2}), ReferenceStats(path="y.npz", **{**key, "n": 2})])

@@ -1,0 +1,129 @@
+"""Reference statistics (issue 5): features of the real data an evaluation is measured against, computed once per
+(dataset, extractor, resolution, n) and reused by every later evaluation.
+
+On disk: DATA_DIR/reference/<dataset>-<extractor>-<resolution>-<n>.npz holding the features (KID, precision/recall)
+and their mean and covariance (FID). In the database: a reference_stats row per key with that file's path relative to
+the data dir, so every worker sharing the database and the artifact folder finds it. A file that is missing or cannot
+be read is computed again; two workers computing the same key at once both write the same file (atomically) and one
+row wins.
+
+The data: `digits` is a fixed random subset of n of scikit-learn's 1,797 digits at 16x16 (all of them for n = 1797);
+`toy2d-ring` and `toy2d-grid` are n points drawn from the benchmark's exact mixture with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from torch import nn
+
+from core.data import digits_tensors, get_benchmark
+from core.eval_specs import REFERENCE_DATA, check_extractor, reference_key
+from core.metrics import feature_stats, images_to_features
+from storage import repo
+from storage.artifacts import resolve
+from storage.db import session_scope
+
+REFERENCE_SEED = 1  # why: one fixed subset / draw per n, whoever computes it
+
+
+@dataclass(frozen=True)
+class Reference:
+    key: str               # dataset-extractor-resolution-n: Evaluation.reference of results measured against it
+    dataset: str
+    extractor: str
+    resolution: int
+    n: int
+    features: np.ndarray   # [n, D]
+    mu: np.ndarray         # [D]
+    sigma: np.ndarray      # [D, D]
+    path: Path
+    cached: bool           # True: read from the cache, not computed by this call
+
+
+def reference_samples(dataset: str, n: int) -> torch.Tensor:
+    """The n reference items: digits as float [n,1,16,16] in [-1, 1], toy2d as points [n,2]."""
+    data = REFERENCE_DATA.get(dataset)
+    if data is None:
+        raise ValueError(f"dataset: {dataset!r} has no reference data (known: {', '.join(REFERENCE_DATA)})")
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n: a reference needs at least 2 items, got {n!r}")
+    if data.size is not None:
+        if n > data.size:
+            raise ValueError(f"n: {n} is larger than the {dataset} reference ({data.size} images)")
+        x, _ = digits_tensors(data.resolution)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(REFERENCE_SEED))
+        return x[order[:n]]
+    return get_benchmark(dataset).mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED)).float()
+
+
+def reference_stats(dataset: str, extractor: str | None, n: int, *, data_dir: Path, device: str = "cpu",
+                    session_factory: sessionmaker[Session] | None = None, model: nn.Module | None = None) -> Reference:
+    """The reference's features and statistics, from the cache when it has them; computed and cached otherwise.
+
+    extractor: None for the dataset's default. model: the extractor module, if the caller has it loaded already.
+    Without a session factory only the file cache is used.
+    """
+    data = REFERENCE_DATA.get(dataset)
+    if data is None:
+        raise ValueError(f"dataset: {dataset!r} has no reference data (known: {', '.join(REFERENCE_DATA)})")
+    extractor = check_extractor(extractor, dataset)
+    key = reference_key(dataset, extractor, data.resolution, n)
+    ident = {"dataset": dataset, "extractor": extractor, "resolution": data.resolution, "n": n}
+    stored = None
+    if session_factory is not None:
+        with session_scope(session_factory) as session:
+            row = repo.get_reference_stats(session=session, **ident)
+            stored = row.path if row is not None else None
+    path = resolve(Path(data_dir), stored or f"reference/{key}.npz")
+
+    # 1. The cache.
+    found = _load(path, key)
+    if found is not None:
+        if session_factory is not None and stored is None:
+            _record(session_factory, ident, data_dir, path)
+        return Reference(key, dataset, extractor, data.resolution, n, *found, path=path, cached=True)
+
+    # 2. Compute, write the file atomically, record it.
+    samples = reference_samples(dataset, n)
+    features = images_to_features(model if model is not None else extractor, samples, device=device).astype(np.float32)
+    mu, sigma = feature_stats(features)
+    _save(path, key, features, mu, sigma)
+    if session_factory is not None:
+        _record(session_factory, ident, data_dir, path)
+    return Reference(key, dataset, extractor, data.resolution, n, features, mu, sigma, path=path, cached=False)
+
+
+def _load(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(features, mu, sigma) from a cache file, or None when it is missing, unreadable or for another key."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return z["features"], z["mu"], z["sigma"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _save(path: Path, key: str, features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as handle:
+        np.savez(handle, key=np.array(key), features=features, mu=mu, sigma=sigma)
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
+
+
+def _record(factory: sessionmaker[Session], ident: dict, data_dir: Path, path: Path) -> None:
+    rel = path.resolve().relative_to(Path(data_dir).resolve()).as_posix()
+    try:
+        with session_scope(factory) as session:
+            repo.record_reference_stats(session=session, path=rel, **ident)
+    except IntegrityError:
+        pass  # another worker recorded the same key at the same moment: its row names the same file
