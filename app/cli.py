@@ -425,29 +425,25 @@ def up(
 ):
     """Serve the studio, with a local worker on the configured broker (the embedded SQLite one by default)."""
     import signal
-    import subprocess
 
+    from app.local_worker import LocalWorker
     from app.ui import serve
     from storage.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)
     worker = None
-    if not no_worker:  # a child process: the web process never imports torch (DESIGN.md §1)
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--loglevel", "warning"])
-        typer.echo(f"local worker started (pid {worker.pid}) on {display_url(settings.broker_url.removeprefix('sqla+'))}",
-                   err=True)
+    if not no_worker:
+        worker = LocalWorker().start()
+        typer.echo(f"local worker started (pid {worker.process.pid}) on "
+                   f"{display_url(settings.broker_url.removeprefix('sqla+'))}", err=True)
     # SIGTERM (kill, systemd, docker stop) must reach the `finally` below like Ctrl-C, or the worker is orphaned.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         serve(settings, host=host or settings.host, port=port or settings.port)
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
 
 
 def main() -> None:
