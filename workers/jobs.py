@@ -93,9 +93,11 @@ def _is_zombie(pid: int) -> bool:
 class Lease:
     """The worker's hold on a run: heartbeats, progress, and the reasons to stop (cancel, or the run was lost)."""
 
-    def __init__(self, factory: sessionmaker[Session], run_id: int, worker: str, lease_s: float):
+    def __init__(self, factory: sessionmaker[Session], run_id: int, worker: str, lease_s: float, step: int = 0,
+                 total: int | None = None):
         self.factory, self.run_id, self.worker, self.lease_s = factory, run_id, worker, lease_s
-        self.step, self.total = 0, None
+        # Start from the run's recorded progress: a heartbeat before the job has found its checkpoint must not report 0.
+        self.step, self.total = step, total
         self.cancelled, self.lost = False, False
         self._lock = threading.Lock()  # the heartbeat thread and the job both write
         self._done = threading.Event()
@@ -153,14 +155,14 @@ def execute(run_id: int, kind: str) -> str:
         if not claimed and run.status == "running" and owner_is_dead(run.lease_owner):
             claimed = repo.take_over(session=session, run_id=run_id, dead_owner=run.lease_owner, worker=worker,
                                      lease_s=settings.lease_s)  # a pool child of this host was killed mid-run
-        spec, out_rel, previous = dict(run.spec), run.out_dir, run.status
+        spec, out_rel, previous, step, total = dict(run.spec), run.out_dir, run.status, run.step, run.total
     if not claimed:
         log.info("run %s: %s, held by %s; duplicate delivery ignored", run_id, previous, run.lease_owner)
         return "skipped"
 
     log.info("run %s: claimed by %s", run_id, worker)
     _listen_for_shutdown()
-    lease = Lease(factory, run_id, worker, settings.lease_s)
+    lease = Lease(factory, run_id, worker, settings.lease_s, step=step, total=total)
     out_dir = resolve(settings.data_dir, out_rel)
     status, error = "failed", None
     try:
