@@ -8,7 +8,6 @@ marked; `--submit` on a real Redis (database 9 of 127.0.0.1:6379, or STUDIO_TEST
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -23,17 +22,9 @@ from core.metrics import folder_fid
 from storage import repo
 from storage.db import make_engine, make_session_factory, session_scope
 from storage.settings import get_settings
-from workers.celery_app import get_app
+from tests.services import REDIS_URL, clear_studio_caches
 
-REDIS_URL = os.environ.get("STUDIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 TOY = ["--model", "teacher:toy2d-ring@4", "--model", "teacher:toy2d-ring@50"]
-
-
-def _clear_caches() -> None:
-    if get_app.cache_info().currsize:
-        get_app().close()
-    get_app.cache_clear()
-    get_settings.cache_clear()  # settings are read once per process
 
 
 @pytest.fixture
@@ -41,9 +32,9 @@ def data_dir(tmp_path, monkeypatch) -> Path:
     data = tmp_path / "data"
     monkeypatch.setenv("STUDIO_DATA_DIR", str(data))
     monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
-    _clear_caches()
+    clear_studio_caches()
     yield data
-    _clear_caches()
+    clear_studio_caches()
 
 
 @pytest.fixture
@@ -91,7 +82,7 @@ def _digit_folder(folder: Path, lo: int, hi: int) -> Path:
 def test_evaluate_stores_results_that_the_leaderboard_lists(cli, request, monkeypatch, database):
     if database == "postgres":
         monkeypatch.setenv("STUDIO_DATABASE_URL", request.getfixturevalue("postgres").create())
-        _clear_caches()
+        clear_studio_caches()
     result = _ok(cli("evaluate", *TOY, "--metrics", "fid,modes,speed", "--n", "256", "--seed", "1", "--json"))
     four, fifty = result["models"]
     assert (four["steps"], fifty["steps"], result["n"], result["seed"]) == (4, 50, 256, 1)
@@ -159,7 +150,7 @@ def queue(data_dir, monkeypatch):
     name = f"test-eval-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("STUDIO_BROKER_URL", REDIS_URL)
     monkeypatch.setenv("STUDIO_QUEUE", name)
-    _clear_caches()
+    clear_studio_caches()
     yield lambda: client.llen(name)
     client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
     client.close()

@@ -8,47 +8,33 @@ would start Celery in the test process.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import pytest
-import redis
 from typer.testing import CliRunner
 
 from app.cli import app
 from storage import repo
 from storage.db import make_engine, make_session_factory, session_scope
 from storage.settings import get_settings
-from workers.celery_app import get_app
+from tests.services import REDIS_URL, clear_studio_caches, connect_redis
 
-REDIS_URL = os.environ.get("STUDIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 SUBMIT = ["distill", "--submit", "--teacher", "toy2d-ring", "--method", "dmd2", "--preset", "toy2d", "--iterations", "50"]
-
-
-def _clear_caches() -> None:
-    if get_app.cache_info().currsize:
-        get_app().close()
-    get_app.cache_clear()
-    get_settings.cache_clear()  # settings are read once per process
 
 
 @pytest.fixture
 def queue(tmp_path, monkeypatch):
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:  # a failure, not a skip (DESIGN.md §7)
-        pytest.fail(f"these tests need Redis at {REDIS_URL} (set STUDIO_TEST_REDIS_URL): {exc}", pytrace=False)
+    client = connect_redis()
     name = f"test-cli-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
     monkeypatch.setenv("STUDIO_BROKER_URL", REDIS_URL)
     monkeypatch.setenv("STUDIO_QUEUE", name)
-    _clear_caches()
+    clear_studio_caches()
     yield lambda: client.llen(name)
     client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
     client.close()
-    _clear_caches()
+    clear_studio_caches()
 
 
 @pytest.fixture
@@ -134,7 +120,7 @@ def test_a_bad_spec_is_one_line_and_no_row(cli, db, queue, args, message):
 
 def test_submit_with_the_broker_down_says_the_run_is_queued(cli, db, queue, monkeypatch):
     monkeypatch.setenv("STUDIO_BROKER_URL", "redis://127.0.0.1:1/0")
-    _clear_caches()
+    clear_studio_caches()
     line = _one_line_error(cli(*SUBMIT, "--json"))
     assert line.startswith("error: run 1 is queued, but the broker is unreachable (")
     assert line.endswith("a worker will send it when the broker is back")

@@ -8,16 +8,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from tests.services import connect_redis
+
 from .harness import REDIS_URL, Studio
 
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:  # a failure, not a skip (DESIGN.md §7)
-        pytest.fail(f"tests/workers need Redis at {REDIS_URL} (set STUDIO_TEST_REDIS_URL): {exc}", pytrace=False)
+    client = connect_redis(REDIS_URL)
     yield client
     client.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,28 +23,16 @@ from storage.db import session_scope
 from storage.migrate import upgrade
 from storage.models import Run
 from storage.settings import get_settings
-from workers.celery_app import get_app
+from tests.services import REDIS_URL, clear_studio_caches, connect_redis
 from workers.submit import BrokerUnavailable, Jobs, validate_spec
 
-REDIS_URL = os.environ.get("STUDIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DEAD_BROKER = "redis://127.0.0.1:1/0"
 DISTILL = {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "iterations": 300}
 
 
-def _clear_caches() -> None:
-    if get_app.cache_info().currsize:
-        get_app().close()
-    get_app.cache_clear()
-    get_settings.cache_clear()
-
-
 @pytest.fixture
 def broker() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:  # a failure, not a skip (DESIGN.md §7)
-        pytest.fail(f"tests/workers need Redis at {REDIS_URL} (set STUDIO_TEST_REDIS_URL): {exc}", pytrace=False)
+    client = connect_redis()
     yield client
     client.close()
 
@@ -58,11 +45,11 @@ def env(tmp_path, monkeypatch, broker):
     monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
     monkeypatch.setenv("STUDIO_BROKER_URL", REDIS_URL)
     monkeypatch.setenv("STUDIO_QUEUE", queue)
-    _clear_caches()
+    clear_studio_caches()
     upgrade(get_settings().database_url)
     yield queue
     broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
-    _clear_caches()
+    clear_studio_caches()
 
 
 @pytest.fixture
@@ -212,7 +199,7 @@ def test_each_kind_has_its_task_and_total(jobs, broker, env):
 
 def test_an_unreachable_broker_leaves_the_run_queued_for_the_reaper(jobs, broker, env, monkeypatch):
     monkeypatch.setenv("STUDIO_BROKER_URL", DEAD_BROKER)
-    _clear_caches()
+    clear_studio_caches()
     start = time.monotonic()
     with pytest.raises(BrokerUnavailable) as raised:
         Jobs().submit("distill", DISTILL)
@@ -228,7 +215,7 @@ def test_an_unreachable_broker_leaves_the_run_queued_for_the_reaper(jobs, broker
         assert repo.take_undispatched(session=s, older_than_s=60, now=late) == [1]
 
     monkeypatch.setenv("STUDIO_BROKER_URL", REDIS_URL)  # the broker is back: the reaper's send
-    _clear_caches()
+    clear_studio_caches()
     sent = datetime.now(UTC)
     Jobs().send(1, "distill")
     assert _messages(broker, env) == [("studio.distill", [1])]
