@@ -1,0 +1,89 @@
+"""`distill-studio evaluate`, `fid` and `leaderboard`: measuring models (registered on the app in app/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli_common import Bar, cli_errors, emit, jobs, submit_job
+from storage.settings import get_settings
+
+# Display order of the leaderboard's columns (workers/evaluate.py stores these names); others follow by name.
+METRIC_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "accuracy", "modes_covered", "modes_quality",
+                  "ms_per_image", "images_per_s")
+
+
+@cli_errors
+def evaluate_cmd(
+    model: list[str] = typer.Option(..., "--model", help="teacher:NAME[@STEPS] (default 50 DDIM steps), run:ID[@STEPS] "
+                                    "or a student folder; repeat for several models."),
+    metrics: str = typer.Option("fid,kid,precision,recall,speed", help="Comma-separated: fid, kid, precision, recall, "
+                                "density, coverage, accuracy (digits), modes (toy2d), speed."),
+    n: int = typer.Option(1000, help="Samples per model, seeds SEED .. SEED+N-1; at most the reference's size "
+                          "(digits: 1797)."),
+    seed: int = typer.Option(0, help="First seed; class-conditional models draw seed s as class s % 10."),
+    extractor: str = typer.Option(None, help="Feature extractor (default: digits for digits models, toy2d for toy2d)."),
+    guidance: float = typer.Option(1.0, help="CFG weight w for class-conditional teachers (w != 1 doubles the NFE)."),
+    submit: bool = typer.Option(False, "--submit", help="Queue the evaluation for a worker and print its id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Measure models against cached reference statistics (FID, KID, precision/recall, accuracy, speed) and store the
+    results for `leaderboard`: in the foreground (rows with no run), or queued for a worker with --submit."""
+    spec = {"models": model, "metrics": metrics.split(","), "n": n, "seed": seed, "extractor": extractor,
+            "guidance": guidance}
+    if submit:
+        submit_job("evaluate", spec, as_json)
+        return
+    from workers.evaluate import evaluate
+
+    factory = jobs().factory
+    bar = Bar("evaluate", enabled=not as_json)
+    try:
+        result = evaluate(model, spec["metrics"], n, seed, extractor=extractor, guidance=guidance,
+                          data_dir=get_settings().data_dir, device=get_settings().device, progress=bar,
+                          session_factory=factory)
+    finally:
+        bar.close()
+    lines = [f"{m['model']} @{m['steps']} (NFE {m['nfe']}"
+             + (f", {m['reference']}" if m["reference"] else "") + "): "
+             + ", ".join(f"{k} {v:.5g}" for k, v in m["values"].items()) for m in result["models"]]
+    emit(as_json, result, "\n".join(lines))
+
+
+@cli_errors
+def fid_cmd(
+    dir_a: Path = typer.Argument(..., help="A folder of images."),
+    dir_b: Path = typer.Argument(..., help="Another folder of images."),
+    extractor: str = typer.Option(..., help="Feature extractor: inception (needs its weights on disk), digits."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """FID between two image folders, computed by clean-fid with the studio's extractor."""
+    from workers.evaluate import folder_fid
+
+    result = folder_fid(dir_a, dir_b, extractor, device=get_settings().device)
+    emit(as_json, result, f"FID {result['fid']:.6g} ({extractor}; {result['n_a']} vs {result['n_b']} images)")
+
+
+@cli_errors
+def leaderboard_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Stored evaluations: one row per (model, steps) with the latest value of each metric, plus FID-vs-NFE series."""
+    from storage import repo
+    from storage.db import session_scope
+
+    with session_scope(jobs().factory) as session:
+        board = repo.leaderboard(session=session)
+    emit(as_json, board, _leaderboard_table(board["rows"]))
+
+
+def _leaderboard_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no evaluations yet (run `distill-studio evaluate`)"
+    found = {name for row in rows for name in row["metrics"]}
+    columns = [c for c in METRIC_COLUMNS if c in found] + sorted(found - set(METRIC_COLUMNS))
+    width = max(len(r["model"]) for r in rows)
+    lines = [f"{'model':{width}}  steps  nfe  " + "  ".join(f"{c:>12}" for c in columns) + "  reference"]
+    for r in rows:
+        values = "  ".join(f"{r['metrics'][c]:>12.5g}" if c in r["metrics"] else f"{'-':>12}" for c in columns)
+        lines.append(f"{r['model']:{width}}  {r['steps']:>5}  {r['nfe']:>3}  {values}  {r['reference'] or '-'}")
+    return "\n".join(lines)
