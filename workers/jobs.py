@@ -82,12 +82,18 @@ def owner_is_dead(owner: str | None) -> bool:
     return _is_zombie(int(pid))
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """Fields 3 on of /proc/PID/stat (state, ppid, ...), split after the ")" that ends the command name; [] if gone
+    or where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _is_zombie(pid: int) -> bool:
     """A killed pool child stays a zombie until init reaps it (seconds): dead for our purpose."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return proc_stat(pid)[:1] == ["Z"]
 
 
 class Lease:

@@ -17,17 +17,14 @@ from celery import signals
 from storage.migrate import upgrade
 from storage.settings import get_settings
 from workers.celery_app import get_app
+from workers.jobs import proc_stat
 from workers.reaper import Reaper
 
 
 def _children() -> list[int]:
     """Pids of this process's children (the pool), read from /proc; empty where there is no /proc."""
-    me, found = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:  # field 4, after the ")" ending the name
-                found.append(int(stat.parent.name))
-    return found
+    me = str(os.getpid())
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*") if proc_stat(entry.name)[1:2] == [me]]
 
 
 def run_worker(*, concurrency: int = 1, loglevel: str = "info", name: str | None = None) -> None:
