@@ -76,12 +76,22 @@ def export_model(module: nn.Module, path: Path, meta: dict) -> Path:
     return save_state(path, {k: v for k, v in module.state_dict().items()}, meta)
 
 
+def snapshot_path(out_dir: Path | str, step: int) -> Path:
+    """Where run_training exports the network as it was at checkpoint `step` (what export_model writes)."""
+    return checkpoint_path(Path(out_dir) / "snapshots", step)
+
+
+def list_snapshots(out_dir: Path | str) -> list[tuple[int, Path]]:
+    """(step, path) of every exported snapshot of a run folder, oldest first; each loads like model.safetensors."""
+    return list_checkpoints(Path(out_dir) / "snapshots")
+
+
 def run_training(
     task: Trainable,
     sample_batch: Callable[[int, torch.Generator], dict],
     config: TrainConfig,
     *,
-    out_dir: Path | str,                              # checkpoints/, previews/, metrics.jsonl, model.safetensors
+    out_dir: Path | str,                              # checkpoints/, snapshots/, previews/, metrics.jsonl, model.safetensors
     spec: dict,                                       # JSON spec stored with every checkpoint and the model
     device: str | torch.device = "cpu",
     resume: bool = True,                              # continue from the latest checkpoint in out_dir
@@ -90,7 +100,11 @@ def run_training(
     on_checkpoint: Callable[[int, Path], None] | None = None,
     should_stop: Callable[[], bool] | None = None,    # polled every step; True -> checkpoint and return
 ) -> TrainResult:
-    """Train `task` for config.iterations steps; returns how it ended."""
+    """Train `task` for config.iterations steps; returns how it ended.
+
+    Every checkpoint also exports the shipped network (EMA weights when averaging) to snapshots/step-N.safetensors,
+    the same file export_model writes: small, never pruned, so every checkpoint step stays sampleable. It is written
+    before the checkpoint, so a checkpoint on disk (or reported to on_checkpoint) always has its snapshot."""
     # 1. Check invariants before any work.
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,6 +132,7 @@ def run_training(
         metrics_path.unlink()
 
     def checkpoint(step: int) -> Path:
+        export_model(ema if ema is not None else source, snapshot_path(out_dir, step), {"spec": spec, "step": step})
         path = save_state(checkpoint_path(ckpt_dir, step),
                           {"task": task.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                            "step": step, "log_sums": dict(sums), "log_counts": dict(counts)},

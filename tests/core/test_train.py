@@ -17,7 +17,7 @@ from core.nets import MLP
 from core.schedules import CosineSchedule
 from core.specs import TrainConfig
 from core.teachers.trainer import DenoiserTrainer, denoising_loss, lr_factor
-from core.train import run_training
+from core.train import list_snapshots, run_training, snapshot_path
 
 F64 = torch.float64
 CONFIG = TrainConfig(iterations=40, batch_size=64, checkpoint_every=10, log_every=5, preview_every=20,
@@ -117,6 +117,31 @@ def test_exported_model_loads_into_fresh_network(run_a):
     with torch.no_grad():
         assert torch.equal(fresh(z, time), ema(z, time))
         assert not torch.allclose(fresh(z, time), init(z, time)), "training must have moved the weights"
+
+
+def test_every_checkpoint_leaves_a_snapshot_that_is_never_pruned(run_a):
+    out = run_a["out"]
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [30, 40]  # keep_checkpoints=2 prunes the state
+    snapshots = list_snapshots(out)
+    assert snapshots == [(s, snapshot_path(out, s)) for s in (10, 20, 30, 40)]
+    assert snapshot_path(out, 10) == out / "snapshots" / "step-0000010.safetensors"
+    # The last one is the shipped model, with the same metadata; earlier ones hold the weights of their step.
+    final, meta = load_state(snapshots[-1][1])
+    _deep_equal(final, load_state(out / "model.safetensors")[0])
+    assert meta == {"spec": SPEC, "step": 40}
+    first, meta = load_state(snapshots[0][1])
+    assert meta == {"spec": SPEC, "step": 10} and first.keys() == final.keys()
+    assert any(not torch.equal(first[k], final[k]) for k in first)
+    _net(init_seed=7).load_state_dict(first)
+
+
+def test_a_stopped_run_has_snapshots_of_its_checkpoints(tmp_path):
+    config = CONFIG.replace(iterations=40, preview_every=100)
+    result = run_training(make_task(config=config), BENCH.sample_batch, config, out_dir=tmp_path, spec=SPEC,
+                          should_stop=lambda: True)
+    assert (result.status, result.step) == ("stopped", 1)
+    assert [s for s, _ in list_snapshots(tmp_path)] == [1] and not (tmp_path / "model.safetensors").exists()
+    assert list_snapshots(tmp_path / "nowhere") == []
 
 
 def test_exact_resume(run_a, tmp_path):
