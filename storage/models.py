@@ -124,13 +124,17 @@ class Checkpoint(Base):
 
 
 class Image(Base):
-    """One generated sample, keyed by everything that determines it (per-sample seeded noise, DESIGN.md §2).
+    """One generated sample, keyed by everything that determines it (per-sample seeded noise, DESIGN.md §2) and the
+    checkpoint step of the weights that drew it (STUDY.md §1.1).
 
-    Unconditional samples use class_id -1 and prompt '' rather than NULL: NULLs never collide in a unique key."""
+    Unconditional samples use class_id -1 and prompt '' rather than NULL: NULLs never collide in a unique key. For the
+    same reason a teacher's checkpoint is 0; a student's is the training step of its weights (a finished run's final
+    model is its final step)."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("model", "seed", "class_id", "prompt", "steps"),
-                      CheckConstraint("class_id >= -1 AND steps >= 1", name="values"))
+    __table_args__ = (UniqueConstraint("model", "seed", "class_id", "prompt", "steps", "checkpoint"),
+                      CheckConstraint("class_id >= -1 AND steps >= 1", name="values"),
+                      CheckConstraint("checkpoint >= 0", name="checkpoint"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     model: Mapped[str] = mapped_column(String(255))  # teacher:NAME or run:ID
@@ -141,6 +145,8 @@ class Image(Base):
     path: Mapped[str] = mapped_column(String(1024))  # relative to the data dir
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the run that drew it
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The training step of the weights sampled; last because migration 0004 added it (the columns keep its order).
+    checkpoint: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class Evaluation(Base):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -149,17 +149,49 @@ def take_over(*, session: Session, run_id: int, dead_owner: str, worker: str, le
 
 
 def record_image(*, session: Session, model: str, seed: int, class_id: int | None, steps: int, path: str,
-                 run_id: int | None = None, prompt: str = "") -> Image:
-    """Record a generated sample; the same (model, seed, class, prompt, steps) again only moves its path."""
+                 run_id: int | None = None, prompt: str = "", checkpoint: int = 0) -> Image:
+    """Record a generated sample; the same (model, seed, class, prompt, steps, checkpoint) again only moves its path.
+
+    checkpoint: the training step of the weights that drew it (0 for teachers; a finished run's final step)."""
     path, class_id = check_relative(path), -1 if class_id is None else class_id  # refuse before adding a row
-    key = (Image.model == model, Image.seed == seed, Image.class_id == class_id, Image.prompt == prompt, Image.steps == steps)
+    if checkpoint < 0:
+        raise ValueError(f"checkpoint: must be a training step >= 0, got {checkpoint}")
+    key = (Image.model == model, Image.seed == seed, Image.class_id == class_id, Image.prompt == prompt,
+           Image.steps == steps, Image.checkpoint == checkpoint)
     image = session.scalar(select(Image).where(*key))
     if image is None:
-        image = Image(model=model, seed=seed, class_id=class_id, prompt=prompt, steps=steps)
+        image = Image(model=model, seed=seed, class_id=class_id, prompt=prompt, steps=steps, checkpoint=checkpoint)
         session.add(image)
     image.path, image.run_id = path, run_id
     session.flush()
     return image
+
+
+_IN_CHUNK = 500  # seeds per IN (...) list: well inside every backend's bound-parameter limit
+
+
+def find_images(*, session: Session, model: str, steps: int, checkpoint: int, class_id: int | None,
+                seeds: Iterable[int], prompt: str = "") -> dict[int, Image]:
+    """The stored images of one gallery row: {seed: Image} for those of `seeds` that exist (class_id None:
+    unconditional)."""
+    class_id = -1 if class_id is None else class_id
+    wanted = sorted(set(seeds))
+    found: dict[int, Image] = {}
+    for lo in range(0, len(wanted), _IN_CHUNK):
+        query = select(Image).where(Image.model == model, Image.steps == steps, Image.checkpoint == checkpoint,
+                                    Image.class_id == class_id, Image.prompt == prompt,
+                                    Image.seed.in_(wanted[lo:lo + _IN_CHUNK]))
+        found.update((image.seed, image) for image in session.scalars(query))
+    return found
+
+
+def checkpoint_steps(*, session: Session, run_id: int) -> list[int]:
+    """The steps a run can be sampled at: its recorded checkpoints, plus its final step once it has succeeded."""
+    steps = set(session.scalars(select(Checkpoint.step).where(Checkpoint.run_id == run_id)))
+    final = session.execute(select(Run.status, Run.step).where(Run.id == run_id)).first()
+    if final is not None and final.status == "succeeded":
+        steps.add(final.step)
+    return sorted(steps)
 
 
 def finish_run(*, session: Session, run_id: int, worker: str, status: str, error: str | None = None,
