@@ -27,6 +27,8 @@ app.add_typer(teachers_app, name="teachers")
 db_app = typer.Typer(no_args_is_help=True, help="The studio database (STUDIO_DATABASE_URL).")
 app.add_typer(db_app, name="db")
 app.add_typer(runs_app, name="runs")
+users_app = typer.Typer(no_args_is_help=True, help="Accounts: hash a password for STUDIO_USERS.")
+app.add_typer(users_app, name="users")
 app.command("evaluate")(evaluate_cmd)
 app.command("fid")(fid_cmd)
 app.command("leaderboard")(leaderboard_cmd)
@@ -112,6 +114,8 @@ def sample_cmd(
     guidance: float = typer.Option(1.0, help="CFG weight w (1 = plain conditional)."),
     sampler: str = typer.Option("ddim", help=f"One of {', '.join(SAMPLER_NAMES)}."),
     eta: float = typer.Option(0.0, help="DDIM eta (0 deterministic, 1 ancestral)."),
+    checkpoint: int = typer.Option(None, "--checkpoint", min=0,
+                                   help="A student's checkpoint step to sample (default: its final model)."),
     out: Path = typer.Option(..., help="Output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
@@ -119,8 +123,7 @@ def sample_cmd(
     from workers.local import sample_model
 
     request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps or native_steps(model),
-                            class_id=class_id,
-                            guidance=guidance, sampler=sampler, eta=eta)
+                            class_id=class_id, guidance=guidance, sampler=sampler, eta=eta, checkpoint=checkpoint)
     bar = Bar("sample", enabled=not as_json)
     try:
         summary = sample_model(request, out, data_dir=get_settings().data_dir, device=get_settings().device,
@@ -203,15 +206,26 @@ def up(
     host: str = typer.Option(None, help="Bind address (default STUDIO_HOST or 127.0.0.1)."),
     port: int = typer.Option(None, min=1, max=65535, help="Port (default STUDIO_PORT or 7860)."),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the local worker (workers run elsewhere)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Single-user mode without accounts; localhost only."),
 ):
-    """Serve the studio, with a local worker on the configured broker (the embedded SQLite one by default)."""
+    """Serve the studio, with a local worker on the configured broker (the embedded SQLite one by default).
+
+    Accounts come from STUDIO_USERS / STUDIO_USERS_FILE; --no-auth runs single-user on localhost."""
     import signal
 
     from app.local_worker import LocalWorker
-    from app.ui import serve
+    from app.studio.access import Accounts, check_single_user_host
+    from app.studio.server import serve
     from storage.migrate import upgrade
 
     settings = get_settings()
+    host = host or settings.host
+    try:
+        accounts = Accounts.from_settings(settings.users, settings.users_file, no_auth)
+        if no_auth:
+            check_single_user_host(host)
+    except ValueError as exc:
+        fail(str(exc))
     upgrade(settings.database_url)
     worker = None
     if not no_worker:
@@ -221,10 +235,20 @@ def up(
     # SIGTERM (kill, systemd, docker stop) must reach the `finally` below like Ctrl-C, or the worker is orphaned.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        serve(settings, host=host or settings.host, port=port or settings.port)
+        serve(settings, accounts, host=host, port=port or settings.port)
     finally:
         if worker is not None:
             worker.stop()
+
+
+@users_app.command("hash")
+@cli_errors
+def users_hash(password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
+                                            help="The password to hash.")):
+    """Print a password hash for STUDIO_USERS / STUDIO_USERS_FILE (name:HASH:role)."""
+    from app.studio.access import hash_password
+
+    typer.echo(hash_password(password))
 
 
 def main() -> None:

@@ -127,7 +127,7 @@ SAMPLER_NAMES = ("ddim", "ancestral")
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """A validated request to sample a teacher: what `sample` and the UI's Generate button take."""
+    """A validated request to sample a model: what `sample` and the UI's Generate button take."""
 
     model: str
     seeds: tuple[int, ...]
@@ -136,10 +136,16 @@ class SampleRequest:
     guidance: float = 1.0
     sampler: str = "ddim"
     eta: float = 0.0
+    checkpoint: int | None = None  # a student's training step to sample (its snapshot); None: the final model
 
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        if self.checkpoint is not None:
+            if isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int) or self.checkpoint < 0:
+                raise ValueError(f"checkpoint: must be a training step (an integer >= 0), got {self.checkpoint!r}")
+            if self.model.startswith("teacher:"):
+                raise ValueError("checkpoint: only students have checkpoints; a teacher is sampled as it is")
         if any((not isinstance(s, int)) or s < 0 or s >= 2**63 for s in self.seeds):
             raise ValueError("seeds: each seed must be an integer in [0, 2^63)")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:

@@ -274,17 +274,18 @@ def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
 
 
 def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
-    from core.catalogue import native_steps
+    """Sample a teacher or a run (its final model, or spec["checkpoint"]: the snapshot of that step); each PNG is
+    recorded under the checkpoint step actually sampled (0 for teachers)."""
     from core.specs import SampleRequest
-    from workers.local import sample_model
+    from workers.local import default_steps, sample_model
 
-    model = spec["model"]
+    model, checkpoint = spec["model"], spec.get("checkpoint")  # specs queued before checkpoints existed lack it
     if model.startswith("run:"):
         with session_scope(factory) as session:
             model = str(resolve(settings.data_dir, repo.get_run(session=session, run_id=int(model[4:])).out_dir))
-    request = SampleRequest(model=model, seeds=tuple(spec["seeds"]), steps=spec["steps"] or native_steps(model),
+    request = SampleRequest(model=model, seeds=tuple(spec["seeds"]), steps=spec["steps"] or default_steps(model, checkpoint),
                             class_id=spec["class_id"], guidance=spec["guidance"], sampler=spec["sampler"],
-                            eta=spec["eta"])
+                            eta=spec["eta"], checkpoint=checkpoint)
 
     def progress(done: int, total: int) -> None:
         lease.progress(done, total)
@@ -297,8 +298,8 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
             png = out_dir / f"seed-{seed:06d}.png"
             if png.is_file():
                 repo.record_image(session=session, model=spec["model"], seed=seed, class_id=request.class_id,
-                                  steps=summary["steps"], path=relative_path(settings.data_dir, png),
-                                  run_id=lease.run_id)
+                                  steps=summary["steps"], checkpoint=summary["checkpoint"] or 0,
+                                  path=relative_path(settings.data_dir, png), run_id=lease.run_id)
     return "succeeded"
 
 

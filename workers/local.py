@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalogue import get_teacher_info, parse_model_ref
+from core.catalogue import get_teacher_info, native_steps, parse_model_ref
 from core.data import get_benchmark
 from core.denoisers import CFGDenoiser, nfe_per_call
 from core.images import grid_image, save_png, scatter_image, to_uint8
@@ -107,24 +107,26 @@ def _teacher_sampler(request: SampleRequest, data_dir, device):
     def run(noise, cond):
         return sample(denoiser, noise, request.steps, cond, request.sampler, request.eta)
 
-    return info, run, noise_draws(request.sampler, request.steps, request.eta), nfe, title
+    return info, run, noise_draws(request.sampler, request.steps, request.eta), nfe, title, None
 
 
 def _student_sampler(request: SampleRequest, data_dir, device):
-    """The same for a student folder: its method's own sampler, unguided, at request.steps."""
-    task, spec = load_student(Path(request.model), data_dir, device)
+    """The same for a student folder: its method's own sampler, unguided, at request.steps; plus the training step
+    of the weights sampled."""
+    step, path, spec = student_weights(Path(request.model), request.checkpoint)
+    task = _load_weights(path, spec, data_dir, device)
     info = get_teacher_info(spec["teacher"], data_dir)
     if request.guidance != 1.0:
         raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
     _check_class(request, info.num_classes, spec["teacher"])
     if getattr(task.config, "one_step_only", False) and request.steps != 1:
         raise ValueError(f"steps: {spec['method']} is a one-step generator; use --steps 1")
-    title = f"{spec['method']} student of {spec['teacher']} · {request.steps} steps · NFE {request.steps}"
+    title = f"{spec['method']} student of {spec['teacher']} · step {step} · {request.steps} steps · NFE {request.steps}"
 
     def run(noise, cond):
         return task.sample(noise, cond, request.steps)
 
-    return info, run, task.noise_draws(request.steps), request.steps, title
+    return info, run, task.noise_draws(request.steps), request.steps, title, step
 
 
 def _check_class(request: SampleRequest, num_classes: int, name: str) -> None:
@@ -138,10 +140,11 @@ def _check_class(request: SampleRequest, num_classes: int, name: str) -> None:
 
 def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None = None, device: str = "cpu",
                  batch_size: int = 256, progress=None) -> dict:
-    """Sample a teacher or a student folder at fixed seeds; write PNGs + a labelled grid (images) or
-    samples.npy + scatter (2-D)."""
+    """Sample a teacher or a student folder (request.checkpoint: one of its checkpoint steps) at fixed seeds; write
+    PNGs + a labelled grid (images) or samples.npy + scatter (2-D). The summary's "checkpoint" is the training step
+    of the student weights sampled (None for a teacher)."""
     is_teacher = request.model.startswith("teacher:")
-    info, run, draws, nfe, title = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
+    info, run, draws, nfe, title, checkpoint = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
     out_dir = check_writable(out_dir)
 
     # Class ids: the requested class for every sample, else the null class (unconditional).
@@ -182,7 +185,7 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
         scatter_image(x.double().numpy(), title=title, reference=ref).save(grid_path)
     summary = {"model": request.model, "n": n, "steps": request.steps, "nfe": nfe,
                "sampler": request.sampler if is_teacher else "student", "class": request.class_id,
-               "guidance": request.guidance, "seeds": list(request.seeds), "out_dir": str(out_dir),
+               "guidance": request.guidance, "checkpoint": checkpoint, "seeds": list(request.seeds), "out_dir": str(out_dir),
                "grid": str(grid_path), "files": len(files), "seconds": round(elapsed, 3),
                "ms_per_sample": round(1000 * elapsed / n, 3)}
     (out_dir / "sample.json").write_text(json.dumps(summary, indent=1))
@@ -241,35 +244,85 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
     spec = {"name": f"{method}-{teacher}", "kind": "student", "teacher": teacher, "method": method, "preset": preset,
             "config": config.to_dict(), "train": train.to_dict(), "seed": seed,
             "teacher_hash": task.teacher_hash}
+    # Written first, so the snapshots of a run still running can be sampled (student_weights).
+    (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
     cpu0 = time.process_time()
     result = run_training(task, sample_batch, train, out_dir=out_dir, spec=spec, device=device,
                           should_stop=should_stop, on_checkpoint=on_checkpoint,
                           on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
-    (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
     return {"status": result.status, "step": result.step, "out_dir": str(out_dir),
             "model": str(result.model_path) if result.model_path else None, "method": method, "teacher": teacher,
             "student_steps": config.student_steps, "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
             "wall_minutes": round(result.elapsed_s / 60, 2)}
 
 
-def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu"):
-    """(method object holding the trained student, spec) from a distill output folder."""
+def student_weights(folder: Path, step: int | None = None) -> tuple[int, Path, dict]:
+    """(training step, safetensors file, spec) of a student folder's weights, without loading them.
+
+    step=None: the final model (model.safetensors). A step: that checkpoint's snapshot (snapshots/step-N), which
+    exists while the run is still running too; a finished run's final step may also be its model.safetensors (runs
+    distilled before snapshots were kept). The spec is student.json, else the one stored with the weights."""
+    from core.checkpoints import list_checkpoints
+    from core.train import list_snapshots, snapshot_path
+
+    folder = Path(folder)
+    model = folder / "model.safetensors"
+    final_step = _meta(model).get("step") if model.is_file() and model.with_suffix(".json").is_file() else None
+    if step is None:
+        if final_step is None:
+            raise FileNotFoundError(f"model: {str(folder)!r} is neither teacher:NAME nor a finished student folder "
+                                    "(model.safetensors and student.json)")
+        path, step = model, int(final_step)
+    else:
+        path = snapshot_path(folder, step)
+        if not (path.is_file() and path.with_suffix(".json").is_file()):
+            if final_step is not None and int(final_step) == step:
+                path = model
+            else:
+                saved = sorted({s for s, _ in list_snapshots(folder)} | ({int(final_step)} if final_step is not None else set()))
+                if not saved and not list_checkpoints(folder / "checkpoints") and not (folder / "student.json").is_file():
+                    raise FileNotFoundError(f"model: {str(folder)!r} is neither teacher:NAME nor a student folder")
+                raise ValueError(f"checkpoint: run has no snapshot at step {step}; saved: "
+                                 f"{', '.join(map(str, saved)) or 'none yet'}")
+    spec_path = folder / "student.json"
+    spec = json.loads(spec_path.read_text()) if spec_path.is_file() else _meta(path).get("spec")
+    if not spec or "method" not in spec or spec.get("kind", "student") != "student":
+        raise FileNotFoundError(f"model: {str(folder)!r} is not a student folder (no student spec)")
+    return step, path, spec
+
+
+def default_steps(model: str, checkpoint: int | None = None) -> int:
+    """A teacher's default step count (50), or the step count a student was distilled for (read from its spec, so a
+    running run's snapshot works too)."""
+    if model.startswith("teacher:"):
+        return native_steps(model)
+    return int(student_weights(Path(model), checkpoint)[2]["config"]["student_steps"])
+
+
+def _meta(path: Path) -> dict:
+    """The meta of a safetensors file's JSON sidecar (save_state), without loading the tensors."""
+    return json.loads(path.with_suffix(".json").read_text()).get("meta", {})
+
+
+def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu", step: int | None = None):
+    """(method object holding the trained student, spec) from a distill output folder: its final model, or with
+    `step` the snapshot of that checkpoint (a running run's too). ValueError naming `checkpoint` for a missing step."""
+    _, path, spec = student_weights(folder, step)
+    return _load_weights(path, spec, data_dir, device), spec
+
+
+def _load_weights(path: Path, spec: dict, data_dir: Path | None, device: str):
     from core.checkpoints import load_state
     from core.method_specs import METHOD_CONFIGS
     from core.methods import METHODS
 
-    folder = Path(folder)
-    if not (folder / "model.safetensors").is_file() or not (folder / "student.json").is_file():
-        raise FileNotFoundError(f"model: {str(folder)!r} is neither teacher:NAME nor a finished student folder "
-                                "(model.safetensors and student.json)")
-    spec = json.loads((folder / "student.json").read_text())
     config = METHOD_CONFIGS[spec["method"]].from_dict(spec["config"])
     kwargs = {"has_data": True} if spec["method"] == "dmd2" else {}
     task = METHODS[spec["method"]](load_teacher(spec["teacher"], data_dir, device), config,
                                    total_steps=spec["train"]["iterations"], device=device, **kwargs)
     if task.teacher_hash != spec["teacher_hash"]:
         raise ValueError(f"model: teacher {spec['teacher']!r} has changed since this student was distilled")
-    state, _ = load_state(folder / "model.safetensors", device=device)
+    state, _ = load_state(path, device=device)
     task.student.load_state_dict(state)
     task.student.eval()
-    return task, spec
+    return task

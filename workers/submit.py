@@ -53,7 +53,8 @@ class DistillSpec(_Spec):
 
 
 class SampleSpec(_Spec):
-    """Sample a teacher (teacher:NAME) or a finished distill run (run:ID) at fixed seeds."""
+    """Sample a teacher (teacher:NAME) or a distill run (run:ID) at fixed seeds: its final model once it has
+    succeeded, or with `checkpoint` the weights of one of its recorded checkpoint steps (a running run's too)."""
 
     model: str
     seeds: Annotated[tuple[Annotated[int, Field(ge=0, lt=2**63)], ...], Field(min_length=1, max_length=100_000)]
@@ -62,6 +63,7 @@ class SampleSpec(_Spec):
     guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
     sampler: Literal[SAMPLER_NAMES] = "ddim"  # type: ignore[valid-type]
     eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    checkpoint: Annotated[int, Field(ge=0)] | None = None  # run:ID only: a training step (repo.checkpoint_steps)
 
 
 class EvaluateSpec(_Spec):
@@ -131,18 +133,37 @@ def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> 
         run = repo.get_run(session=session, run_id=int(name))
         if run is None or run.kind != "distill":
             raise ValueError(f"model: run {name} is not a distill run")
-        if run.status != "succeeded":
+        if spec.checkpoint is None and run.status != "succeeded":
             raise ValueError(f"model: run {name} has not succeeded (status {run.status})")
+        if spec.checkpoint is not None:
+            _check_checkpoint(run, spec.checkpoint, data_dir, session)
         info = get_teacher_info(run.spec["teacher"], data_dir)
         if spec.guidance != 1.0:
             raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
     else:
         raise ValueError(f"model: {spec.model!r} is not teacher:NAME or run:ID")
+    if spec.checkpoint is not None and kind != "run":
+        raise ValueError("checkpoint: only run:ID models have checkpoints; a teacher is sampled as it is")
     SampleRequest(model=spec.model, seeds=spec.seeds, steps=spec.steps or 1, class_id=spec.class_id,
                   guidance=spec.guidance, sampler=spec.sampler, eta=spec.eta)
     if spec.class_id is not None and not (info.num_classes and spec.class_id < info.num_classes):
         limit = f"must be in [0, {info.num_classes - 1}]" if info.num_classes else "must be left out (unconditional)"
         raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
+
+
+def _check_checkpoint(run, step: int, data_dir: Path, session: Session) -> None:
+    """The step must be a recorded checkpoint of the run (or its final step once succeeded) with its weights on disk:
+    the snapshot core.train exports at every checkpoint, or the final model."""
+    steps = repo.checkpoint_steps(session=session, run_id=run.id)
+    saved = ", ".join(map(str, steps)) or "none yet"
+    if step not in steps:
+        raise ValueError(f"checkpoint: run {run.id} has no checkpoint at step {step}; saved: {saved}")
+    folder = resolve(data_dir, run.out_dir)
+    snapshot = folder / "snapshots" / f"step-{step:07d}.safetensors"  # core.train.snapshot_path, without torch
+    final = folder / "model.safetensors"
+    if not snapshot.is_file() and not (run.status == "succeeded" and step == max(steps) and final.is_file()):
+        raise ValueError(f"checkpoint: run {run.id} has no snapshot at step {step} (its weights were not kept); "
+                         f"saved: {saved}")
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,28 @@ def test_a_student_is_sampled_unguided_within_its_teachers_classes(jobs, broker,
     assert _messages(broker, env) == [("studio.sample", [sample_of_sample])]
 
 
+def test_a_checkpoint_must_be_a_saved_step_of_a_distill_run(jobs, broker, env):
+    run_id = _succeeded_distill(jobs, status="running")
+    with session_scope(jobs.factory) as s:
+        repo.record_checkpoint(session=s, run_id=run_id, step=500, path=f"runs/{run_id}/checkpoints/step-0000500.safetensors")
+    for spec, message in [
+        ({"model": "teacher:digits", "checkpoint": 500}, r"^checkpoint: only run:ID models have checkpoints"),
+        ({"model": f"run:{run_id}", "checkpoint": 400}, rf"^checkpoint: run {run_id} has no checkpoint at step 400; "
+                                                        r"saved: 500$"),
+        ({"model": f"run:{run_id}", "checkpoint": 500}, rf"^checkpoint: run {run_id} has no snapshot at step 500 "),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            jobs.submit("sample", {"seeds": [0], **spec})
+    assert _count(jobs) == 1 and broker.llen(env) == 0
+    # A running run's checkpoint with its snapshot on disk (the file is looked for, not loaded).
+    snapshot = jobs.settings.data_dir / "runs" / str(run_id) / "snapshots" / "step-0000500.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_bytes(b"")
+    sample = jobs.submit("sample", {"model": f"run:{run_id}", "seeds": [0], "checkpoint": 500})
+    assert _runs(jobs)[-1].spec["checkpoint"] == 500
+    assert _messages(broker, env) == [("studio.sample", [sample])]
+
+
 # -- a good submit: one queued row, one message ---------------------------------------------------------------
 
 def test_submit_writes_one_queued_row_and_sends_one_message(jobs, broker, env):
@@ -190,7 +212,7 @@ def test_each_kind_has_its_task_and_total(jobs, broker, env):
         (sample, "sample", 3)]
     assert runs[0].spec == {"name": "digits", "iterations": None, "seed": None}
     assert runs[2].spec == {"model": "teacher:digits", "seeds": [5, 6, 7], "steps": None, "class_id": 3,
-                            "guidance": 2.0, "sampler": "ddim", "eta": 0.0}
+                            "guidance": 2.0, "sampler": "ddim", "eta": 0.0, "checkpoint": None}
     assert _messages(broker, env) == [("studio.train_teacher", [teacher]), ("studio.train_teacher", [teacher_short]),
                                       ("studio.sample", [sample])]
 
