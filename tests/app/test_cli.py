@@ -99,6 +99,20 @@ def test_sample_gmm_is_deterministic_per_seed(cli, tmp_path):
     assert not np.allclose(upper, x[:32])
 
 
+def test_sample_a_students_checkpoint(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    student = tmp_path / "student"
+    _ok(cli("distill", "--teacher", "toy2d-ring", "--method", "dmd2", "--preset", "toy2d", "--iterations", 20,
+            "--checkpoint-every", 10, "--out", student, "--json"))
+    early = _ok(cli("sample", "--model", student, "--n", 32, "--checkpoint", 10, "--out", tmp_path / "a", "--json"))
+    final = _ok(cli("sample", "--model", student, "--n", 32, "--out", tmp_path / "b", "--json"))
+    assert (early["checkpoint"], final["checkpoint"], early["steps"]) == (10, 20, 1)
+    assert not np.allclose(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
+    line = _one_error_line(cli("sample", "--model", student, "--checkpoint", 15, "--out", tmp_path / "c"))
+    assert line == "error: checkpoint: run has no snapshot at step 15; saved: 10, 20"
+    assert not (tmp_path / "c").exists()
+
+
 # -- errors: exit 2, one line on stderr naming the problem ------------------------------------------------
 
 SAMPLE = ("sample", "--n", "2", "--steps", "2")
@@ -108,6 +122,7 @@ SAMPLE_ERRORS = {
     "class on unconditional": (("--model", "teacher:toy2d-ring-gmm", "--class", "3"), ["class", "unconditional"]),
     "guidance without class": (("--model", "teacher:toy2d-ring-gmm", "--guidance", "2"), ["guidance", "--class"]),
     "unknown sampler": (("--model", "teacher:toy2d-ring-gmm", "--sampler", "euler"), ["sampler", "'euler'"]),
+    "checkpoint of a teacher": (("--model", "teacher:toy2d-ring-gmm", "--checkpoint", "10"), ["checkpoint", "teacher"]),
 }
 
 
