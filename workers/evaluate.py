@@ -135,7 +135,7 @@ def generate(target: EvalTarget, seeds: tuple[int, ...], *, guidance: float = 1.
     request = SampleRequest(model=f"teacher:{target.source}" if teacher else target.source, seeds=seeds,
                             steps=target.steps, guidance=guidance,
                             class_id=0 if teacher and target.num_classes else None)  # NFE of conditional calls
-    info, run, draws, nfe, _title = (_teacher_sampler if teacher else _student_sampler)(request, data_dir, device)
+    info, run, draws, nfe, _title, _step = (_teacher_sampler if teacher else _student_sampler)(request, data_dir, device)
     classes = torch.tensor(seeds, dtype=torch.long) % info.num_classes if info.num_classes else None
 
     def batch(lo: int, hi: int) -> tuple[torch.Tensor, float]:
