@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/distill-studio up
+	$(BIN)/distill-studio up $(if $(STUDIO_USERS)$(STUDIO_USERS_FILE),,--no-auth)
 
 test: $(STAMP)
 	$(BIN)/ruff check core app workers storage tests benchmarks

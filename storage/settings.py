@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=1, le=65535)
     device: str = "cpu"          # "cpu", "cuda" or "cuda:N" for foreground work and workers
-    max_samples: int = Field(default=256, ge=1, le=4096)  # per UI request
+    max_samples: int = Field(default=256, ge=1, le=4096)  # seeds per Compare request
+    # Accounts (app/studio/access.py): "name:password:role,..." and/or a file of such lines; none means --no-auth.
+    users: str = ""
+    users_file: Path | None = None
+    import_roots: str = ""  # ':'-separated folders the Teachers tab may import from; empty: DATA_DIR/import
     # Jobs: a worker renews its lease every lease_s / 3 seconds; a run whose lease lapses is requeued by the reaper.
     lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     queue: str = Field(default="studio", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the Celery queue jobs go to

@@ -30,6 +30,10 @@ from storage.db import make_engine, make_session_factory, session_scope
 from storage.settings import get_settings
 
 log = logging.getLogger("distill_studio.jobs")
+# One line per logging interval, only into the run's own log file (the worker's console stays quiet).
+progress_log = logging.getLogger("distill_studio.run")
+progress_log.propagate = False
+progress_log.setLevel(logging.INFO)
 
 
 class Stop(Exception):
@@ -126,6 +130,8 @@ class Lease:
     def progress(self, done: int, total: int, metrics: dict | None = None) -> None:
         self.step, self.total = int(done), int(total)
         values = {k: float(v) for k, v in (metrics or {}).items() if k != "step" and isinstance(v, (int, float))}
+        losses = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k.startswith("loss/"))
+        progress_log.info("step %d/%d %s", self.step, self.total, losses)
         self.beat(values)
 
     def _loop(self) -> None:
@@ -171,16 +177,19 @@ def execute(run_id: int, kind: str) -> str:
     lease = Lease(factory, run_id, worker, settings.lease_s, step=step, total=total)
     out_dir = resolve(settings.data_dir, out_rel)
     status, error = "failed", None
-    try:
-        with lease:
-            status = JOBS[kind](spec, out_dir, lease, factory, settings)
-    except Stop:
-        status = "stopped"
-    except Exception as exc:  # every failure becomes a readable error on the run
-        error = describe_error(exc)
-        log.error("run %s failed: %s\n%s", run_id, error, traceback.format_exc())
-    if status == "stopped":
-        status = "cancelled" if lease.cancelled else ("lost" if lease.lost else "requeued")
+    with run_log(out_dir):
+        log.info("run %s: %s job started by %s at step %s", run_id, kind, worker, step)
+        try:
+            with lease:
+                status = JOBS[kind](spec, out_dir, lease, factory, settings)
+        except Stop:
+            status = "stopped"
+        except Exception as exc:  # every failure becomes a readable error on the run
+            error = describe_error(exc)
+            log.error("run %s failed: %s\n%s", run_id, error, traceback.format_exc())
+        if status == "stopped":
+            status = "cancelled" if lease.cancelled else ("lost" if lease.lost else "requeued")
+        log.info("run %s: job ended: %s at step %s", run_id, status, lease.step)
     if status == "lost":
         log.warning("run %s: lease lost to another worker; stopped without finishing it", run_id)
         return "lost"
@@ -192,6 +201,27 @@ def execute(run_id: int, kind: str) -> str:
             return "lost"
     log.info("run %s: %s", run_id, status)
     return status
+
+
+@contextmanager
+def run_log(out_dir: Path):
+    """Append this job's events and progress lines to out_dir/run.log, the log the studio's run view tails."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out_dir / "run.log", encoding="utf-8")
+    except OSError:  # an unwritable run folder fails the job itself, with its own message; no log then
+        yield
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    for logger in (log, progress_log):
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in (log, progress_log):
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def _hand_back(factory: sessionmaker[Session], run_id: int, kind: str, worker: str) -> str:

@@ -1,0 +1,294 @@
+"""Compare tab: rows = models (the teacher at several step counts, students at a checkpoint), columns = seeds.
+
+Every cell of one column starts from the same noise (per-sample seeded noise, STUDY.md §1.2). Images come from the
+`images` table; missing ones are drawn by `sample` jobs, and the grid fills in as those finish (the page timer).
+Point teachers (toy2d) have no per-seed images: their cell is the scatter of all the seeds, one per model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app.studio.context import Studio
+from app.studio.files import placeholder, servable
+from core.catalogue import get_teacher_info, list_teachers
+from core.specs import parse_seeds
+from storage import repo, views
+from storage.artifacts import resolve
+from storage.db import session_scope
+from workers.submit import BrokerUnavailable
+
+PAGE_CELLS = 64  # why: bigger grids make the page sluggish (STUDY.md §1.3)
+ANY_CLASS = "any (unconditional)"
+MAX_SEEDS = 512
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One grid row: a model reference at a step count and (students) a checkpoint step."""
+
+    model: str               # teacher:NAME or run:ID
+    steps: int
+    checkpoint: int          # 0 for teachers; the training step of a student's weights
+    final: bool              # a student's final weights (sampled without naming a checkpoint)
+    label: str
+
+    def caption(self, seed: int | None) -> str:
+        where = "" if self.model.startswith("teacher:") else f" · step {self.checkpoint}"
+        at = "" if seed is None else f" · seed {seed}"
+        return f"{self.label}{where}{at} · {self.steps} NFE"
+
+    def sample_spec(self, seeds, class_id: int | None) -> dict[str, Any]:
+        spec = {"model": self.model, "seeds": list(seeds), "steps": self.steps, "class_id": class_id}
+        if not self.final:
+            spec["checkpoint"] = self.checkpoint
+        return spec
+
+
+# -- Handlers --------------------------------------------------------------------------------------------------
+
+def student_choices(ctx: Studio, teacher: str) -> list[tuple[str, str]]:
+    """Distill runs of `teacher` that have weights to sample: succeeded, or running with a checkpoint."""
+    out = []
+    with session_scope(ctx.factory) as session:
+        for run in repo.list_runs(session=session, kind="distill", limit=500):
+            if run.spec["teacher"] != teacher or run.status not in ("succeeded", "running"):
+                continue
+            if not repo.checkpoint_steps(session=session, run_id=run.id):
+                continue
+            steps = run.spec.get("student_steps") or ""
+            out.append((f"run {run.id} · {run.spec['method']}-{steps} · {run.status}", f"run:{run.id}"))
+    return out
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ValueError(f"teacher steps: comma-separated whole numbers, e.g. 1,4,50; got {text!r}") from None
+    if not steps or any(not 1 <= s <= 1000 for s in steps):
+        raise ValueError("teacher steps: one or more step counts between 1 and 1000")
+    return list(dict.fromkeys(steps))
+
+
+def variants(ctx: Studio, teacher: str, teacher_steps: str, students: list[str], step) -> list[Variant]:
+    """The grid's rows: the teacher at each step count, then each student at its checkpoint at or below `step`
+    (the global slider; None or beyond the end means its final weights)."""
+    rows = [Variant(f"teacher:{teacher}", s, 0, True, f"teacher {teacher}") for s in parse_steps(teacher_steps)]
+    with session_scope(ctx.factory) as session:
+        for ref in students:
+            run = repo.get_run(session=session, run_id=int(ref.removeprefix("run:")))
+            if run is None or run.kind != "distill":
+                raise ValueError(f"students: {ref} is not a distill run")
+            saved = repo.checkpoint_steps(session=session, run_id=run.id)
+            if not saved:
+                raise ValueError(f"students: run {run.id} has no weights yet")
+            at = [s for s in saved if step is None or s <= int(step)] or saved[:1]
+            final = run.status == "succeeded" and at[-1] == saved[-1]
+            label = f"{run.spec['method']} run {run.id}"
+            rows.append(Variant(ref, int(run.spec.get("student_steps") or 1), at[-1], final, label))
+    return rows
+
+
+def _is_points(ctx: Studio, teacher: str) -> bool:
+    return not get_teacher_info(teacher, ctx.data_dir).is_image
+
+
+def _matching_sample_run(session, spec: dict[str, Any], statuses=("queued", "running", "succeeded")):
+    """The newest sample run with exactly this request, if any (the spec is stored normalised, so compare fields)."""
+    for status in statuses:
+        for run in views.sample_runs(session=session, status=status):
+            if all(run.spec.get(k) == v for k, v in spec.items()) and run.spec.get("checkpoint") == spec.get("checkpoint"):
+                return run
+    return None
+
+
+def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class_id: int | None) -> dict[str, Any]:
+    """{cells: [(path or None, caption)] row-major, columns, missing: {row index: seeds}, pending: run ids}."""
+    points = _is_points(ctx, teacher)
+    cells, missing, pending = [], {}, []
+    with session_scope(ctx.factory) as session:
+        for i, row in enumerate(rows):
+            if points:
+                spec = row.sample_spec(seeds, class_id)
+                run = _matching_sample_run(session, spec)
+                path = None
+                if run is not None and run.status == "succeeded":
+                    scatter = resolve(ctx.data_dir, run.out_dir) / "scatter.png"
+                    path = servable(ctx.data_dir, scatter) if scatter.is_file() else None
+                elif run is not None:
+                    pending.append(run.id)
+                if path is None and run is None:
+                    missing[i] = seeds
+                cells.append((path, row.caption(None) + f" · {len(seeds)} seeds"))
+                continue
+            found = repo.find_images(session=session, model=row.model, steps=row.steps, checkpoint=row.checkpoint,
+                                     class_id=class_id, seeds=seeds)
+            absent = [s for s in seeds if s not in found]
+            if absent:
+                run = _matching_sample_run(session, row.sample_spec(absent, class_id), statuses=("queued", "running"))
+                if run is not None:
+                    pending.append(run.id)
+                else:
+                    missing[i] = absent
+            for s in seeds:
+                path = servable(ctx.data_dir, found[s].path) if s in found else None
+                cells.append((path, row.caption(s)))
+    return {"cells": cells, "columns": 1 if points else len(seeds), "missing": missing, "pending": pending,
+            "points": points}
+
+
+def request_missing(ctx: Studio, user: str, rows: list[Variant], missing: dict[int, list[int]],
+                    class_id: int | None) -> list[int]:
+    """Queue one sample job per row with missing cells; the run ids."""
+    ids = []
+    for i, seeds in missing.items():
+        ctx.throttle(user)
+        try:
+            ids.append(ctx.jobs.submit("sample", rows[i].sample_spec(seeds, class_id)))
+        except BrokerUnavailable:
+            pass  # the row is queued; a worker's reaper sends it once the broker is back
+    return ids
+
+
+def page(cells: list, columns: int, n_rows: int, page_index: int) -> tuple[list, int, int, int]:
+    """The cells of one page (whole rows, a slice of the seed columns) and (page, pages, columns on the page)."""
+    per_page = max(1, PAGE_CELLS // max(1, n_rows))
+    pages = max(1, -(-columns // per_page))
+    page_index = min(max(0, page_index), pages - 1)
+    lo, hi = page_index * per_page, min(columns, (page_index + 1) * per_page)
+    out = [cells[r * columns + c] for r in range(n_rows) for c in range(lo, hi)]
+    return out, page_index, pages, hi - lo
+
+
+def class_choices(ctx: Studio, teacher: str) -> list[str]:
+    info = get_teacher_info(teacher, ctx.data_dir)
+    return [ANY_CLASS] + [str(c) for c in range(info.num_classes)] if info.num_classes else [ANY_CLASS]
+
+
+def parse_class(choice) -> int | None:
+    return None if choice in (None, "", ANY_CLASS) else int(choice)
+
+
+def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
+    """(first, last) saved step over the chosen students, for the global step slider."""
+    steps = []
+    with session_scope(ctx.factory) as session:
+        for ref in students:
+            steps += repo.checkpoint_steps(session=session, run_id=int(ref.removeprefix("run:")))
+    return (min(steps), max(steps)) if steps else (0, 1)
+
+
+# -- Layout and wiring ----------------------------------------------------------------------------------------
+
+def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
+    teachers = [t.name for t in list_teachers(ctx.data_dir) if t.kind != "analytic"]
+    default = "digits" if "digits" in teachers else (teachers[0] if teachers else None)
+    state = gr.State({})  # the shown grid's request: rows, seeds, class, page
+
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            teacher = gr.Dropdown(teachers, value=default, label="Teacher", elem_id="cmp-teacher")
+            teacher_steps = gr.Textbox("1,4,50", label="Teacher steps", elem_id="cmp-teacher-steps",
+                                       info="DDIM step counts, one row each")
+            students = gr.CheckboxGroup(student_choices(ctx, default) if default else [], label="Students",
+                                        elem_id="cmp-students")
+            klass = gr.Dropdown(class_choices(ctx, default) if default else [ANY_CLASS], value=ANY_CLASS,
+                                label="Class", elem_id="cmp-class")
+            seeds = gr.Textbox("0-7", label="Seeds", elem_id="cmp-seeds", info="e.g. 0-7 or 3,17,42; same noise per seed")
+            step = gr.Slider(0, 1, value=1, step=1, label="Checkpoint step", elem_id="cmp-step",
+                             info="every student row shows its checkpoint at or below this step")
+            show = gr.Button("Compare", variant="primary", elem_id="cmp-show")
+            refresh_students = gr.Button("Refresh students", size="sm", elem_id="cmp-refresh")
+        with gr.Column(scale=3):
+            status = gr.Markdown(elem_id="cmp-status")
+            gallery = gr.Gallery(label="Grid", columns=8, height="auto", object_fit="contain", format="png",
+                                 elem_id="cmp-grid", buttons=["download", "fullscreen"], allow_preview=True)
+            with gr.Row():
+                prev_page = gr.Button("◀ Previous seeds", size="sm", elem_id="cmp-prev")
+                page_label = gr.Markdown(elem_id="cmp-page")
+                next_page = gr.Button("Next seeds ▶", size="sm", elem_id="cmp-next")
+            slider = gr.ImageSlider(label="Teacher | student", type="filepath", format="png", slider_position=50,
+                                    elem_id="cmp-slider", buttons=["download", "fullscreen"])
+
+    def on_teacher(name):
+        return (gr.CheckboxGroup(choices=student_choices(ctx, name), value=[]),
+                gr.Dropdown(choices=class_choices(ctx, name), value=ANY_CLASS))
+
+    teacher.change(on_teacher, teacher, [students, klass])
+    refresh_students.click(lambda name: gr.CheckboxGroup(choices=student_choices(ctx, name)), teacher, students)
+
+    def on_students(chosen):
+        lo, hi = checkpoint_range(ctx, chosen)
+        return gr.Slider(minimum=lo, maximum=max(hi, lo + 1), value=hi)
+
+    students.change(on_students, students, step)
+
+    def render(req: dict, request: gr.Request | None, submit: bool):
+        rows = variants(ctx, req["teacher"], req["teacher_steps"], req["students"], req["step"])
+        got = grid(ctx, req["teacher"], rows, req["seeds"], req["class_id"])
+        queued = []
+        if submit and got["missing"]:
+            queued = request_missing(ctx, ctx.require_researcher(request), rows, got["missing"], req["class_id"])
+        cells, index, pages, cols = page(got["cells"], got["columns"], len(rows), req.get("page", 0))
+        req = {**req, "page": index, "pending": bool(got["pending"] or queued or got["missing"]),
+               "captions": [c for _, c in cells], "paths": [p for p, _ in cells], "cols": cols}
+        waiting = len(got["pending"]) + len(queued)
+        text = (f"{len(rows)} models × {len(req['seeds'])} seeds" +
+                (f" · generating: {waiting} sample job(s) running" if waiting else " · all images ready"))
+        shown = [(p or placeholder(ctx.data_dir), c if p else f"{c} · pending") for p, c in cells]
+        # A points grid has one scatter per model: lay the models side by side.
+        columns = min(4, len(rows)) if got["points"] else cols
+        return (req, text, gr.Gallery(value=shown, columns=columns), f"page {index + 1} of {pages}")
+
+    def on_show(name, steps_text, chosen, class_choice, seeds_text, at_step, request: gr.Request):
+        try:
+            ctx.require_researcher(request)
+            req = {"teacher": name, "teacher_steps": steps_text, "students": list(chosen or []),
+                   "class_id": parse_class(class_choice), "seeds": list(parse_seeds(seeds_text, limit=MAX_SEEDS)),
+                   "step": at_step if chosen else None, "page": 0}
+            return render(req, request, submit=True)
+        except (ValueError, PermissionError) as exc:
+            return gr.skip(), f"**Error** — {exc}", gr.skip(), gr.skip()
+
+    outputs = [state, status, gallery, page_label]
+    show.click(on_show, [teacher, teacher_steps, students, klass, seeds, step], outputs, concurrency_limit=None)
+
+    def on_tick(req, request: gr.Request):
+        if not req or not req.get("pending"):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return render(req, request, submit=False)
+
+    timer.tick(on_tick, state, outputs, show_progress="hidden", concurrency_limit=None)
+
+    def turn(delta):
+        def handler(req, request: gr.Request):
+            if not req:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return render({**req, "page": req.get("page", 0) + delta}, request, submit=False)
+        return handler
+
+    prev_page.click(turn(-1), state, outputs)
+    next_page.click(turn(+1), state, outputs)
+
+    def on_select(req, evt: gr.SelectData):
+        """Teacher | student for the chosen cell's seed: the first teacher row against the chosen student row (or
+        the first student row when a teacher cell was chosen)."""
+        paths, captions, cols = req.get("paths", []), req.get("captions", []), req.get("cols", 1)
+        cell = evt.index if isinstance(evt.index, int) else -1
+        if not 0 <= cell < len(paths) or paths[cell] is None:
+            return gr.ImageSlider()
+        col = cell % cols
+        column = [(paths[r * cols + col], captions[r * cols + col]) for r in range(len(paths) // cols)]
+        teacher_cells = [c for c in column if c[1].startswith("teacher") and c[0]]
+        student_cells = [c for c in column if not c[1].startswith("teacher") and c[0]]
+        chosen = column[cell // cols]
+        other = chosen if not chosen[1].startswith("teacher") else (student_cells[0] if student_cells else None)
+        if not teacher_cells or other is None:
+            return gr.ImageSlider(label="Teacher | student: pick a student cell")
+        left = chosen if chosen[1].startswith("teacher") else teacher_cells[0]
+        return gr.ImageSlider(value=(left[0], other[0]), label=f"{left[1]}  |  {other[1]}")
+
+    gallery.select(on_select, state, slider)

@@ -1,0 +1,167 @@
+"""Teachers tab: built-in and imported teachers, sample grids, training a built-in one, importing a diffusers folder.
+
+Importing loads the pipeline to check it, which needs torch; the web process never imports torch, so the check runs
+in a child process through the CLI (`distill-studio teachers import --json`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from app.studio.compare import Variant, grid, request_missing
+from app.studio.context import Studio
+from app.studio.files import placeholder
+from core.catalogue import get_teacher_info, list_teachers
+from core.specs import BUILTIN_TEACHERS
+from workers.submit import BrokerUnavailable
+
+GRID_SEEDS = list(range(16))
+IMPORT_TIMEOUT_S = 300
+
+
+# -- Handlers --------------------------------------------------------------------------------------------------
+
+def teacher_rows(ctx: Studio) -> list[list]:
+    return [[t.name, "built-in" if t.builtin else "imported", t.kind, t.benchmark, "×".join(map(str, t.data_shape)),
+             t.num_classes or "", t.description or t.source] for t in list_teachers(ctx.data_dir)]
+
+
+def import_roots(ctx: Studio) -> list[Path]:
+    return [Path(p).expanduser().resolve() for p in ctx.settings.import_roots.split(":") if p] or \
+        [(ctx.data_dir / "import").resolve()]
+
+
+def check_import_path(ctx: Studio, text: str) -> Path:
+    """The folder to import, which must lie under a configured root (STUDIO_IMPORT_ROOTS); errors name `path`."""
+    if not text or not text.strip():
+        raise ValueError("path: give a local diffusers folder")
+    path = Path(text.strip()).expanduser()
+    if not path.is_absolute():
+        raise ValueError(f"path: must be absolute, got {text!r}")
+    path = path.resolve()
+    roots = import_roots(ctx)
+    if not any(path.is_relative_to(root) for root in roots):
+        raise ValueError(f"path: only folders under {', '.join(map(str, roots))} can be imported "
+                         "(set STUDIO_IMPORT_ROOTS to allow others)")
+    if not path.is_dir():
+        raise ValueError(f"path: {str(path)!r} is not a folder")
+    return path
+
+
+def import_teacher(ctx: Studio, path_text: str, name: str) -> str:
+    path = check_import_path(ctx, path_text)
+    if not name or not name.strip():
+        raise ValueError("name: give the teacher a name")
+    cmd = [sys.executable, "-m", "app.cli", "teachers", "import", str(path), "--name", name.strip(), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S)
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or ["import failed"])[-1].removeprefix("error: ")
+        raise ValueError(message)
+    info = json.loads(done.stdout)
+    return f"Imported **{info['name']}**: {info['prediction_type']}, {'×'.join(map(str, info['data_shape']))}, " \
+           f"classes {info['num_classes']}."
+
+
+def _recipe(name: str) -> int | None:
+    train = BUILTIN_TEACHERS[name].train
+    return train.iterations if train else None
+
+
+def train_teacher(ctx: Studio, user: str, name: str, iterations) -> str:
+    if iterations is None or (isinstance(iterations, float) and not iterations.is_integer()):
+        raise ValueError(f"iterations: must be a whole number, got {iterations!r}")
+    ctx.throttle(user)
+    spec = {"name": name, "iterations": int(iterations)}
+    try:
+        run_id = ctx.jobs.submit("teacher", spec)
+    except BrokerUnavailable as exc:
+        return f"Queued, but not yet sent: {exc}"
+    return f"Teacher run {run_id} queued; follow it on the Runs tab."
+
+
+def sample_grid(ctx: Studio, user: str | None, name: str) -> tuple[list, str, bool]:
+    """(gallery cells, status, pending) of 16 fixed seeds at 50 DDIM steps, queueing a sample job when missing."""
+    info = get_teacher_info(name, ctx.data_dir)
+    if info.kind == "analytic":
+        return [], f"{name} is analytic (exact); sample it on the Compare tab's points view or the CLI.", False
+    rows = [Variant(f"teacher:{name}", 50, 0, True, f"teacher {name}")]
+    got = grid(ctx, name, rows, GRID_SEEDS, None)
+    if got["missing"] and user is not None:
+        request_missing(ctx, user, rows, got["missing"], None)
+    pending = bool(got["missing"] or got["pending"])
+    cells = [(p or placeholder(ctx.data_dir), c) for p, c in got["cells"]]
+    return cells, "generating…" if pending else f"{name} · 50 DDIM steps · seeds 0-15", pending
+
+
+# -- Layout and wiring ----------------------------------------------------------------------------------------
+
+def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
+    names = [t.name for t in list_teachers(ctx.data_dir)]
+    trainable = [n for n, i in BUILTIN_TEACHERS.items() if i.trainable]
+    pending = gr.State("")
+    with gr.Row():
+        with gr.Column(scale=3):
+            table = gr.Dataframe(teacher_rows(ctx), headers=["name", "source", "kind", "data", "shape", "classes",
+                                                             "description"], interactive=False, elem_id="t-table",
+                                 wrap=True)
+            pick = gr.Dropdown(names, value=None, label="Teacher", elem_id="t-pick")
+            status = gr.Markdown(elem_id="t-status")
+            gallery = gr.Gallery(label="Samples", columns=8, height="auto", format="png", elem_id="t-grid",
+                                 buttons=["download", "fullscreen"])
+        with gr.Column(scale=1, min_width=300):
+            gr.Markdown("### Train a built-in teacher")
+            train_name = gr.Dropdown(trainable, value=trainable[0] if trainable else None, label="Built-in teacher",
+                                     elem_id="t-train-name")
+            train_iters = gr.Number(_recipe(trainable[0]) if trainable else None, precision=0, label="Iterations",
+                                    elem_id="t-train-iters", info="the shipped recipe's count by default")
+            train = gr.Button("Train teacher", elem_id="t-train")
+            train_status = gr.Markdown(elem_id="t-train-status")
+            gr.Markdown("### Import a diffusers folder")
+            path = gr.Textbox(label="Folder path", elem_id="t-import-path",
+                              info="absolute; only under STUDIO_IMPORT_ROOTS (default DATA_DIR/import)")
+            name = gr.Textbox(label="Name", elem_id="t-import-name")
+            do_import = gr.Button("Import", elem_id="t-import")
+            import_status = gr.Markdown(elem_id="t-import-status")
+
+    def show(teacher, request: gr.Request):
+        if not teacher:
+            return [], "", ""
+        try:
+            cells, text, waiting = sample_grid(ctx, ctx.require_researcher(request), teacher)
+        except (ValueError, PermissionError) as exc:
+            return [], f"**Error** — {exc}", ""
+        return cells, text, teacher if waiting else ""
+
+    pick.change(show, pick, [gallery, status, pending])
+
+    def tick(waiting, request: gr.Request):
+        if not waiting:
+            return gr.skip(), gr.skip(), gr.skip()
+        return show(waiting, request)
+
+    timer.tick(tick, pending, [gallery, status, pending], show_progress="hidden", concurrency_limit=None)
+
+    train_name.change(lambda n: gr.Number(_recipe(n)), train_name, train_iters)
+
+    def on_train(teacher, iterations, request: gr.Request):
+        try:
+            return train_teacher(ctx, ctx.require_researcher(request), teacher, iterations)
+        except (ValueError, PermissionError) as exc:
+            return f"**Error** — {exc}"
+
+    train.click(on_train, [train_name, train_iters], train_status)
+
+    def on_import(folder, teacher, request: gr.Request):
+        try:
+            ctx.require_researcher(request)
+            message = import_teacher(ctx, folder, teacher)
+        except (ValueError, PermissionError, subprocess.TimeoutExpired) as exc:
+            return f"**Error** — {exc}", gr.skip(), gr.skip()
+        all_names = [t.name for t in list_teachers(ctx.data_dir)]
+        return message, teacher_rows(ctx), gr.Dropdown(choices=all_names)
+
+    do_import.click(on_import, [path, name], [import_status, table, pick], concurrency_limit=1)

@@ -1,0 +1,161 @@
+"""The issue's flow in real Chromium against a live `distill-studio up`: start a toy2d run from the form, watch it
+succeed, compare it with the teacher on the same seeds, evaluate it onto the leaderboard; screenshots of each tab;
+no request leaves localhost. Then the error paths: invalid form values, a cancelled run, a failed run's message.
+
+Tests in this module share one studio (and its one local worker), so they run in file order."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import expect
+from sqlalchemy import func, select
+
+from storage.db import make_engine
+from storage.models import Run
+from tests.browser.conftest import shoot
+
+RUN_S = 240_000  # ms: a 60-iteration toy2d run, queued behind nothing, takes ~15 s on a loaded 2-core machine
+
+
+def tab(page, name: str):
+    """Open a tab; its panel, to which lookups are scoped (every tab has its own "Teacher" field)."""
+    page.get_by_role("tab", name=name).click()
+    return page.locator(f"#tab-{name.lower()}")
+
+
+def choose(page, scope, label: str, value: str) -> None:
+    """Pick `value` in the Gradio dropdown labelled `label`."""
+    box = scope.get_by_label(label, exact=True)
+    box.click()
+    page.get_by_role("option", name=value, exact=True).click()
+    expect(box).to_have_value(value)
+
+
+def fill(scope, label: str, value: str) -> None:
+    """Type into the field labelled `label` (a textbox's accessible name also holds its help text)."""
+    field = scope.get_by_label(label, exact=True)
+    if not field.count():
+        field = scope.get_by_label(label)
+    field.fill(value)
+    field.press("Tab")
+
+
+def start_run(page, *, method: str, steps: str, iterations: str, preset: str = "toy2d", knobs: dict | None = None):
+    runs = tab(page, "Runs")
+    choose(page, runs, "Teacher", "toy2d-ring")
+    choose(page, runs, "Method", method)
+    # The form resets the steps to the method's default and names the method in their hint: wait for that first.
+    expect(runs.locator("#new-steps")).to_contain_text(f"{method}: ")
+    fill(runs, "Student steps", steps)
+    choose(page, runs, "Preset", preset)
+    fill(runs, "Iterations", iterations)
+    if knobs:
+        accordion = runs.locator("#knobs")
+        if not accordion.get_by_label(next(iter(knobs)), exact=True).is_visible():
+            accordion.get_by_text("Method knobs").click()
+        for name, value in knobs.items():
+            fill(accordion, name, value)
+    runs.get_by_role("button", name="Start run").click()
+
+
+def run_row(page, run_id: int):
+    """The runs table's row of `run_id` (its first cell is the id)."""
+    return page.locator("#runs-table [role=row]").filter(has_text=re.compile(rf"^\s*{run_id}\s"))
+
+
+def queued_id(page) -> int:
+    status = page.locator("#form-status")
+    expect(status).to_contain_text("queued")
+    return int(re.search(r"Run (\d+) queued", status.inner_text())[1])
+
+
+def test_train_compare_and_rank_a_toy2d_student(page):
+    # 1. Runs: start a run from the form; the table follows it to succeeded.
+    start_run(page, method="dmd2", steps="1", iterations="60")
+    expect(page.locator("#form-status")).to_contain_text("Run 1 queued: dmd2 (1-step) from toy2d-ring", timeout=30_000)
+    row = run_row(page, 1)
+    expect(row).to_contain_text("succeeded", timeout=RUN_S)
+    expect(row).to_contain_text("100")
+    expect(page.locator("#run-summary")).to_contain_text("succeeded")
+    expect(page.locator("#preview-image img")).to_be_visible()
+    expect(page.locator("#loss-plot")).not_to_contain_text("Empty")
+    shoot(page, "runs")
+
+    # 2. Compare: the teacher at 1 and 50 steps against the student, on the same 512 seeds (one scatter per row).
+    compare = tab(page, "Compare")
+    choose(page, compare, "Teacher", "toy2d-ring")
+    compare.get_by_role("button", name="Refresh students").click()
+    compare.get_by_label("run 1 · dmd2-1 · succeeded").check()
+    fill(compare, "Teacher steps", "1,50")
+    fill(compare, "Seeds", "0-511")
+    compare.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#cmp-status")).to_contain_text("3 models × 512 seeds")
+    expect(page.locator("#cmp-status")).to_contain_text("all images ready", timeout=RUN_S)
+    grid = page.locator("#cmp-grid")
+    expect(grid.locator("img")).to_have_count(3)
+    for caption in ("teacher toy2d-ring · 1 NFE", "teacher toy2d-ring · 50 NFE", "dmd2 run 1 · step 60 · 1 NFE"):
+        expect(grid).to_contain_text(caption)
+    shoot(page, "compare")
+
+    # 3. Leaderboard: evaluate the student and the teacher's 1-step sampler; both rows appear.
+    board = tab(page, "Leaderboard")
+    models = board.get_by_label("Models", exact=True)
+    for label in ("run 1 · dmd2-1 of toy2d-ring", "teacher toy2d-ring @ 1 steps"):
+        models.click()
+        page.get_by_role("option", name=label).click()
+    page.keyboard.press("Escape")
+    for metric in ("kid", "precision", "speed"):
+        board.get_by_label(metric, exact=True).uncheck()
+    fill(board, "Samples per model", "500")
+    board.get_by_role("button", name="Evaluate").click()
+    expect(page.locator("#lb-status")).to_contain_text("queued")
+    table = page.locator("#lb-table")
+    expect(table).to_contain_text("run:1", timeout=RUN_S)
+    expect(table).to_contain_text("teacher:toy2d-ring", timeout=RUN_S)
+    shoot(page, "leaderboard")
+
+    teachers = tab(page, "Teachers")
+    choose(page, teachers, "Teacher", "digits")
+    expect(page.locator("#t-status")).to_contain_text("digits · 50 DDIM steps · seeds 0-15", timeout=RUN_S)
+    expect(page.locator("#t-grid img")).to_have_count(16)
+    shoot(page, "teachers")
+    assert page.outside == []
+
+
+def run_count(studio) -> int:
+    engine = make_engine(f"sqlite:///{studio.data_dir / 'studio.db'}")
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(func.count()).select_from(Run)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_invalid_values_are_rejected_inline_and_queue_nothing(page, studio):
+    before = run_count(studio)
+    start_run(page, method="emd", steps="4", iterations="60")
+    expect(page.locator("#form-status")).to_contain_text("student_steps: emd is a one-step method")
+    start_run(page, method="dmd2", steps="1", iterations="0")
+    expect(page.locator("#form-status")).to_contain_text("iterations")
+    start_run(page, method="dmd2", steps="1", iterations="60", knobs={"ttur_ratio": "0"})
+    expect(page.locator("#form-status")).to_contain_text("ttur_ratio must be an integer >= 1")
+    assert run_count(studio) == before
+
+
+def test_cancel_a_running_run(page):
+    start_run(page, method="dmd2", steps="1", iterations="200000")
+    run_id = queued_id(page)
+    expect(run_row(page, run_id)).to_contain_text("running", timeout=RUN_S)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#run-action-status")).to_contain_text(f"Run {run_id}: cancelling")
+    expect(run_row(page, run_id)).to_contain_text("cancelled", timeout=RUN_S)
+
+
+def test_a_failed_run_shows_why(page):
+    # An absurd learning rate is valid input but diverges: the loop stops on the first non-finite loss.
+    start_run(page, method="dmd2", steps="1", iterations="400", knobs={"lr_gen": "1e30", "lr_aux": "1e30"})
+    row = run_row(page, queued_id(page))
+    expect(row).to_contain_text("failed", timeout=RUN_S)
+    expect(row).to_contain_text("diverged")
+    expect(page.locator("#run-summary")).to_contain_text("Error")
