@@ -53,7 +53,8 @@ def parse_accounts(text: str, source: str) -> list[Account]:
             raise ValueError(f"{source}: item {n} must be name:password:role, got {item.split(':')[0]!r}:...")
         if role not in ROLES:
             raise ValueError(f"{source}: user {name!r} has role {role!r}; roles are {', '.join(ROLES)}")
-        if password.startswith(_HASH) and password.count("$") != 3:
+        if password.startswith(_HASH) and (password.count("$") != 3 or not password.split("$")[1].isdigit()
+                                           or int(password.split("$")[1]) < 1):
             raise ValueError(f"{source}: user {name!r} has a malformed {_HASH} hash")
         accounts.append(Account(name.strip(), password, role))
     return accounts
@@ -85,9 +86,14 @@ class Accounts:
         return cls(accounts)
 
     def check(self, username: str, password: str) -> bool:
-        """Gradio's auth callable."""
         account = self._by_name.get(username)
         return account is not None and _matches(account.password, password)
+
+    def checker(self, *roles: str):
+        """Gradio's auth callable for a page that admits only `roles` (the studio: researchers; /rate: raters)."""
+        def check(username: str, password: str) -> bool:
+            return self.role(username) in roles and self.check(username, password)
+        return check
 
     def role(self, username: str | None) -> str | None:
         if self.single_user:

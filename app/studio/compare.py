@@ -6,6 +6,7 @@ Point teachers (toy2d) have no per-seed images: their cell is the scatter of all
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,11 @@ def page(cells: list, columns: int, n_rows: int, page_index: int) -> tuple[list,
     return out, page_index, pages, hi - lo
 
 
+def _nfe(caption: str) -> int:
+    match = re.search(r"(\d+) NFE", caption)
+    return int(match[1]) if match else 0
+
+
 def class_choices(ctx: Studio, teacher: str) -> list[str]:
     info = get_teacher_info(teacher, ctx.data_dir)
     return [ANY_CLASS] + [str(c) for c in range(info.num_classes)] if info.num_classes else [ANY_CLASS]
@@ -274,8 +280,8 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
     next_page.click(turn(+1), state, outputs)
 
     def on_select(req, evt: gr.SelectData):
-        """Teacher | student for the chosen cell's seed: the first teacher row against the chosen student row (or
-        the first student row when a teacher cell was chosen)."""
+        """Teacher | student for the chosen cell's seed: the teacher's best row against the chosen student row (or
+        the chosen teacher cell against the first student row)."""
         paths, captions, cols = req.get("paths", []), req.get("captions", []), req.get("cols", 1)
         cell = evt.index if isinstance(evt.index, int) else -1
         if not 0 <= cell < len(paths) or paths[cell] is None:
@@ -288,7 +294,8 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
         other = chosen if not chosen[1].startswith("teacher") else (student_cells[0] if student_cells else None)
         if not teacher_cells or other is None:
             return gr.ImageSlider(label="Teacher | student: pick a student cell")
-        left = chosen if chosen[1].startswith("teacher") else teacher_cells[0]
+        # Against a student, the teacher's best row: the one with the most steps.
+        left = chosen if chosen[1].startswith("teacher") else max(teacher_cells, key=lambda c: _nfe(c[1]))
         return gr.ImageSlider(value=(left[0], other[0]), label=f"{left[1]}  |  {other[1]}")
 
     gallery.select(on_select, state, slider)

@@ -47,9 +47,10 @@ def build_app(settings: Settings, accounts: Accounts, host: str):
     demo = build_studio(ctx)
     demo.queue(default_concurrency_limit=None)  # studio events are cheap database reads; GPU work runs in workers
     app = FastAPI(title="Distill Studio", docs_url=None, redoc_url=None, openapi_url=None)
-    auth = None if accounts.single_user else accounts.check
+    # Raters never get past this login: their page is /rate, and the studio's page config holds run and model names.
+    auth = None if accounts.single_user else accounts.checker("researcher")
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth,
-                              auth_message="Distill Studio: sign in with your researcher or rater account.",
+                              auth_message="Distill Studio: researcher sign-in. Raters rate at /rate.",
                               **mount_kwargs(settings.data_dir))
     return app, ctx
 

@@ -1,6 +1,6 @@
-"""The issue's flow in real Chromium against a live `distill-studio up`: start a toy2d run from the form, watch it
-succeed, compare it with the teacher on the same seeds, evaluate it onto the leaderboard; screenshots of each tab;
-no request leaves localhost. Then the error paths: invalid form values, a cancelled run, a failed run's message.
+"""The issue's flow in real Chromium against a live `distill-studio up`: start a digits (and a toy2d) run from the form,
+watch it succeed, compare it with the teacher on the same seeds, evaluate it onto the leaderboard; screenshots of each
+tab; no request leaves localhost. Then the error paths: invalid form values, a cancelled run, a failed run's message.
 
 Tests in this module share one studio (and its one local worker), so they run in file order."""
 
@@ -41,9 +41,10 @@ def fill(scope, label: str, value: str) -> None:
     field.press("Tab")
 
 
-def start_run(page, *, method: str, steps: str, iterations: str, preset: str = "toy2d", knobs: dict | None = None):
+def start_run(page, *, method: str, steps: str, iterations: str, preset: str = "toy2d", teacher: str = "toy2d-ring",
+              knobs: dict | None = None):
     runs = tab(page, "Runs")
-    choose(page, runs, "Teacher", "toy2d-ring")
+    choose(page, runs, "Teacher", teacher)
     choose(page, runs, "Method", method)
     # The form resets the steps to the method's default and names the method in their hint: wait for that first.
     expect(runs.locator("#new-steps")).to_contain_text(f"{method}: ")
@@ -70,49 +71,61 @@ def queued_id(page) -> int:
     return int(re.search(r"Run (\d+) queued", status.inner_text())[1])
 
 
-def test_train_compare_and_rank_a_toy2d_student(page):
-    # 1. Runs: start a run from the form; the table follows it to succeeded.
-    start_run(page, method="dmd2", steps="1", iterations="60")
-    expect(page.locator("#form-status")).to_contain_text("Run 1 queued: dmd2 (1-step) from toy2d-ring", timeout=30_000)
+def test_train_compare_and_rank_a_digits_student(page):
+    """The issue's "done when": train a digits student from the browser, compare it with the teacher at several step
+    counts on the same seeds, and see it on the leaderboard."""
+    # 1. Runs: start a run from the form; the table follows it to succeeded; its detail shows curves and previews.
+    start_run(page, teacher="digits", method="dmd2", steps="1", iterations="24", preset="digits")
+    expect(page.locator("#form-status")).to_contain_text("Run 1 queued: dmd2 (1-step) from digits", timeout=30_000)
     row = run_row(page, 1)
     expect(row).to_contain_text("succeeded", timeout=RUN_S)
     expect(row).to_contain_text("100")
     expect(page.locator("#run-summary")).to_contain_text("succeeded")
     expect(page.locator("#preview-image img")).to_be_visible()
-    expect(page.locator("#loss-plot")).not_to_contain_text("Empty")
+    expect(page.locator("#loss-plot")).to_contain_text(re.compile(r"24\s*step"))  # the curves reach the last step
+    expect(page.locator("#run-log")).to_contain_text("step 24/24")
     shoot(page, "runs")
 
-    # 2. Compare: the teacher at 1 and 50 steps against the student, on the same 512 seeds (one scatter per row).
+    # 2. Compare: the teacher at 1, 4 and 50 steps and the student, class 3, seeds 0-7: 4 rows x 8 columns.
     compare = tab(page, "Compare")
-    choose(page, compare, "Teacher", "toy2d-ring")
+    choose(page, compare, "Teacher", "digits")
     compare.get_by_role("button", name="Refresh students").click()
     compare.get_by_label("run 1 · dmd2-1 · succeeded").check()
-    fill(compare, "Teacher steps", "1,50")
-    fill(compare, "Seeds", "0-511")
+    fill(compare, "Teacher steps", "1,4,50")
+    choose(page, compare, "Class", "3")
+    fill(compare, "Seeds", "0-7")
     compare.get_by_role("button", name="Compare", exact=True).click()
-    expect(page.locator("#cmp-status")).to_contain_text("3 models × 512 seeds")
-    expect(page.locator("#cmp-status")).to_contain_text("all images ready", timeout=RUN_S)
+    status = page.locator("#cmp-status")
+    expect(status).to_contain_text("4 models × 8 seeds")
+    expect(status).to_contain_text("all images ready", timeout=RUN_S)
     grid = page.locator("#cmp-grid")
-    expect(grid.locator("img")).to_have_count(3)
-    for caption in ("teacher toy2d-ring · 1 NFE", "teacher toy2d-ring · 50 NFE", "dmd2 run 1 · step 60 · 1 NFE"):
+    expect(grid.locator("img")).to_have_count(32)
+    for caption in ("teacher digits · seed 0 · 1 NFE", "teacher digits · seed 7 · 50 NFE",
+                    "dmd2 run 1 · step 24 · seed 5 · 1 NFE"):
         expect(grid).to_contain_text(caption)
+    expect(grid).not_to_contain_text("pending")
     shoot(page, "compare")
+    grid.locator("img").nth(3 * 8 + 5).click()  # the student's seed-5 cell, against the teacher's 50-step one
+    expect(page.locator("#cmp-slider")).to_contain_text("teacher digits · seed 5 · 50 NFE  |  dmd2 run 1 · step 24 · seed 5")
+    expect(page.locator("#cmp-slider img")).to_have_count(2)
+    shoot(page, "compare-slider")
 
-    # 3. Leaderboard: evaluate the student and the teacher's 1-step sampler; both rows appear.
+    # 3. Leaderboard: evaluate the student and the teacher's 1-step sampler; both rows appear, FID and accuracy.
     board = tab(page, "Leaderboard")
     models = board.get_by_label("Models", exact=True)
-    for label in ("run 1 · dmd2-1 of toy2d-ring", "teacher toy2d-ring @ 1 steps"):
+    for label in ("run 1 · dmd2-1 of digits", "teacher digits @ 1 steps"):
         models.click()
         page.get_by_role("option", name=label).click()
     page.keyboard.press("Escape")
     for metric in ("kid", "precision", "speed"):
         board.get_by_label(metric, exact=True).uncheck()
-    fill(board, "Samples per model", "500")
+    board.get_by_label("accuracy", exact=True).check()
+    fill(board, "Samples per model", "200")
     board.get_by_role("button", name="Evaluate").click()
     expect(page.locator("#lb-status")).to_contain_text("queued")
     table = page.locator("#lb-table")
-    expect(table).to_contain_text("run:1", timeout=RUN_S)
-    expect(table).to_contain_text("teacher:toy2d-ring", timeout=RUN_S)
+    expect(table).to_contain_text("run:1 dmd2-1 of digits", timeout=RUN_S)
+    expect(table).to_contain_text("teacher:digits", timeout=RUN_S)
     shoot(page, "leaderboard")
 
     teachers = tab(page, "Teachers")
@@ -120,6 +133,27 @@ def test_train_compare_and_rank_a_toy2d_student(page):
     expect(page.locator("#t-status")).to_contain_text("digits · 50 DDIM steps · seeds 0-15", timeout=RUN_S)
     expect(page.locator("#t-grid img")).to_have_count(16)
     shoot(page, "teachers")
+    assert page.outside == []
+
+
+def test_a_toy2d_student_against_the_teacher(page):
+    """Point teachers compare as one scatter per model over all the seeds."""
+    start_run(page, method="dmd2", steps="1", iterations="60")
+    run_id = queued_id(page)
+    expect(run_row(page, run_id)).to_contain_text("succeeded", timeout=RUN_S)
+    compare = tab(page, "Compare")
+    choose(page, compare, "Teacher", "toy2d-ring")
+    compare.get_by_role("button", name="Refresh students").click()
+    compare.get_by_label(f"run {run_id} · dmd2-1 · succeeded").check()
+    fill(compare, "Teacher steps", "1,50")
+    fill(compare, "Seeds", "0-511")
+    compare.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#cmp-status")).to_contain_text("3 models × 512 seeds")
+    expect(page.locator("#cmp-status")).to_contain_text("all images ready", timeout=RUN_S)
+    grid = page.locator("#cmp-grid")
+    expect(grid.locator("img")).to_have_count(3)
+    for caption in ("teacher toy2d-ring · 1 NFE", "teacher toy2d-ring · 50 NFE", f"dmd2 run {run_id} · step 60 · 1 NFE"):
+        expect(grid).to_contain_text(caption)
     assert page.outside == []
 
 
