@@ -1,4 +1,4 @@
-"""The tables (DESIGN.md §4). Studies, pairs, raters and votes join in a later migration.
+"""The tables (DESIGN.md §4): runs and their artifacts, evaluations, and the blind A/B studies (STUDY.md §2).
 
 File paths are stored relative to the data dir (see storage/artifacts.py), times as timezone-aware UTC.
 Constraints carry names (the naming convention below) so later migrations can alter them, SQLite included.
@@ -9,10 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, MetaData, UniqueConstraint, func
+from sqlalchemy import CheckConstraint, ForeignKey, Index, MetaData, UniqueConstraint, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import JSON, BigInteger, DateTime, Integer, String, Text, TypeDecorator
 
+STUDY_STATUSES = ("draft", "open", "closed")
+PAIR_KINDS = ("normal", "gold_broken", "gold_identical", "repeat")
+CRITERIA = ("quality", "alignment")
+CHOICES = ("left", "right", "tie", "both_bad")
 RUN_KINDS = ("teacher", "distill", "sample", "evaluate")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -184,3 +188,113 @@ class ReferenceStats(Base):
     n: Mapped[int]                                      # reference items
     path: Mapped[str] = mapped_column(String(1024))     # the .npz, relative to the data dir
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# -- Blind A/B studies (STUDY.md §2) ------------------------------------------------------------------------------
+
+class Study(Base):
+    """A blind comparison of variants (the teacher and students) on fixed conditions and seeds."""
+
+    __tablename__ = "studies"
+    __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft: pool not built; open: rating; closed
+    teacher: Mapped[str] = mapped_column(String(64))  # the anchor's teacher name
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # classes, seeds, quota, undo_s, gold/repeat rates...
+    salt: Mapped[str] = mapped_column(String(64))     # for rater pseudonyms in exports
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class StudyVariant(Base):
+    """One frozen generator in a study: a model reference at a step count and checkpoint. Never sent to a rater."""
+
+    __tablename__ = "study_variants"
+    __table_args__ = (UniqueConstraint("study_id", "model", "steps", "checkpoint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(255))   # teacher:NAME or run:ID
+    steps: Mapped[int]
+    checkpoint: Mapped[int] = mapped_column(default=0)
+    label: Mapped[str] = mapped_column(String(255))   # for researchers' reports only
+    is_teacher: Mapped[bool] = mapped_column(default=False)
+
+
+class StudyPair(Base):
+    """Two blind images of one condition and seed; sides are drawn per assignment. Gold pairs carry their answer."""
+
+    __tablename__ = "study_pairs"
+    __table_args__ = (CheckConstraint(_in("kind", PAIR_KINDS), name="kind"), Index(None, "study_id", "kind"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="normal")
+    variant_a_id: Mapped[int | None] = mapped_column(ForeignKey("study_variants.id", ondelete="CASCADE"))
+    variant_b_id: Mapped[int | None] = mapped_column(ForeignKey("study_variants.id", ondelete="CASCADE"))
+    image_a: Mapped[str] = mapped_column(String(1024))  # blind copy, relative to the data dir: random name, no metadata
+    image_b: Mapped[str] = mapped_column(String(1024))
+    condition: Mapped[str] = mapped_column(String(255))  # class id or prompt, the bootstrap's cluster
+    condition_text: Mapped[str] = mapped_column(Text, default="")  # what the rater reads ("the digit 3")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    gold_expected: Mapped[dict[str, Any] | None]      # gold only: {criterion: [correct choices in a/b terms]}
+    repeat_of: Mapped[int | None] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
+
+
+class Assignment(Base):
+    """One showing of a pair to a rater; the browser holds only its opaque token."""
+
+    __tablename__ = "study_assignments"
+    __table_args__ = (Index(None, "study_id", "rater", "completed_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
+    rater: Mapped[str] = mapped_column(String(64))
+    a_on_left: Mapped[bool]                            # the fair coin of STUDY.md §2.3
+    sampling_weight: Mapped[float] = mapped_column(default=1.0)
+    seq: Mapped[int] = mapped_column(default=0)        # position in the rater's queue
+    served_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+
+
+class Vote(Base):
+    """One answer of one rater to one criterion of one pair (STUDY.md §2.5). Undo retracts; nothing is deleted."""
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        CheckConstraint(_in("criterion", CRITERIA), name="criterion"),
+        CheckConstraint(_in("choice", CHOICES), name="choice"),
+        # One live vote per rater x pair x criterion, enforced by the database (partial: retracted votes step aside).
+        Index("uq_votes_live", "rater", "pair_id", "criterion", unique=True,
+              sqlite_where=text("retracted_at IS NULL"), postgresql_where=text("retracted_at IS NULL")),
+        Index(None, "study_id", "criterion"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("study_assignments.id", ondelete="CASCADE"))
+    condition: Mapped[str] = mapped_column(String(255))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    criterion: Mapped[str] = mapped_column(String(16))
+    choice: Mapped[str] = mapped_column(String(16))    # as displayed: left, right, tie, both_bad
+    left_variant_id: Mapped[int | None] = mapped_column(ForeignKey("study_variants.id", ondelete="SET NULL"))
+    right_variant_id: Mapped[int | None] = mapped_column(ForeignKey("study_variants.id", ondelete="SET NULL"))
+    rater: Mapped[str] = mapped_column(String(64))
+    session_hash: Mapped[str] = mapped_column(String(64), default="")
+    served_at: Mapped[datetime]
+    voted_at: Mapped[datetime]
+    client_ms_after_load: Mapped[float | None]
+    seq_in_session: Mapped[int] = mapped_column(default=0)
+    fullscreen_used: Mapped[bool] = mapped_column(default=False)
+    slider_used: Mapped[bool] = mapped_column(default=False)
+    is_gold: Mapped[bool] = mapped_column(default=False)
+    gold_expected: Mapped[str | None] = mapped_column(String(64))  # displayed-side answers, e.g. "left" or "tie|both_bad"
+    repeat_of: Mapped[int | None] = mapped_column(ForeignKey("study_pairs.id", ondelete="SET NULL"))
+    sampling_weight: Mapped[float] = mapped_column(default=1.0)
+    app_version: Mapped[str] = mapped_column(String(32), default="")
+    retracted_at: Mapped[datetime | None]

@@ -58,7 +58,7 @@ def test_upgrade_creates_exactly_the_models_schema(new_database, tmp_path, monke
     engine.dispose()
     expected = schema(created)
     assert set(expected) == {"teachers", "runs", "metrics", "checkpoints", "images", "evaluations",
-                             "reference_stats"}
+                             "reference_stats", "studies", "study_variants", "study_pairs", "study_assignments", "votes"}
     assert schema(migrated) == expected
 
 
