@@ -121,12 +121,13 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
                     path = servable(ctx.data_dir, scatter) if scatter.is_file() else None
                 elif run is not None:
                     pending.append(run.id)
-                if path is None and run is None:
+                if path is None and (run is None or run.status == "succeeded"):  # none, or its scatter is gone
                     missing[i] = seeds
                 cells.append((path, row.caption(None) + f" · {len(seeds)} seeds"))
                 continue
             found = repo.find_images(session=session, model=row.model, steps=row.steps, checkpoint=row.checkpoint,
                                      class_id=class_id, seeds=seeds)
+            found = {s: image for s, image in found.items() if resolve(ctx.data_dir, image.path).is_file()}  # else redraw
             absent = [s for s in seeds if s not in found]
             if absent:
                 run = _matching_sample_run(session, row.sample_spec(absent, class_id), statuses=("queued", "running"))

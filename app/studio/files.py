@@ -7,6 +7,7 @@ its stored path, size and mtime (a rewritten file gets a new name, so no stale b
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def servable(data_dir: Path, stored: str | Path) -> str:
     target = served_dir(data_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.png"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{secrets.token_hex(6)}.tmp")  # one per writer: handlers run concurrently
         shutil.copyfile(source, tmp)
         tmp.replace(target)  # atomic: a concurrent reader never sees half a file
     return str(target)
@@ -47,7 +48,7 @@ def placeholder(data_dir: Path) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         image = Image.new("RGB", (64, 64), (225, 225, 225))
         ImageDraw.Draw(image).text((6, 26), "pending", fill=(90, 90, 90))
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_suffix(f".{secrets.token_hex(6)}.tmp")
         image.save(tmp, format="PNG")
         tmp.replace(target)
     return str(target)
