@@ -84,7 +84,7 @@ def test_app_stays_torch_free():
         if _under(name, ("torch", "diffusers", "torchvision")):
             bad.append((where, name))
         elif _under(name, ("core",)) and not _under(name, ("core.specs", "core.catalogue", "core.method_specs",
-                                                                    "core.eval_specs")):
+                                                                    "core.eval_specs", "core.study")):
             bad.append((where, name))
         elif _under(name, ("workers.local",)) and not nested:
             bad.append((where, f"{name} at module level (import it inside the function that needs it)"))
