@@ -16,6 +16,7 @@ import typer
 from app.cli_common import Bar, cli_errors, emit, fail, submit_job
 from app.cli_evaluate import evaluate_cmd, fid_cmd, leaderboard_cmd
 from app.cli_runs import runs_app
+from app.cli_study import study_app
 from core.catalogue import list_teachers, native_steps
 from core.specs import SAMPLER_NAMES, SampleRequest, check_name
 from storage.settings import get_settings
@@ -27,6 +28,7 @@ app.add_typer(teachers_app, name="teachers")
 db_app = typer.Typer(no_args_is_help=True, help="The studio database (STUDIO_DATABASE_URL).")
 app.add_typer(db_app, name="db")
 app.add_typer(runs_app, name="runs")
+app.add_typer(study_app, name="study")
 users_app = typer.Typer(no_args_is_help=True, help="Accounts: hash a password for STUDIO_USERS.")
 app.add_typer(users_app, name="users")
 app.command("evaluate")(evaluate_cmd)

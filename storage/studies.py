@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.artifacts import check_relative
-from storage.models import STUDY_STATUSES, Study, StudyPair, StudyVariant
+from storage.models import STUDY_STATUSES, Study, StudyPair, StudyVariant, Vote
 
 
 def create_study(*, session: Session, name: str, teacher: str, config: Mapping[str, Any],
@@ -83,3 +83,11 @@ def set_status(*, session: Session, study_id: int, status: str) -> None:
         raise ValueError(f"study: no study with id {study_id}")
     study.status = status
     session.flush()
+
+
+def study_counts(*, session: Session, study_id: int) -> dict[str, int]:
+    """Live (not retracted) votes and distinct raters of a study."""
+    live = (Vote.study_id == study_id, Vote.retracted_at.is_(None))
+    votes = session.scalar(select(func.count()).select_from(Vote).where(*live))
+    raters = session.scalar(select(func.count(func.distinct(Vote.rater))).where(*live))
+    return {"votes": int(votes or 0), "raters": int(raters or 0)}

@@ -8,6 +8,7 @@ from app.studio.compare import build_compare_tab
 from app.studio.context import Studio
 from app.studio.leaderboard import build_leaderboard_tab
 from app.studio.runs import REFRESH_S, build_runs_tab
+from app.studio.study import build_study_tab
 from app.studio.teachers import build_teachers_tab
 
 TABS = ("Runs", "Teachers", "Compare", "Leaderboard", "Study")
@@ -28,8 +29,7 @@ def build_studio(ctx: Studio) -> gr.Blocks:
             with gr.Tab("Leaderboard", id="leaderboard", elem_id="tab-leaderboard") as leaderboard:
                 build_leaderboard_tab(ctx, timer)
             with gr.Tab("Study", id="study", elem_id="tab-study") as study:
-                gr.Markdown("Blind A/B studies (teacher vs students, rated at `/rate`) are created here once the "
-                            "rating page is enabled. Compare models side by side on the Compare tab meanwhile.")
+                build_study_tab(ctx, timer)
         tabs = [runs, teachers, compare, leaderboard, study]
 
         def on_load(request: gr.Request):
