@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=7860, ge=1, le=65535)
     device: str = "cpu"          # "cpu", "cuda" or "cuda:N" for foreground work and workers
-    max_samples: int = Field(default=256, ge=1, le=4096)  # seeds per Compare request
+    max_samples: int = Field(default=1024, ge=1, le=4096)  # seeds per Compare request (points: one scatter of them)
     # Accounts (app/studio/access.py): "name:password:role,..." and/or a file of such lines; none means --no-auth.
     users: str = ""
     users_file: Path | None = None

@@ -23,7 +23,6 @@ from workers.submit import BrokerUnavailable
 
 PAGE_CELLS = 64  # why: bigger grids make the page sluggish (STUDY.md §1.3)
 ANY_CLASS = "any (unconditional)"
-MAX_SEEDS = 512
 
 
 @dataclass(frozen=True)
@@ -107,22 +106,26 @@ def _matching_sample_run(session, spec: dict[str, Any], statuses=("queued", "run
 
 
 def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class_id: int | None) -> dict[str, Any]:
-    """{cells: [(path or None, caption)] row-major, columns, missing: {row index: seeds}, pending: run ids}."""
+    """{cells: [(path or None, caption)] row-major, columns, missing: {row index: seeds}, pending: run ids,
+    failed: why the last sample job of a row with missing cells did not deliver (Compare queues a new one)}."""
     points = _is_points(ctx, teacher)
-    cells, missing, pending = [], {}, []
+    cells, missing, pending, failed = [], {}, [], []
     with session_scope(ctx.factory) as session:
         for i, row in enumerate(rows):
             if points:
                 spec = row.sample_spec(seeds, class_id)
-                run = _matching_sample_run(session, spec)
+                run = _matching_sample_run(session, spec, statuses=("succeeded", "queued", "running", "failed",
+                                                                    "cancelled"))
                 path = None
                 if run is not None and run.status == "succeeded":
                     scatter = resolve(ctx.data_dir, run.out_dir) / "scatter.png"
                     path = servable(ctx.data_dir, scatter) if scatter.is_file() else None
-                elif run is not None:
+                elif run is not None and run.status in ("queued", "running"):
                     pending.append(run.id)
-                if path is None and (run is None or run.status == "succeeded"):  # none, or its scatter is gone
+                if path is None and (run is None or run.status not in ("queued", "running")):  # none, failed, or gone
                     missing[i] = seeds
+                    if run is not None and run.status != "succeeded":
+                        failed.append(_why(row, run))
                 cells.append((path, row.caption(None) + f" · {len(seeds)} seeds"))
                 continue
             found = repo.find_images(session=session, model=row.model, steps=row.steps, checkpoint=row.checkpoint,
@@ -130,16 +133,23 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
             found = {s: image for s, image in found.items() if resolve(ctx.data_dir, image.path).is_file()}  # else redraw
             absent = [s for s in seeds if s not in found]
             if absent:
-                run = _matching_sample_run(session, row.sample_spec(absent, class_id), statuses=("queued", "running"))
-                if run is not None:
+                spec = row.sample_spec(absent, class_id)
+                run = _matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
+                if run is not None and run.status in ("queued", "running"):
                     pending.append(run.id)
                 else:
                     missing[i] = absent
+                    if run is not None:
+                        failed.append(_why(row, run))
             for s in seeds:
                 path = servable(ctx.data_dir, found[s].path) if s in found else None
                 cells.append((path, row.caption(s)))
     return {"cells": cells, "columns": 1 if points else len(seeds), "missing": missing, "pending": pending,
-            "points": points}
+            "failed": failed, "points": points}
+
+
+def _why(row: Variant, run) -> str:
+    return f"{row.caption(None)}: sample run {run.id} {run.status}" + (f": {run.error}" if run.error else "")
 
 
 def request_missing(ctx: Studio, user: str, rows: list[Variant], missing: dict[int, list[int]],
@@ -153,6 +163,19 @@ def request_missing(ctx: Studio, user: str, rows: list[Variant], missing: dict[i
         except BrokerUnavailable:
             pass  # the row is queued; a worker's reaper sends it once the broker is back
     return ids
+
+
+def job_progress(ctx: Studio, run_ids: list[int]) -> str:
+    """'run 12 queued, run 13 40%' for the sample jobs a grid waits on."""
+    parts = []
+    with session_scope(ctx.factory) as session:
+        for run_id in run_ids:
+            run = repo.get_run(session=session, run_id=run_id)
+            if run is None:
+                continue
+            done = f"{100 * run.step // run.total}%" if run.status == "running" and run.total else run.status
+            parts.append(f"sample run {run_id} {done}" + (f" ({run.error})" if run.status == "failed" else ""))
+    return ", ".join(parts)
 
 
 def page(cells: list, columns: int, n_rows: int, page_index: int) -> tuple[list, int, int, int]:
@@ -240,11 +263,20 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
         if submit and got["missing"]:
             queued = request_missing(ctx, ctx.require_researcher(request), rows, got["missing"], req["class_id"])
         cells, index, pages, cols = page(got["cells"], got["columns"], len(rows), req.get("page", 0))
-        req = {**req, "page": index, "pending": bool(got["pending"] or queued or got["missing"]),
+        req = {**req, "page": index, "pending": bool(got["pending"] or queued),
                "captions": [c for _, c in cells], "paths": [p for p, _ in cells], "cols": cols}
-        waiting = len(got["pending"]) + len(queued)
-        text = (f"{len(rows)} models × {len(req['seeds'])} seeds" +
-                (f" · generating: {waiting} sample job(s) running" if waiting else " · all images ready"))
+        waiting = job_progress(ctx, got["pending"] + queued)
+        text = f"{len(rows)} models × {len(req['seeds'])} seeds"
+        if waiting:
+            text += f" · generating: {waiting}"
+        elif got["missing"]:
+            text += " · some images are missing: press Compare to generate them"
+        else:
+            text += " · all images ready"
+        if not got["points"]:  # thumbnails cut captions short: name the rows once, in full
+            text += "\n\nRows, top to bottom: " + " · ".join(f"**{i + 1}.** {row.caption(None)}" for i, row in enumerate(rows))
+        if got["failed"] and not queued:
+            text += "\n\n**Failed:** " + "; ".join(got["failed"])
         shown = [(p or placeholder(ctx.data_dir), c if p else f"{c} · pending") for p, c in cells]
         # A points grid has one scatter per model: lay the models side by side.
         columns = min(4, len(rows)) if got["points"] else cols
@@ -254,7 +286,7 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
         try:
             ctx.require_researcher(request)
             req = {"teacher": name, "teacher_steps": steps_text, "students": list(chosen or []),
-                   "class_id": parse_class(class_choice), "seeds": list(parse_seeds(seeds_text, limit=MAX_SEEDS)),
+                   "class_id": parse_class(class_choice), "seeds": list(parse_seeds(seeds_text, limit=ctx.settings.max_samples)),
                    "step": at_step if chosen else None, "page": 0}
             return render(req, request, submit=True)
         except (ValueError, PermissionError) as exc:
