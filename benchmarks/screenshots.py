@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.browser.conftest import CHROMIUM, Studio  # noqa: E402
-from tests.browser.helpers import choose, fill, queued_id, run_row, start_run, tab  # noqa: E402
+from tests.browser.helpers import choose, choose_many, fill, queued_id, run_row, start_run, tab  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "screenshots"
 WAIT_MS = 60 * 60 * 1000
@@ -71,12 +71,8 @@ def shots(page, iterations: int, n: int) -> None:
     shoot(page, "compare-slider")
 
     board = tab(page, "Leaderboard")
-    models = board.get_by_label("Models", exact=True)
-    for label in (f"run {run_id} · dmd2-1 of digits", "teacher digits @ 1 steps", "teacher digits @ 4 steps",
-                  "teacher digits @ 50 steps"):
-        models.click()
-        page.get_by_role("option", name=label).click()
-    page.keyboard.press("Escape")
+    choose_many(page, board, "Models", [f"run {run_id} · dmd2-1 of digits", "teacher digits @ 1 steps",
+                                        "teacher digits @ 4 steps", "teacher digits @ 50 steps"])
     for metric in ("kid", "precision"):
         board.get_by_label(metric, exact=True).uncheck()
     board.get_by_label("accuracy", exact=True).check()

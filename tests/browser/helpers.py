@@ -59,3 +59,11 @@ def queued_id(page) -> int:
     status = page.locator("#form-status")
     expect(status).to_contain_text("queued")
     return int(re.search(r"Run (\d+) queued", status.inner_text())[1])
+
+
+def choose_many(page, scope, label: str, values: list[str]) -> None:
+    """Pick several options of a multiselect dropdown (its list stays open between picks and covers the field)."""
+    scope.get_by_label(label, exact=True).click()
+    for value in values:
+        page.get_by_role("option", name=value, exact=True).click()
+    page.keyboard.press("Escape")

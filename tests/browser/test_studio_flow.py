@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from storage.db import make_engine
 from storage.models import Run
 from tests.browser.conftest import shoot
-from tests.browser.helpers import choose, fill, queued_id, run_row, start_run, tab
+from tests.browser.helpers import choose, choose_many, fill, queued_id, run_row, start_run, tab
 
 RUN_S = 240_000  # ms: a 60-iteration toy2d run, queued behind nothing, takes ~15 s on a loaded 2-core machine
 
@@ -60,11 +60,7 @@ def test_train_compare_and_rank_a_digits_student(page):
 
     # 3. Leaderboard: evaluate the student and the teacher's 1-step sampler; both rows appear, FID and accuracy.
     board = tab(page, "Leaderboard")
-    models = board.get_by_label("Models", exact=True)
-    for label in ("run 1 · dmd2-1 of digits", "teacher digits @ 1 steps"):
-        models.click()
-        page.get_by_role("option", name=label).click()
-    page.keyboard.press("Escape")
+    choose_many(page, board, "Models", ["run 1 · dmd2-1 of digits", "teacher digits @ 1 steps"])
     for metric in ("kid", "precision", "speed"):
         board.get_by_label(metric, exact=True).uncheck()
     board.get_by_label("accuracy", exact=True).check()
