@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from app.rate.page import mount_rate_page
 from app.studio.access import Accounts, check_single_user_host
 from app.studio.context import Studio
 from app.studio.files import served_dir
@@ -47,6 +48,8 @@ def build_app(settings: Settings, accounts: Accounts, host: str):
     demo = build_studio(ctx)
     demo.queue(default_concurrency_limit=None)  # studio events are cheap database reads; GPU work runs in workers
     app = FastAPI(title="Distill Studio", docs_url=None, redoc_url=None, openapi_url=None)
+    if not accounts.single_user:  # the rating page needs rater accounts; mounted first, so "/" cannot shadow it
+        app = mount_rate_page(app, ctx, mount_kwargs(settings.data_dir))
     # Raters never get past this login: their page is /rate, and the studio's page config holds run and model names.
     auth = None if accounts.single_user else accounts.checker("researcher")
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth,

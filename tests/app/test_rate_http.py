@@ -1,0 +1,202 @@
+"""The rating page over real HTTP against a live `distill-studio up` (SQLite and PostgreSQL): who may sign in where, what
+a rater may fetch, another rater's token, and 20 simultaneous raters x 50 pairs losing and duplicating nothing.
+
+Raters drive Gradio's HTTP API of the page (POST /rate/gradio_api/call/NAME, then its event stream) with their own
+login cookie, as the browser's buttons do."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.rate.blind import blind_copy
+from storage.db import make_engine, make_session_factory, session_scope
+from storage.migrate import upgrade
+from storage.models import Assignment, Vote
+from tests.browser.conftest import Studio
+from tests.storage.test_votes import make_study
+
+RATERS = [f"rater{i:02d}" for i in range(20)]  # the concurrency test's; ann and bob serve the other tests
+USERS = ",".join([f"{r}:pw-{r}:rater" for r in [*RATERS, "ann", "bob"]] + ["res:pw-res:researcher"])
+PER_RATER = 50
+OUTPUTS = ("token", "left", "right", "prompt", "quality", "alignment", "submit", "progress", "note", "box")
+
+
+class Rater:
+    """One rater's signed-in HTTP session on the page's API."""
+
+    def __init__(self, url: str, name: str, password: str | None = None):
+        self.name = name
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=60)
+        reply = self.http.post("/rate/login", data={"username": name, "password": password or f"pw-{name}"})
+        if reply.status_code != 200:
+            raise PermissionError(f"{name}: login refused ({reply.status_code})")
+
+    def call(self, api: str, *data) -> dict:
+        reply = self.http.post(f"/rate/gradio_api/call/{api}", json={"data": list(data)})
+        reply.raise_for_status()
+        event_id = reply.json()["event_id"]
+        event = None
+        with self.http.stream("GET", f"/rate/gradio_api/call/{api}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    if event == "error":
+                        raise RuntimeError(f"{api}: {line}")
+                    return dict(zip(OUTPUTS, json.loads(line.removeprefix("data:")), strict=False))
+        raise RuntimeError(f"{api}: the stream ended without a result")
+
+    def load(self) -> dict:
+        return self.call("rate_pick", "Study A")
+
+    def submit(self, token: str, quality: str = "left", alignment: str = "tie", ms: float | None = 800.0) -> dict:
+        return self.call("rate_submit", "Study A", token, quality, alignment, ms, False)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def seed(url: str, data_dir: Path, **config) -> dict:
+    """Migrate the database and create 'Study A' with real blind PNGs: 12 conditions x 6 seeds, two students."""
+    from PIL import Image
+
+    upgrade(url)
+    engine = make_engine(url)
+    src = data_dir.parent / "src"
+    src.mkdir(exist_ok=True)
+    images = []
+    for i in range(8):
+        path = src / f"img{i}.png"
+        Image.new("RGB", (8, 8), (30 * i, 10, 200 - 20 * i)).save(path)
+        images.append(path)
+    counter = iter(range(10**6))
+    with session_scope(make_session_factory(engine)) as s:
+        ids = make_study(s, name="Study A", conditions=tuple(str(c) for c in range(12)), seeds=tuple(range(6)),
+                         config={"quota": PER_RATER, **config},
+                         image=lambda label, condition: blind_copy(images[next(counter) % len(images)], data_dir))
+    engine.dispose()
+    return ids
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def served(request, tmp_path_factory) -> Iterator[tuple[Studio, str, dict]]:
+    """A live server on a seeded database of either backend: (server, database URL, study ids)."""
+    data = tmp_path_factory.mktemp(f"rate-{request.param}") / "data"
+    data.mkdir()
+    if request.param == "sqlite":
+        url, env = f"sqlite:///{data / 'studio.db'}", {}
+    else:
+        url = request.getfixturevalue("postgres").create()  # dropped at the end of the session
+        env = {"STUDIO_DATABASE_URL": url}
+    ids = seed(url, data)
+    studio = Studio(data, "--no-worker", env={"STUDIO_USERS": USERS, **env}).wait()
+    yield studio, url, ids
+    studio.stop()
+
+
+def count(url: str, *where, model=Vote) -> int:
+    engine = make_engine(url)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            return s.scalar(select(func.count()).select_from(model).where(*where))
+    finally:
+        engine.dispose()
+
+
+def test_sign_in_rules_and_what_a_rater_may_fetch(served):
+    studio, url, _ = served
+    base = studio.url.rstrip("/")
+    with httpx.Client(base_url=base, timeout=30) as anon:
+        assert anon.get("/rate/config").status_code == 401
+        assert anon.post("/rate/gradio_api/call/rate_pick", json={"data": ["Study A"]}).status_code == 401
+        assert anon.post("/rate/login", data={"username": "res", "password": "pw-res"}).status_code != 200
+        assert anon.post("/login", data={"username": "ann", "password": "pw-ann"}).status_code != 200
+        assert anon.post("/rate/login", data={"username": "ann", "password": "wrong"}).status_code != 200
+    ann = Rater(base, "ann")
+    try:
+        assert ann.http.get("/config").status_code == 401  # signed in at /rate is not signed in at the studio
+        page = ann.http.get("/rate/")
+        assert page.status_code == 200
+        shown = ann.load()
+        assert shown["progress"] == f"**0 of {PER_RATER}**" and shown["prompt"].startswith("### Which image is better?")
+        image = shown["left"]["path"]
+        assert ann.http.get(f"/rate/gradio_api/file={image}").status_code == 200
+        for path in (studio.data_dir / "studio.db", studio.data_dir / "blind", Path("/etc/passwd")):
+            assert ann.http.get(f"/rate/gradio_api/file={path}").status_code in (403, 404)
+        info = ann.http.get("/rate/gradio_api/info")
+        assert info.status_code != 200 or "rate_submit" not in info.text  # no API page
+    finally:
+        ann.close()
+
+
+def test_another_raters_token_is_refused(served):
+    studio, url, _ = served
+    ann, bob = Rater(studio.url, "ann"), Rater(studio.url, "bob")
+    try:
+        token = ann.load()["token"]
+        before = count(url)
+        stolen = bob.submit(token)
+        assert "not assigned to you" in stolen["note"] and stolen["token"] != token
+        assert count(url) == before
+        assert count(url, Assignment.token == token, Assignment.completed_at.is_(None), model=Assignment) == 1
+        done = ann.submit(token)
+        assert done["note"].startswith("Saved") and count(url) == before + 2
+        again = ann.submit(token)  # a retried request: no new votes, not an error
+        assert again["note"].startswith("Saved") and count(url) == before + 2
+    finally:
+        ann.close()
+        bob.close()
+
+
+def test_twenty_raters_fifty_pairs_each_lose_and_duplicate_nothing(served):
+    studio, url, ids = served
+    errors, finals, tokens = [], {}, {}
+    raters = RATERS
+    start = threading.Barrier(len(raters))
+
+    def rate(name: str) -> None:
+        try:
+            rater = Rater(studio.url, name)
+            start.wait(60)
+            shown = rater.load()
+            seen = []
+            while shown["token"]:
+                seen.append(shown["token"])
+                shown = rater.submit(shown["token"], "left" if len(seen) % 2 else "right", "tie")
+            finals[name], tokens[name] = shown, seen
+            rater.close()
+        except Exception as exc:  # noqa: BLE001 (collected and asserted below)
+            errors.append(f"{name}: {exc!r}")
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=rate, args=(name,)) for name in raters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    elapsed = time.monotonic() - t0
+    assert errors == []
+    print(f"{len(raters)} raters x {PER_RATER} pairs in {elapsed:.1f} s")
+    for name in raters:
+        assert len(tokens[name]) == PER_RATER == len(set(tokens[name]))
+        assert f"{PER_RATER} of {PER_RATER}" in finals[name]["prompt"]
+    # the database: exactly two live votes per showing, none duplicated, none lost
+    live = (Vote.rater.in_(raters), Vote.retracted_at.is_(None))
+    assert count(url, *live) == len(raters) * PER_RATER * 2
+    engine = make_engine(url)
+    with session_scope(make_session_factory(engine)) as s:
+        per_key = s.execute(select(Vote.rater, Vote.pair_id, Vote.criterion, func.count()).where(*live)
+                            .group_by(Vote.rater, Vote.pair_id, Vote.criterion).having(func.count() > 1)).all()
+        per_rater = dict(s.execute(select(Vote.rater, func.count()).where(*live).group_by(Vote.rater)).all())
+        open_left = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.rater.in_(raters),
+                                                                                  Assignment.completed_at.is_(None)))
+    engine.dispose()
+    assert per_key == [] and set(per_rater.values()) == {PER_RATER * 2} and open_left == 0
