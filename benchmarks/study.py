@@ -5,7 +5,17 @@
        fit and the bootstrap (the median of --repeats runs after one warm-up; run it with OMP_NUM_THREADS=1). Ties
        count as half-wins, so the ratings sit nearer the teacher than the simulated truth (-30, -80, -150).
 
+  latency  next-pair latency of the rating page with 20 concurrent raters against a live `distill-studio up`
+       (--no-worker, SQLite in a temporary data dir, or --database-url): each rater signs in at /rate and submits
+       answers through the page's HTTP API (POST /rate/gradio_api/call/rate_submit, then its event stream), as the
+       Submit button does. Latency = Submit sent -> the next pair's token and image URLs received (the vote is
+       written and the next assignment drawn in between), and the same plus fetching both images. Two loads: raters
+       pausing --think seconds on average between votes (uniform 0..2x; real raters take several seconds a pair),
+       and a closed loop without pauses (every rater submits again as soon as the page answers); target p95 < 100 ms
+       for the first.
+
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study.py bt [--votes 100000] [--rounds 1000] [--repeats 3]
+      OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study.py latency [--raters 20] [--votes 30] [--think 1.0]
 Writes benchmarks/results/study.json (a sub-command replaces only its own section) and study.md.
 """
 
@@ -15,8 +25,14 @@ import argparse
 import json
 import os
 import platform
+import random
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +72,174 @@ def bench_bt(votes: int, rounds: int, repeats: int) -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+class _Rater:
+    """One rater's signed-in HTTP session on the rating page's API (what the Submit button sends)."""
+
+    def __init__(self, url: str, name: str, password: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=60)
+        if self.http.post("/rate/login", data={"username": name, "password": password}).status_code != 200:
+            raise RuntimeError(f"{name}: login refused")
+
+    def call(self, api: str, *data) -> list:
+        event_id = self.http.post(f"/rate/gradio_api/call/{api}", json={"data": list(data)}).json()["event_id"]
+        event = None
+        with self.http.stream("GET", f"/rate/gradio_api/call/{api}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    if event == "error":
+                        raise RuntimeError(f"{api}: {line}")
+                    return json.loads(line.removeprefix("data:"))
+        raise RuntimeError(f"{api}: the stream ended without a result")
+
+
+def _seed_study(url: str, data_dir: Path, conditions: int, seeds: int, quota: int) -> None:
+    """'Bench study': a teacher and two students on conditions x seeds, images blind-copied from real PNGs."""
+    from PIL import Image
+
+    from app.rate.blind import blind_copy
+    from storage.db import make_engine, make_session_factory, session_scope
+    from storage.migrate import upgrade
+    from storage.studies import add_pair, create_study, set_status, study_variants
+
+    upgrade(url)
+    engine = make_engine(url)
+    sources = []
+    for i in range(8):
+        sources.append(data_dir.parent / f"src{i}.png")
+        Image.new("RGB", (32, 32), (30 * i, 90, 240 - 30 * i)).save(sources[-1])
+    variants = [{"model": "teacher:bench", "steps": 40, "label": "teacher", "is_teacher": True},
+                {"model": "run:1", "steps": 4, "label": "student 4"}, {"model": "run:2", "steps": 1, "label": "student 1"}]
+    with session_scope(make_session_factory(engine)) as s:
+        study = create_study(session=s, name="Bench study", teacher="bench", config={"quota": quota}, variants=variants)
+        teacher, *students = [v.id for v in study_variants(session=s, study_id=study.id)]
+        for c in range(conditions):
+            for seed in range(seeds):
+                for student in students:
+                    add_pair(session=s, study_id=study.id, kind="normal", variant_a_id=teacher, variant_b_id=student,
+                             image_a=blind_copy(random.choice(sources), data_dir),
+                             image_b=blind_copy(random.choice(sources), data_dir), condition=str(c),
+                             condition_text=f"the digit {c % 10}", seed=seed)
+        set_status(session=s, study_id=study.id, status="open")
+    engine.dispose()
+
+
+def _percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "p50_ms": round(at(0.50), 1), "p95_ms": round(at(0.95), 1), "max_ms": round(ordered[-1], 1)}
+
+
+def _run_raters(url: str, raters: int, votes: int, think: float) -> dict:
+    """Every rater signs in, loads the page, then submits `votes` times; latencies of Submit -> next pair (+ images)."""
+    pair_ms, with_images_ms, errors = [], [], []
+    ready = threading.Barrier(raters)
+
+    def rate(i: int) -> None:
+        try:
+            rater = _Rater(url, f"bench{i:02d}", f"pw{i:02d}")
+            shown = rater.call("rate_pick", "Bench study")
+            ready.wait(120)
+            rng = random.Random(i)
+            for _ in range(votes):
+                if think:
+                    time.sleep(rng.uniform(0, 2 * think))
+                t0 = time.perf_counter()
+                shown = rater.call("rate_submit", "Bench study", shown[0], "left", "tie", 1000.0, False)
+                t1 = time.perf_counter()
+                if shown[0]:  # a next pair came back (not the end of the quota)
+                    for image in shown[1:3]:
+                        rater.http.get(f"/rate/gradio_api/file={image['path']}").raise_for_status()
+                    with_images_ms.append((time.perf_counter() - t0) * 1000)
+                    pair_ms.append((t1 - t0) * 1000)
+            rater.http.close()
+        except Exception as exc:  # noqa: BLE001 (reported)
+            errors.append(f"rater {i}: {exc!r}")
+
+    threads = [threading.Thread(target=rate, args=(i,)) for i in range(raters)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("; ".join(errors[:3]))
+    elapsed = time.perf_counter() - t0
+    return {"think_s": think, "next_pair": _percentiles(pair_ms), "with_images": _percentiles(with_images_ms),
+            "votes_per_s": round(raters * votes / elapsed, 1)}
+
+
+def bench_latency(raters: int, votes: int, think: float, database_url: str | None) -> dict:
+    """Next-pair latency against a live server: with pauses between votes, then a closed loop."""
+    import httpx
+
+    folder = Path(tempfile.mkdtemp(prefix="study-latency-"))
+    data = folder / "data"
+    data.mkdir()
+    url = database_url or f"sqlite:///{data / 'studio.db'}"
+    _seed_study(url, data, conditions=40, seeds=10, quota=2 * votes)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    users = ",".join(f"bench{i:02d}:pw{i:02d}:rater" for i in range(raters))
+    env = {**os.environ, "STUDIO_DATA_DIR": str(data), "STUDIO_DATABASE_URL": url, "STUDIO_USERS": users,
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("STUDIO_USERS_FILE", None)
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "distill-studio"), "up", "--no-worker", "--port",
+                               str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/rate/", timeout=2).status_code in (200, 401):
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        load_before = os.getloadavg()[0]
+        paced = _run_raters(base, raters, votes, think)
+        closed = _run_raters(base, raters, votes, 0.0)  # the second half of each rater's quota
+        load_after = os.getloadavg()[0]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    backend = url.split(":")[0].split("+")[0]
+    return {"raters": raters, "votes_per_rater": votes, "database": backend, "paced": paced, "closed_loop": closed,
+            "target_p95_ms": 100.0, "met": paced["next_pair"]["p95_ms"] < 100.0,
+            "load_average": [round(load_before, 2), round(load_after, 2)]}
+
+
+def latency_markdown(r: dict) -> str:
+    m = r["machine"]
+    rows = []
+    for name, load in (("paced", r["paced"]), ("closed loop", r["closed_loop"])):
+        pause = f"{load['think_s']:g} s mean pause" if load["think_s"] else "no pause"
+        for what, key in (("next pair", "next_pair"), ("next pair + both images", "with_images")):
+            p = load[key]
+            verdict = ("met" if p["p95_ms"] < r["target_p95_ms"] else "missed") if (name, key) == ("paced", "next_pair") \
+                else "—"
+            rows.append(f"| {name} ({pause}, {load['votes_per_s']} votes/s) | {what} | {p['n']} | {p['p50_ms']:.0f} ms | "
+                        f"{p['p95_ms']:.0f} ms | {p['max_ms']:.0f} ms | {verdict} |")
+    return "\n".join([
+        "## latency: next pair on the rating page", "",
+        f"{r['raters']} concurrent raters x {r['votes_per_rater']} votes per load against a live `distill-studio up` "
+        f"({r['database']}), over the page's HTTP API with each rater's login cookie. Next pair = Submit sent -> the "
+        f"next token and image URLs received (vote written, next assignment drawn). Client and server share this "
+        f"machine: git {m['git']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}; 1-minute load average "
+        f"{r['load_average'][0]:g} before and {r['load_average'][1]:g} after (other work on the machine inflates the "
+        f"tail).", "",
+        "| load | figure | samples | p50 | p95 | max | p95 < 100 ms |", "|---|---|---|---|---|---|---|", *rows])
+
+
 def machine() -> dict:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {"git": rev, "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
@@ -92,6 +276,11 @@ def main() -> None:
     bt.add_argument("--votes", type=int, default=100_000)
     bt.add_argument("--rounds", type=int, default=1000)
     bt.add_argument("--repeats", type=int, default=3)
+    lat = sub.add_parser("latency", help="next-pair latency of /rate with concurrent raters against a live server")
+    lat.add_argument("--raters", type=int, default=20)
+    lat.add_argument("--votes", type=int, default=30, help="votes per rater in each of the two loads")
+    lat.add_argument("--think", type=float, default=1.0, help="mean pause between a rater's votes in the paced load (s)")
+    lat.add_argument("--database-url", default=None, help="e.g. a PostgreSQL database to use (default: SQLite)")
     args = parser.parse_args()
 
     path = RESULTS / "study.json"
@@ -101,6 +290,12 @@ def main() -> None:
         r = results["bt"]
         print(f"bt: {r['votes']:,} votes, {r['rounds']} rounds: fit {r['fit_s'] * 1000:.0f} ms, "
               f"bootstrap {r['bootstrap_s']:.2f} s, total {r['total_s']:.2f} s (target < 2 s: {'met' if r['met'] else 'missed'})")
+    elif args.command == "latency":
+        r = {**bench_latency(args.raters, args.votes, args.think, args.database_url), "machine": machine()}
+        results["latency"] = {**r, "markdown": latency_markdown(r)}
+        for name in ("paced", "closed_loop"):
+            p = r[name]["next_pair"]
+            print(f"latency {name}: next pair p50 {p['p50_ms']:.0f} ms, p95 {p['p95_ms']:.0f} ms ({p['n']} samples)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "study.md").write_text(render(results))

@@ -106,10 +106,17 @@ def sign_in(browser, studio, user: str, password: str):
 
 
 def answer_and_submit(page, quality: str, alignment: str) -> None:
+    """By mouse, after both images have loaded."""
     page.locator("#rate-quality").get_by_label(quality, exact=True).check()
     page.locator("#rate-alignment").get_by_label(alignment, exact=True).check()
     expect(page.locator("#rate-submit")).to_be_enabled()
     page.locator("#rate-submit").click()
+
+
+def images_loaded(page) -> None:
+    """Both images are decoded: the page refuses a Submit before that (it could not time the vote)."""
+    page.wait_for_function("() => { const imgs = document.querySelectorAll('#rate-left img, #rate-right img');"
+                           " return imgs.length === 2 && [...imgs].every((i) => i.complete && i.naturalWidth > 0); }")
 
 
 def png_chunks(body: bytes) -> list[bytes]:
@@ -145,8 +152,7 @@ def test_nothing_identifying_a_model_reaches_the_browser(browser, rate_server):
     expect(counter).to_contain_text("0 of 5")
     html = [page.content()]
     for n, (quality, alignment) in enumerate([("Left", "Tie"), ("Right", "Both bad"), ("Tie", "Left")], 1):
-        expect(page.locator("#rate-left img")).to_be_visible()
-        expect(page.locator("#rate-right img")).to_be_visible()
+        images_loaded(page)
         expect(page.locator("#rate-prompt")).to_contain_text("Which image is better?")
         answer_and_submit(page, quality, alignment)
         expect(counter).to_contain_text(f"{n} of 5")
@@ -182,8 +188,7 @@ def test_a_rater_rates_by_keyboard_and_undoes_one(browser, rate_server):
     expect(page.locator("#rate-keys")).to_contain_text("Enter")
     submit = page.locator("#rate-submit")
     for n, (q, a) in enumerate([("1", "q"), ("2", "w"), ("3", "r")], 1):
-        expect(page.locator("#rate-left img")).to_be_visible()
-        expect(page.locator("#rate-right img")).to_be_visible()
+        images_loaded(page)
         expect(submit).to_be_disabled()
         page.keyboard.press(q)
         page.keyboard.press(a)
@@ -194,12 +199,14 @@ def test_a_rater_rates_by_keyboard_and_undoes_one(browser, rate_server):
     page.keyboard.press("u")
     expect(counter).to_contain_text("2 of 5")
     expect(page.locator("#rate-note")).to_contain_text("Undone")
+    images_loaded(page)
     page.keyboard.press("4")
     page.keyboard.press("e")
     expect(submit).to_be_enabled()
     page.keyboard.press("Enter")
     expect(counter).to_contain_text("3 of 5")
     for n in (4, 5):
+        images_loaded(page)
         page.keyboard.press("1")
         page.keyboard.press("q")
         expect(submit).to_be_enabled()
