@@ -89,14 +89,21 @@ class Method:
         self.optims: dict[str, tuple] = {}
 
     # -- helpers for subclasses ----------------------------------------------------------------------------
-    def init_student_and_aux(self, aux: Denoiser | None) -> None:
-        """G and A as trainable copies of T (A may be injected by tests), each with its own Adam and schedule."""
+    def init_student_and_aux(self, aux: Denoiser | None, gen_updates: int | None = None,
+                             aux_updates: int | None = None) -> None:
+        """G and A as trainable copies of T (A may be injected by tests), each with its own Adam and schedule.
+
+        A schedule advances once per update of its own network, so its length is that network's number of updates
+        in the run (`total_steps` unless given): a method that updates G on every other iteration passes half.
+        """
         self.student = clone_trainable(self.teacher)
         self.aux = aux if aux is not None else clone_trainable(self.teacher)
         self.nets = {"student": self.student, "aux": self.aux}
         self.optims = {
-            "gen": make_optimizer(self.student.parameters(), self.config, self.config.lr_gen, self.total_steps),
-            "aux": make_optimizer(self.aux.parameters(), self.config, self.config.lr_aux, self.total_steps),
+            "gen": make_optimizer(self.student.parameters(), self.config, self.config.lr_gen,
+                                  gen_updates or self.total_steps),
+            "aux": make_optimizer(self.aux.parameters(), self.config, self.config.lr_aux,
+                                  aux_updates or self.total_steps),
         }
 
     def noise_bank(self, noise: torch.Tensor) -> torch.Tensor:

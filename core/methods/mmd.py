@@ -28,7 +28,10 @@ class MMD(Method):
     def __init__(self, teacher: Denoiser, config: MMDConfig, *, total_steps: int, device="cpu",
                  aux: Denoiser | None = None):
         super().__init__(teacher, config, total_steps=total_steps, device=device)
-        self.init_student_and_aux(aux)
+        # Alternation 1:1: A updates on even iterations, G on odd ones, so each schedule spans that network's own
+        # updates and the linear decay reaches 0 at the end of the run [paper] (not halfway down, as it would if
+        # it counted iterations).
+        self.init_student_and_aux(aux, gen_updates=max(1, total_steps // 2), aux_updates=(total_steps + 1) // 2)
         self.weighting = mmd_weighting(config)
 
     def sample(self, noise, cond=None, steps=None, student=None):

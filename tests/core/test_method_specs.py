@@ -20,7 +20,7 @@ def test_chained_presets_apply_left_to_right_and_sets_win():
     cfg = build_method_config("mmd", preset="toy2d+2-step+marginal-renoise")
     assert (cfg.sigma_data, cfg.lr_gen, cfg.student_steps, cfg.renoise) == (1.42, 1e-3, 2, "marginal")
     # A later preset overrides an earlier one; --set and --student-steps override both.
-    assert build_method_config("dmd2", preset="paper+toy2d").lr_gen == 1e-3
+    assert build_method_config("dmd2", preset="paper+toy2d").lr_gen == 1e-4
     assert build_method_config("dmd2", preset="toy2d+paper").lr_gen == 2e-6
     cfg = build_method_config("dmd2", preset="toy2d+4-step", student_steps=2, sets=["lr_gen=5e-4"])
     assert (cfg.student_steps, cfg.lr_gen) == (2, 5e-4)
@@ -29,6 +29,15 @@ def test_chained_presets_apply_left_to_right_and_sets_win():
 def test_benchmark_presets_drop_fields_the_method_lacks():
     assert "lr_aux" not in preset_changes("mmd-instant", "toy2d")
     assert build_method_config("mmd-instant", preset="toy2d").lr_gen == 1e-3
+
+
+@pytest.mark.parametrize(("method", "lr"), [("mmd", 1e-3), ("mmd-instant", 1e-3), ("emd", 1e-3),
+                                              ("diff-instruct", 1e-3), ("dmd2", 1e-4)])
+def test_toy2d_learning_rates(method, lr):
+    """The ring's data std everywhere; lr 1e-3, except §8's 1e-4 for dmd2, whose 4-step student drifts from the ring
+    at 1e-3 (T13, tests/core/methods/test_outcomes.py)."""
+    cfg = build_method_config(method, preset="toy2d")
+    assert (cfg.sigma_data, cfg.lr_gen, getattr(cfg, "lr_aux", lr)) == (1.42, lr, lr)
 
 
 @pytest.mark.parametrize("preset", ["nope", "digits+nope", "digits+", "no-gan"])

@@ -226,6 +226,28 @@ def test_t12_even_iterations_update_aux_odd_update_student(mlp_teacher):
     assert parameter_hash(mlp_teacher) == teacher_hash == parameter_hash(m.teacher)
 
 
+@pytest.mark.parametrize("total", [40, 41])
+def test_each_schedule_spans_its_own_updates_and_decays_to_zero(mlp_teacher, total):
+    """§3.7: warm-up, then linear decay to 0 by the end of the run. G and A each update on every other iteration,
+    so each schedule counts its own updates: the last update of each runs at the smallest LR of its schedule, and the
+    warm-up is 5 % of that network's updates, not of the iterations."""
+    m = _make(mlp_teacher, student_steps=4, total_steps=total, warmup=1000)
+    lrs: dict[str, list[float]] = {"gen": [], "aux": []}
+    for n in range(total):
+        m.generator.manual_seed(n)
+        metrics = m.train_step(h.batch(n, size=16))
+        for k in lrs:
+            if f"lr/{k}" in metrics:
+                lrs[k].append(metrics[f"lr/{k}"])
+    assert (len(lrs["gen"]), len(lrs["aux"])) == (total // 2, (total + 1) // 2)
+    for k, seq in lrs.items():
+        updates, warm = len(seq), max(1, len(seq) // 20)
+        assert seq[warm - 1] == pytest.approx(1e-3), k                        # warm-up done
+        assert seq[-1] == pytest.approx(1e-3 / (updates - warm)), k             # one step above 0
+        assert all(a > b for a, b in zip(seq[warm:], seq[warm + 1:])), k         # strictly decaying after warm-up
+    assert m.optims["gen"][1].get_last_lr()[0] == 0.0 == m.optims["aux"][1].get_last_lr()[0]
+
+
 def test_t12_generator_loss_at_init_has_exactly_zero_gradient(mlp_teacher):
     """G = A = T, w = 1, no auxiliary update yet: A(z_s) - T_g(z_s) == 0, so L_G has zero gradient and the student
     stays bit-identical (Adam with a zero gradient does not move)."""

@@ -28,7 +28,7 @@ from . import helpers as h
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "precond_batches": 2}  # toy2d knobs; a short Lambda phase for speed
+TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "precond_batches": 2}  # ring data std, a quick lr, a short Lambda phase
 BIAS_SHIFT = 0.2
 
 
