@@ -108,7 +108,7 @@ def studies_rows(ctx: Studio) -> list[list[Any]]:
 
 def study_choices(ctx: Studio) -> list[tuple[str, int]]:
     with session_scope(ctx.factory) as session:
-        return [(f"#{s.id} {s.name} · {s.status}", s.id) for s in studies.list_studies(session=session)]
+        return [(f"#{s.id} {s.name}", s.id) for s in studies.list_studies(session=session)]
 
 
 def study_state(ctx: Studio, study_id) -> tuple[str, bool, str]:
@@ -172,13 +172,14 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
                                        info="the most steps is the anchor (rating 1000); more make extra variants")
             students = gr.CheckboxGroup(student_choices(ctx, default) if default else [], label="Students",
                                         elem_id="st-students")
+            refresh_students = gr.Button("Refresh students", size="sm", elem_id="st-refresh")
             classes = gr.Textbox("0-9", label="Classes", elem_id="st-classes", info="the conditions raters judge")
             seeds = gr.Textbox("0-9", label="Seeds", elem_id="st-seeds")
             pairs = gr.Number(DEFAULTS["pairs_per_model_pair"], precision=0, label="Pairs per model pair",
                               elem_id="st-pairs", interactive=True)
-            gold = gr.Number(100 * DEFAULTS["gold_rate"], label="Gold %", elem_id="st-gold", interactive=True,
+            gold = gr.Number(round(100 * DEFAULTS["gold_rate"], 2), label="Gold %", elem_id="st-gold", interactive=True,
                              info="broken-vs-clean and identical pairs that check attention")
-            repeat = gr.Number(100 * DEFAULTS["repeat_rate"], label="Repeat %", elem_id="st-repeat", interactive=True,
+            repeat = gr.Number(round(100 * DEFAULTS["repeat_rate"], 2), label="Repeat %", elem_id="st-repeat", interactive=True,
                                info="judged pairs shown again with sides swapped")
             quota = gr.Number(DEFAULTS["quota"], precision=0, label="Quota per rater", elem_id="st-quota",
                               interactive=True)
@@ -201,6 +202,7 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
             files = gr.File(label="Exported votes", file_count="multiple", elem_id="st-files")
 
     teacher.change(lambda t: gr.CheckboxGroup(choices=student_choices(ctx, t), value=[]), teacher, students)
+    refresh_students.click(lambda t: gr.CheckboxGroup(choices=student_choices(ctx, t)), teacher, students)
 
     def guarded(fn, n_outputs: int = 1):
         def handler(request: gr.Request, *args):

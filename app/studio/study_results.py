@@ -37,8 +37,8 @@ def tables(report: dict[str, Any], criterion: str) -> dict[str, Any]:
                            "tests": pd.DataFrame(), "raters": _raters(report["raters"]), "plan": pd.DataFrame()}
     ex = report["exclusions"]
     head = (f"{report['n_votes']} votes · bootstrap {report['n_boot']} rounds by condition (seed {report['seed']}) · "
-            f"excluded from fits: " + ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}"
-                                                for k, v in ex.items()))
+            "excluded from fits: " + ", ".join(f"{k.replace('_', ' ')} {len(v) if isinstance(v, list) else v}"
+                                               for k, v in ex.items() if isinstance(v, (int, list))))
     bias = report["side_bias"]["overall"]
     if bias.get("n"):
         head += f"\n\nSide bias: left chosen in {bias['rate']:.0%} of {bias['n']} decisive votes (p = {bias['p_value']:.3g})."

@@ -55,9 +55,10 @@ def run_row(page, run_id: int):
     return page.locator("#runs-table [role=row]").filter(has_text=re.compile(rf"^\s*{run_id}\s"))
 
 
-def queued_id(page) -> int:
+def queued_id(page, method: str = "") -> int:
+    """The id in the form's "Run N queued: METHOD ..." line (pass the method when an older line may still show)."""
     status = page.locator("#form-status")
-    expect(status).to_contain_text("queued")
+    expect(status).to_contain_text(f"queued: {method}" if method else "queued")
     return int(re.search(r"Run (\d+) queued", status.inner_text())[1])
 
 
