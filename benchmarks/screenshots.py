@@ -9,6 +9,7 @@ evaluates both onto the leaderboard, and saves one PNG per tab to benchmarks/res
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -78,7 +79,8 @@ def shots(page, iterations: int, n: int) -> None:
     board.get_by_label("accuracy", exact=True).check()
     fill(board, "Samples per model", str(n))
     board.get_by_role("button", name="Evaluate").click()
-    eval_id = int(page.locator("#lb-status").inner_text().split("run ")[1].split()[0])
+    expect(page.locator("#lb-status")).to_contain_text("queued")
+    eval_id = int(re.search(r"run (\d+) queued", page.locator("#lb-status").inner_text())[1])
     tab(page, "Runs")
     expect(run_row(page, eval_id)).to_contain_text("succeeded", timeout=WAIT_MS)
     tab(page, "Leaderboard")
