@@ -398,3 +398,9 @@ def _row(v: Vote) -> dict[str, Any]:
             "repeat_of": None if v.repeat_of is None else str(v.repeat_of), "pair": str(v.pair_id),
             "voted_at": v.voted_at.timestamp(), "seq_in_session": int(v.seq_in_session), "seed": int(v.seed),
             "retracted": v.retracted_at is not None}
+
+
+def answered_pairs(*, session: Session, study_id: int) -> int:
+    """Showings answered in a study, all raters together (the adaptive weights refresh every so many)."""
+    return session.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.study_id == study_id, Assignment.completed_at.is_not(None))) or 0

@@ -14,11 +14,13 @@ import gradio as gr
 from app.rate.blind import blind_dir
 from app.rate.keys import HEAD, KEYS_HELP, SUBMIT_JS
 from app.studio.context import Studio
+from app.studio.study_weights import maybe_refresh
 from storage.artifacts import resolve
 from storage.models import Study
 from storage.votes import (
     RatingError,
     Showing,
+    answered_pairs,
     next_assignment,
     open_studies,
     open_study,
@@ -130,16 +132,24 @@ def submit(ctx: Studio, study_name: str | None, token: str, quality: str | None,
     if not (quality and alignment):
         return _note_only("Answer both questions first.")
 
+    answered: dict[str, int] = {}
+
     def answer(session) -> State:
-        record_votes(session=session, token=token or "", rater=rater, answers={"quality": quality, "alignment": alignment},
-                     client_ms=client_ms, session_hash=getattr(request, "session_hash", "") or "",
-                     fullscreen=bool(fullscreen), slider=False, app_version=APP_VERSION)
-        return _state(session, _open_study(session, study_name), rater, study_name)
+        votes = record_votes(session=session, token=token or "", rater=rater,
+                             answers={"quality": quality, "alignment": alignment}, client_ms=client_ms,
+                             session_hash=getattr(request, "session_hash", "") or "", fullscreen=bool(fullscreen),
+                             slider=False, app_version=APP_VERSION)
+        study = _open_study(session, study_name)
+        if votes and study is not None:
+            answered.update(study=study.id, pairs=answered_pairs(session=session, study_id=study.id))
+        return _state(session, study, rater, study_name)
 
     try:
         state = retrying(ctx.factory, answer)
     except RatingError as exc:
         return render(ctx, current(ctx, study_name, rater), note=str(exc))
+    if answered:  # every 50 answered pairs, re-weight the pool toward the widest intervals (a background thread)
+        maybe_refresh(ctx.factory, answered["study"], answered["pairs"])
     return render(ctx, state, note=f"Saved. Press `U` within {state.undo_s:g} s to undo." if state.undo_s else "Saved.")
 
 

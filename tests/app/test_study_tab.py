@@ -142,3 +142,44 @@ def test_a_study_from_form_to_export(ctx):
     jsonl = export_votes(ctx, study_id, "jsonl", include_gold=True)
     lines = [json.loads(line) for p in jsonl for line in open(p)]
     assert any(row["is_gold"] for row in lines) and len(lines) > 12
+
+
+def test_adaptive_weights_are_stored_where_assignment_reads_them(ctx):
+    """Every 50 answered pairs the study config gets {"A-B": weight} over variant ids from the quality bootstrap, the
+    format storage/votes.next_assignment reads; one refresh at a time, never from a request's thread."""
+    import threading
+
+    from app.studio import study_weights
+
+    study_id, _ = create_study(ctx, "alice", **{**GOOD, "gold_pct": 0})
+    with session_scope(ctx.factory) as session:
+        variants = studies.study_variants(session=session, study_id=study_id)
+        studies.set_status(session=session, study_id=study_id, status="open")
+        for k in range(6):  # a pool written directly: the images' content does not matter to the weights
+            studies.add_pair(session=session, study_id=study_id, kind="normal", variant_a_id=variants[0].id,
+                             variant_b_id=variants[1].id, image_a=f"blind/a{k}.png", image_b=f"blind/b{k}.png",
+                             condition=str(k % 2), condition_text="", seed=k)
+    assert study_weights.compute_weights(ctx.factory, study_id) is None  # no votes yet
+    rng = random.Random(3)
+    for rater in ("r1", "r2", "r3"):
+        while True:
+            with session_scope(ctx.factory) as session:
+                a = votes.next_assignment(session=session, study_id=study_id, rater=rater, rng=rng)
+                if a is None:
+                    break
+                votes.record_votes(session=session, token=a.token, rater=rater,
+                                   answers={"quality": rng.choice(["left", "right"]), "alignment": "tie"})
+    weights = study_weights.refresh(ctx.factory, study_id)
+    key = f"{min(v.id for v in variants)}-{max(v.id for v in variants)}"
+    assert list(weights) == [key] and weights[key] > 0
+    with session_scope(ctx.factory) as session:
+        assert studies.get_study(session=session, study_id=study_id).config["sampling_weights"] == weights
+        assert votes._config_weights(studies.get_study(session=session, study_id=study_id)) == \
+            {(min(v.id for v in variants), max(v.id for v in variants)): weights[key]}
+    assert not study_weights.maybe_refresh(ctx.factory, study_id, 49)
+    before = {t.name for t in threading.enumerate()}
+    assert study_weights.maybe_refresh(ctx.factory, study_id, 50)
+    for thread in threading.enumerate():
+        if thread.name == f"weights-{study_id}" and thread.name not in before:
+            thread.join(30)
+    assert study_id not in study_weights._running
