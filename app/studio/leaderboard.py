@@ -30,7 +30,9 @@ def board(ctx: Studio) -> tuple[pd.DataFrame, pd.DataFrame]:
              for r in data["rows"]]
     points = [{"NFE": nfe, "FID": fid, "model": names[model]} for model, series in data["fid_vs_nfe"].items()
               for nfe, fid in series]
-    plot = pd.DataFrame(points, columns=["NFE", "FID", "model"]).astype({"NFE": "int64", "FID": "float64", "model": object})
+    # No rows: no value at all (a plot given an empty frame never draws later data; see runs.metrics_frame).
+    plot = pd.DataFrame(points, columns=["NFE", "FID", "model"]).astype({"NFE": "int64", "FID": "float64", "model": object}) \
+        if points else None
     return pd.DataFrame(table, columns=COLUMNS), plot
 
 

@@ -138,9 +138,11 @@ def log_tail(ctx: Studio, run: Run, lines: int = LOG_LINES) -> str:
     return ""
 
 
-def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Long (step, key, value) rows with fixed dtypes: an empty frame of object columns would make the plot treat
-    values as categories for good."""
+def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """Long (step, key, value) rows with fixed dtypes, or None for no rows: a plot that once received an empty frame
+    never draws its lines or legend afterwards (measured with Gradio 6.31), so it gets no value instead."""
+    if not rows:
+        return None
     return pd.DataFrame(rows, columns=["step", "key", "value"]).astype({"step": "int64", "key": object, "value": "float64"})
 
 
@@ -245,8 +247,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                 resume = gr.Button("Resume", elem_id="resume-run", scale=1)
             action_status = gr.Markdown(elem_id="run-action-status")
             summary = gr.Markdown(elem_id="run-summary")
-            losses = gr.LinePlot(metrics_frame([]), x="step", y="value", color="key", label="Losses", elem_id="loss-plot",
-                                 height=280)
+            losses = gr.LinePlot(x="step", y="value", color="key", label="Losses", elem_id="loss-plot", height=280)
             with gr.Row():
                 preview_step = gr.Slider(0, 1, value=1, step=1, label="Preview step", elem_id="preview-step")
             preview = gr.Image(label="Previews", type="filepath", format="png", interactive=False,

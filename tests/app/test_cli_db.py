@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from alembic.script import ScriptDirectory
 from typer.testing import CliRunner
 
 from app.cli import app
+from storage.migrate import alembic_config
 from storage.settings import get_settings
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 @pytest.fixture
@@ -24,10 +28,10 @@ def test_db_upgrade_creates_the_default_sqlite_database_once(cli, tmp_path):
     first = cli("db", "upgrade", "--json")
     assert first.exit_code == 0, first.output
     assert json.loads(first.stdout) == {"database": f"sqlite:///{tmp_path / 'data' / 'studio.db'}", "before": None,
-                                        "after": "0003"}
+                                        "after": HEAD}
     assert (tmp_path / "data" / "studio.db").is_file()
     again = cli("db", "upgrade")
-    assert (again.exit_code, again.stdout.strip()) == (0, f"sqlite:///{tmp_path / 'data' / 'studio.db'}: 0003 -> 0003")
+    assert (again.exit_code, again.stdout.strip()) == (0, f"sqlite:///{tmp_path / 'data' / 'studio.db'}: {HEAD} -> {HEAD}")
 
 
 @pytest.mark.parametrize(("url", "message"), [

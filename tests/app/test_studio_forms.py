@@ -33,8 +33,8 @@ def test_knobs_list_every_field_but_student_steps_with_the_presets_values(method
 
 
 def test_presets_change_the_knobs():
-    default = {k.name: k.value for k in knobs("dmd2", "default")}
-    toy = {k.name: k.value for k in knobs("dmd2", "toy2d")}
+    default = {k.name: k.value for k in knobs("emd", "default")}
+    toy = {k.name: k.value for k in knobs("emd", "toy2d")}
     assert (default["lr_gen"], toy["lr_gen"]) == (1e-4, 1e-3)
     assert (default["sigma_data"], toy["sigma_data"]) == (0.5, 1.42)
     composed = {k.name: k.value for k in knobs("dmd2", "digits+no-gan")}
@@ -84,8 +84,9 @@ def test_unchanged_knobs_give_no_sets():
 
 
 def test_floats_compare_by_value():
-    assert knob_sets("dmd2", "toy2d", {"lr_gen": 0.001}) == ()  # the preset's 1e-3
-    assert knob_sets("dmd2", "toy2d", {"lr_gen": 1e-3, "beta1": 0.9, "lr_aux": 1}) == ("lr_aux=1",)
+    assert knob_sets("emd", "toy2d", {"lr_gen": 0.001}) == ()  # the preset's 1e-3
+    assert knob_sets("dmd2", "toy2d", {"lr_gen": 0.0001}) == ()  # dmd2's toy preset: 1e-4
+    assert knob_sets("dmd2", "toy2d", {"lr_gen": 1e-4, "beta1": 0.9, "lr_aux": 1}) == ("lr_aux=1",)
     assert knob_sets("dmd2", "default", {"lr_gen": 1e-3}) == ("lr_gen=0.001",)
     assert knob_sets("dmd2", "default", {"t_lo": 0.05}) == ("t_lo=0.05",)
 

@@ -124,7 +124,7 @@ def test_start_run_refuses_bad_values_naming_the_field_and_writes_nothing(ctx, c
 
 def test_start_run_queues_one_distill_run(ctx):
     run_id, message = runs.start_run(ctx, "local", "toy2d-ring", "dmd2", "toy2d", 1.0, 50, 7,
-                                     {"ttur_ratio": 3.0, "lr_gen": 0.001, "gan": True, "lr_schedule": "constant"})
+                                     {"ttur_ratio": 3.0, "lr_gen": 0.0001, "gan": True, "lr_schedule": "constant"})
     assert message == f"Run {run_id} queued: dmd2 (1-step) from toy2d-ring, preset toy2d with ttur_ratio=3."
     [run] = all_runs(ctx)
     assert (run.id, run.kind, run.status, run.total) == (run_id, "distill", "queued", 50)
@@ -568,7 +568,7 @@ def test_board_shapes_the_leaderboard(ctx):
 def test_board_of_an_empty_store(ctx):
     table, plot = leaderboard.board(ctx)
     assert table.empty and list(table.columns) == leaderboard.COLUMNS
-    assert plot.empty and list(plot.columns) == ["NFE", "FID", "model"]
+    assert plot is None  # no value at all: a plot given an empty frame never draws later points
 
 
 @pytest.mark.parametrize("models, metrics, n, field", [

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from storage import repo
 from storage.db import make_engine, session_scope
-from storage.migrate import alembic_config, current_revision, upgrade
+from storage.migrate import alembic_config, current_revision
 from storage.models import Image
 
 SPEC = {"teacher": "digits", "method": "dmd2"}
@@ -49,7 +49,7 @@ def test_0004_keys_existing_images_by_their_runs_final_step_and_downgrades(new_d
     _execute(url, "INSERT INTO images (id, model, seed, class_id, prompt, steps, path) VALUES "
                   "(1, 'teacher:digits', 0, 3, '', 50, 'a.png'), (2, 'run:1', 0, 3, '', 1, 'b.png'), "
                   "(3, 'run:2', 0, 3, '', 1, 'c.png'), (4, 'run:x', 0, 3, '', 1, 'd.png')")
-    assert upgrade(url).after == "0004"
+    _migrate(url, "0004")
     assert _rows(url, "SELECT id, checkpoint FROM images ORDER BY id") == [(1, 0), (2, 40), (3, 0), (4, 0)]
 
     # The same sample at another checkpoint is a new row now; the downgrade keeps the newest of each old key.

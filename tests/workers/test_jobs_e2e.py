@@ -326,7 +326,7 @@ def _serves(url: str) -> bool:
 def test_up_serves_the_studio_and_its_local_worker_runs_jobs_on_the_embedded_broker(make_studio):
     studio = make_studio(broker="embedded")  # STUDIO_BROKER_URL unset: kombu's SQLite transport in the data dir
     port = _free_port()
-    up, log = studio.start(["up", "--port", str(port)], "up", STUDIO_DATABASE_URL=None)
+    up, log = studio.start(["up", "--no-auth", "--port", str(port)], "up", STUDIO_DATABASE_URL=None)
 
     def serving() -> bool:
         if up.poll() is not None:
