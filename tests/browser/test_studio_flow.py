@@ -31,6 +31,7 @@ def test_train_compare_and_rank_a_digits_student(page):
     expect(page.locator("#run-summary")).to_contain_text("succeeded")
     expect(page.locator("#preview-image img")).to_be_visible()
     expect(page.locator("#loss-plot")).to_contain_text(re.compile(r"24\s*step"))  # the curves reach the last step
+    expect(page.locator("#loss-plot")).to_contain_text("loss/gen")  # drawn, with its legend (not an empty frame)
     expect(page.locator("#run-log")).to_contain_text("step 24/24")
     shoot(page, "runs")
 
