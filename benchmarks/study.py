@@ -83,17 +83,9 @@ class _Rater:
             raise RuntimeError(f"{name}: login refused")
 
     def call(self, api: str, *data) -> list:
-        event_id = self.http.post(f"/rate/gradio_api/call/{api}", json={"data": list(data)}).json()["event_id"]
-        event = None
-        with self.http.stream("GET", f"/rate/gradio_api/call/{api}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    if event == "error":
-                        raise RuntimeError(f"{api}: {line}")
-                    return json.loads(line.removeprefix("data:"))
-        raise RuntimeError(f"{api}: the stream ended without a result")
+        from tests.rate_client import call_rate_api
+
+        return call_rate_api(self.http, api, *data)
 
 
 def _seed_study(url: str, data_dir: Path, conditions: int, seeds: int, quota: int) -> None:

@@ -6,7 +6,6 @@ login cookie, as the browser's buttons do."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from storage.db import make_engine, make_session_factory, session_scope
 from storage.migrate import upgrade
 from storage.models import Assignment, Vote
 from tests.browser.conftest import Studio
+from tests.rate_client import call_rate_api
 from tests.storage.test_votes import make_study
 
 RATERS = [f"rater{i:02d}" for i in range(20)]  # the concurrency test's; ann and bob serve the other tests
@@ -40,19 +40,7 @@ class Rater:
             raise PermissionError(f"{name}: login refused ({reply.status_code})")
 
     def call(self, api: str, *data) -> dict:
-        reply = self.http.post(f"/rate/gradio_api/call/{api}", json={"data": list(data)})
-        reply.raise_for_status()
-        event_id = reply.json()["event_id"]
-        event = None
-        with self.http.stream("GET", f"/rate/gradio_api/call/{api}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    if event == "error":
-                        raise RuntimeError(f"{api}: {line}")
-                    return dict(zip(OUTPUTS, json.loads(line.removeprefix("data:")), strict=False))
-        raise RuntimeError(f"{api}: the stream ended without a result")
+        return dict(zip(OUTPUTS, call_rate_api(self.http, api, *data), strict=False))
 
     def load(self) -> dict:
         return self.call("rate_pick", "Study A")
