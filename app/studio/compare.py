@@ -96,7 +96,7 @@ def _is_points(ctx: Studio, teacher: str) -> bool:
     return not get_teacher_info(teacher, ctx.data_dir).is_image
 
 
-def _matching_sample_run(session, spec: dict[str, Any], statuses=("queued", "running", "succeeded")):
+def matching_sample_run(session, spec: dict[str, Any], statuses=("queued", "running", "succeeded")):
     """The newest sample run with exactly this request, if any (the spec is stored normalised, so compare fields)."""
     for status in statuses:
         for run in views.sample_runs(session=session, status=status):
@@ -114,7 +114,7 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
         for i, row in enumerate(rows):
             if points:
                 spec = row.sample_spec(seeds, class_id)
-                run = _matching_sample_run(session, spec, statuses=("succeeded", "queued", "running", "failed",
+                run = matching_sample_run(session, spec, statuses=("succeeded", "queued", "running", "failed",
                                                                     "cancelled"))
                 path = None
                 if run is not None and run.status == "succeeded":
@@ -134,7 +134,7 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
             absent = [s for s in seeds if s not in found]
             if absent:
                 spec = row.sample_spec(absent, class_id)
-                run = _matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
+                run = matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
                 if run is not None and run.status in ("queued", "running"):
                     pending.append(run.id)
                 else:

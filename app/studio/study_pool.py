@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app.studio.compare import Variant, job_progress
+from app.studio.compare import Variant, job_progress, matching_sample_run
 from app.studio.context import Studio
 from core.catalogue import get_teacher_info
 from storage import repo, studies
@@ -72,13 +72,11 @@ def needs(ctx: Studio, study_id: int) -> dict[str, Any]:
                 absent = [s for s in seeds if s not in found or not resolve(ctx.data_dir, found[s].path).is_file()]
                 if absent:
                     wanted.append((v, c, absent))
-    from app.studio.compare import _matching_sample_run  # the Compare tab's cache lookup, shared
-
     missing, pending, failed = [], [], []
     with session_scope(ctx.factory) as session:
         for v, c, absent in wanted:
             spec = _row(v).sample_spec(absent, c)
-            run = _matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
+            run = matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
             if run is not None and run.status in ("queued", "running"):
                 pending.append(run.id)
             else:
