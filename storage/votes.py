@@ -13,10 +13,12 @@ in its own transaction and retries it when the database reports a lock conflict.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import random
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -77,11 +79,27 @@ def rate_settings(study: Study) -> RateSettings:
     return RateSettings(int(quota), float(undo_s), float(repeat_rate))
 
 
+_sqlite_writers: dict[str, threading.RLock] = {}
+
+
+def _in_process_writer(factory: sessionmaker[Session]):
+    """SQLite: one lock per database file for this process's rating transactions, which all write.
+
+    SQLite admits one writer at a time anyway, but a thread that finds the file locked sleeps in SQLite's busy handler
+    (1 ms rising to 100 ms between tries), so under 20 raters the waits, not the work, made the latency tail. Queued
+    on a lock, the next transaction starts the moment the previous one commits. Other processes (the worker) still
+    meet the busy timeout. PostgreSQL needs none: its advisory locks are per rater."""
+    bind = factory.kw.get("bind")
+    if bind is None or bind.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    return _sqlite_writers.setdefault(str(bind.url), threading.RLock())
+
+
 def retrying(factory: sessionmaker[Session], fn: Callable[[Session], T], *, attempts: int = 5) -> T:
     """fn(session) in its own transaction, retried with a short backoff on lock conflicts and deadlocks."""
     for attempt in range(attempts):
         try:
-            with session_scope(factory) as session:
+            with _in_process_writer(factory), session_scope(factory) as session:
                 return fn(session)
         except OperationalError:
             if attempt == attempts - 1:
@@ -129,7 +147,7 @@ def next_assignment(*, session: Session, study_id: int, rater: str, quota: int |
         if repeat is not None:
             return repeat
     weights = _config_weights(study) if weights is None else weights
-    picked = _pick_pair(session, study_id, rater, weights, rng)
+    picked = _pick_pair(session, study, rater, weights, rng)
     if picked is None:
         return None
     pair_id, weight = picked
@@ -163,9 +181,17 @@ def _lock_rater(session: Session, study_id: int, rater: str) -> None:
 
 
 def _now(session: Session, now: datetime | None) -> datetime:
+    """`now`, else the database's clock, read once per transaction: a Submit's vote and the next pair it serves
+    share one instant (on PostgreSQL each reading is a round trip inside a rater's wait)."""
     if now is not None and now.tzinfo is None:
         raise ValueError(f"now: {now.isoformat()} is naive; pass an aware UTC time")
-    return now if now is not None else server_now(session)
+    if now is not None:
+        return now
+    transaction = session.get_transaction()
+    cached = session.info.get("rating_now")
+    if cached is None or cached[0] is not transaction or transaction is None:
+        cached = session.info["rating_now"] = (transaction, server_now(session))
+    return cached[1]
 
 
 def _done(session: Session, study_id: int, rater: str) -> int:
@@ -189,29 +215,62 @@ def _config_weights(study: Study) -> dict[tuple[int, int], float]:
     return weights
 
 
-def _pick_pair(session: Session, study_id: int, rater: str, weights: Mapping[tuple[int, int], float],
+@dataclass(frozen=True)
+class _Pool:
+    """A study's pickable pairs (all but repeats) as parallel tuples; they never change once written."""
+
+    signature: tuple
+    ids: tuple[int, ...]
+    groups: tuple[tuple[int, int] | None, ...]  # sorted variant ids, None for gold pairs (weight 1)
+    exposures: tuple[tuple[str, int], ...]      # (condition, seed)
+
+
+_pools: dict[int, _Pool] = {}
+
+
+def _pool(session: Session, study: Study) -> _Pool:
+    """The study's pool, cached per process: every pick needs all of it, and reading it back each time was most of a
+    rater's wait. The cache is checked against the study's random salt and its pairs' count and largest id, so a
+    pair added or a study re-created under a reused id reads it again."""
+    count, last = session.execute(select(func.count(), func.max(StudyPair.id)).where(
+        StudyPair.study_id == study.id, StudyPair.kind != "repeat")).one()
+    signature = (study.salt, count, last)
+    cached = _pools.get(study.id)
+    if cached is not None and cached.signature == signature:
+        return cached
+    rows = session.execute(select(StudyPair.id, StudyPair.kind, StudyPair.variant_a_id, StudyPair.variant_b_id,
+                                  StudyPair.condition, StudyPair.seed)
+                           .where(StudyPair.study_id == study.id, StudyPair.kind != "repeat")
+                           .order_by(StudyPair.id)).all()
+    pool = _Pool(signature, tuple(r[0] for r in rows),
+                 tuple(None if r[1] in GOLD_KINDS else (min(r[2] or 0, r[3] or 0), max(r[2] or 0, r[3] or 0))
+                       for r in rows),
+                 tuple((r[4], r[5]) for r in rows))
+    _pools[study.id] = pool
+    return pool
+
+
+def _pick_pair(session: Session, study: Study, rater: str, weights: Mapping[tuple[int, int], float],
                rng: random.Random) -> tuple[int, float] | None:
     """(pair id, its weight): uniformly among the eligible pairs with the fewest showings per unit of weight, so with
     equal weights every pair is shown equally often and a pair of weight 3 three times as often."""
+    pool = _pool(session, study)
     seen = set(session.execute(select(StudyPair.condition, StudyPair.seed).join(
-        Assignment, Assignment.pair_id == StudyPair.id).where(Assignment.study_id == study_id,
+        Assignment, Assignment.pair_id == StudyPair.id).where(Assignment.study_id == study.id,
                                                                Assignment.rater == rater)).all())
-    shown = (select(Assignment.pair_id, func.count().label("n")).where(Assignment.study_id == study_id)
-             .group_by(Assignment.pair_id).subquery())
-    rows = session.execute(select(StudyPair.id, StudyPair.kind, StudyPair.variant_a_id, StudyPair.variant_b_id,
-                                  StudyPair.condition, StudyPair.seed, func.coalesce(shown.c.n, 0))
-                           .outerjoin(shown, shown.c.pair_id == StudyPair.id)
-                           .where(StudyPair.study_id == study_id, StudyPair.kind != "repeat"))
-    candidates = []  # (showings per weight, pair id, weight)
-    for pair_id, kind, a, b, condition, seed, n in rows:
-        w = 1.0 if kind in GOLD_KINDS else float(weights.get((min(a or 0, b or 0), max(a or 0, b or 0)), 1.0))
-        if (condition, seed) not in seen and w > 0:
-            candidates.append(((n + 1) / w, pair_id, w))
-    if not candidates:
-        return None
-    least = min(c[0] for c in candidates)
-    _, pair_id, w = rng.choice(sorted(c for c in candidates if c[0] <= least * (1 + 1e-9)))
-    return pair_id, w
+    shown = dict(session.execute(select(Assignment.pair_id, func.count()).where(Assignment.study_id == study.id)
+                                 .group_by(Assignment.pair_id)).all())
+    best, candidates = math.inf, []  # the pairs of least showings per weight, with their weights
+    for pair_id, group, exposure in zip(pool.ids, pool.groups, pool.exposures, strict=True):
+        w = 1.0 if group is None else float(weights.get(group, 1.0))
+        if w <= 0 or exposure in seen:
+            continue
+        score = (shown.get(pair_id, 0) + 1) / w
+        if score < best * (1 - 1e-9):
+            best, candidates = score, [(pair_id, w)]
+        elif score <= best * (1 + 1e-9):
+            candidates.append((pair_id, w))
+    return rng.choice(candidates) if candidates else None
 
 
 def _new_repeat(session: Session, study_id: int, rater: str, seq: int, now: datetime) -> Assignment | None:
@@ -378,15 +437,22 @@ def progress(*, session: Session, study_id: int, rater: str) -> tuple[int, int]:
 def votes_frame(*, session: Session, study_id: int, include_gold: bool = False,
                 include_retracted: bool = False) -> list[dict[str, Any]]:
     """The study's votes as rows for core/study (its votes.py documents the columns); variant ids as strings."""
-    query = select(Vote).where(Vote.study_id == study_id).order_by(Vote.voted_at, Vote.id)
+    # Plain rows of the columns _row reads, not ORM objects: the adaptive weights re-read every vote in the rating
+    # server's background, and building objects was most of that cost.
+    query = select(*_ROW_COLUMNS).where(Vote.study_id == study_id).order_by(Vote.voted_at, Vote.id)
     if not include_gold:
         query = query.where(Vote.is_gold.is_(False))
     if not include_retracted:
         query = query.where(Vote.retracted_at.is_(None))
-    return [_row(v) for v in session.scalars(query)]
+    return [_row(v) for v in session.execute(query)]
 
 
-def _row(v: Vote) -> dict[str, Any]:
+_ROW_COLUMNS = (Vote.left_variant_id, Vote.right_variant_id, Vote.choice, Vote.criterion, Vote.condition, Vote.rater,
+                Vote.client_ms_after_load, Vote.voted_at, Vote.served_at, Vote.is_gold, Vote.gold_expected,
+                Vote.repeat_of, Vote.pair_id, Vote.seq_in_session, Vote.seed, Vote.retracted_at)
+
+
+def _row(v) -> dict[str, Any]:
     if v.client_ms_after_load is not None:
         latency = float(v.client_ms_after_load)
     else:

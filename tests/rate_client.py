@@ -1,25 +1,17 @@
-"""The rating page's HTTP API as a browser's Submit uses it: POST the event, read its result from the event stream.
-Shared by the HTTP tests (tests/app/test_rate_http.py) and the latency benchmark (benchmarks/study.py)."""
+"""The rating page's HTTP API as a browser's Submit uses it: its events skip Gradio's queue, so one POST to
+/rate/gradio_api/run/NAME answers with the outputs as JSON. Shared by the HTTP tests (tests/app/test_rate_http.py)
+and the latency benchmark (benchmarks/study.py)."""
 
 from __future__ import annotations
-
-import json
 
 import httpx
 
 
-def call_rate_api(http: httpx.Client, api: str, *data) -> list:
-    """The outputs of `api` on /rate for a signed-in client; RuntimeError on an error event or a cut stream."""
-    reply = http.post(f"/rate/gradio_api/call/{api}", json={"data": list(data)})
-    reply.raise_for_status()
-    event_id = reply.json()["event_id"]
-    event = None
-    with http.stream("GET", f"/rate/gradio_api/call/{api}/{event_id}") as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.removeprefix("event:").strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                if event == "error":
-                    raise RuntimeError(f"{api}: {line}")
-                return json.loads(line.removeprefix("data:"))
-    raise RuntimeError(f"{api}: the stream ended without a result")
+def call_rate_api(http: httpx.Client, api: str, *data, session_hash: str | None = None) -> list:
+    """The outputs of `api` on /rate for a signed-in client; RuntimeError on an error reply. `session_hash` names the
+    page's Gradio session as a browser tab does (one per tab; without one every call is a new session)."""
+    body = {"data": list(data), **({"session_hash": session_hash} if session_hash else {})}
+    reply = http.post(f"/rate/gradio_api/run/{api}", json=body)
+    if reply.status_code != 200:
+        raise RuntimeError(f"{api}: HTTP {reply.status_code}: {reply.text[:500]}")
+    return reply.json()["data"]

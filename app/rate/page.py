@@ -99,7 +99,8 @@ def current(ctx: Studio, study_name: str | None, rater: str) -> State:
 
 def render(ctx: Studio, state: State, note: str = "") -> tuple:
     """The values of the page's outputs for a state."""
-    blank = (gr.Radio(value=None), gr.Radio(value=None), gr.Button(interactive=False))
+    # Plain values where a value will do: Gradio rebuilds a component's whole config for every update it is sent.
+    blank = (None, None, gr.update(interactive=False))
     counter = f"**{state.done} of {state.quota}**" if state.quota else ""
     if state.shown is None:
         if state.message:
@@ -108,11 +109,11 @@ def render(ctx: Studio, state: State, note: str = "") -> tuple:
             message = f"All done: you answered {state.done} of {state.quota} pairs. Thank you!"
         else:
             message = f"No more pairs for you in this study ({state.done} answered). Thank you!"
-        return ("", None, None, f"### {message}", *blank, counter, note, gr.Column(visible=False))
+        return ("", None, None, f"### {message}", *blank, counter, note, gr.update(visible=False))
     shown = state.shown
     prompt = f"### Which image is better?\n**{shown.condition_text}**"
     return (shown.token, _image(ctx, shown.left_image), _image(ctx, shown.right_image), prompt, *blank, counter, note,
-            gr.Column(visible=True))
+            gr.update(visible=True))
 
 
 def _image(ctx: Studio, stored: str) -> str:
@@ -177,7 +178,7 @@ def _note_only(note: str) -> tuple:
 
 def gate(quality: str | None, alignment: str | None):
     """Submit is enabled only once both questions are answered."""
-    return gr.Button(interactive=bool(quality and alignment))
+    return gr.update(interactive=bool(quality and alignment))
 
 
 def on_load(ctx: Studio, request: gr.Request) -> tuple:
@@ -234,7 +235,10 @@ def build_rate_page(ctx: Studio) -> gr.Blocks:
         def take_back(name, request: gr.Request):
             return undo(ctx, name, request)
 
-        hidden = {"api_visibility": "undocumented", "concurrency_limit": None}
+        # Off the queue: each event is one POST answered with JSON (no queue join, no event stream), which keeps the
+        # next pair's latency at the handler's database work. They touch no GPU and need no ordering: the database
+        # serialises a rater's transactions (storage/votes._lock_rater).
+        hidden = {"api_visibility": "undocumented", "queue": False}
         demo.load(load_page, None, [study, who, *outputs], api_name="rate_load", **hidden)
         study.input(pick, [study], outputs, api_name="rate_pick", **hidden)
         for question in (quality, alignment):  # .input: a rater's click, not the reset that comes with a new pair
@@ -250,9 +254,13 @@ def mount_rate_page(app, ctx: Studio, studio_kwargs: dict):
     """Mount the page at /rate for rater accounts: its only allowed path is the blind directory, no run history."""
     data_dir = Path(ctx.data_dir)
     blind_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    # Served in place: otherwise every reply hashes and copies both images into Gradio's cache, which cost more than
+    # the vote's database work. The folder holds only blind copies (uuid names, pixels only); static paths are
+    # process-wide, so signed-in researchers could fetch them from the studio too, which reveals nothing to them.
+    gr.set_static_paths([blind_dir(data_dir)])
     demo = build_rate_page(ctx)
-    demo.queue(default_concurrency_limit=None)  # database work only; SQLite serialises its writers itself
     kwargs = {**studio_kwargs, "allowed_paths": [str(blind_dir(data_dir))], "run_history": False, "footer_links": [],
               "head": HEAD}
-    return gr.mount_gradio_app(app, demo, path="/rate", auth=ctx.accounts.checker("rater"),
+    # root_path: off-queue replies build file URLs from it, and without it they would drop the /rate prefix.
+    return gr.mount_gradio_app(app, demo, path="/rate", root_path="/rate", auth=ctx.accounts.checker("rater"),
                                auth_message="Rating: rater sign-in.", **kwargs)

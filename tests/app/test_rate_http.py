@@ -1,7 +1,7 @@
 """The rating page over real HTTP against a live `distill-studio up` (SQLite and PostgreSQL): who may sign in where, what
 a rater may fetch, another rater's token, and 20 simultaneous raters x 50 pairs losing and duplicating nothing.
 
-Raters drive Gradio's HTTP API of the page (POST /rate/gradio_api/call/NAME, then its event stream) with their own
+Raters drive Gradio's HTTP API of the page (POST /rate/gradio_api/run/NAME: its events skip the queue) with their own
 login cookie, as the browser's buttons do."""
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ def test_sign_in_rules_and_what_a_rater_may_fetch(served):
     base = studio.url.rstrip("/")
     with httpx.Client(base_url=base, timeout=30) as anon:
         assert anon.get("/rate/config").status_code == 401
+        assert anon.post("/rate/gradio_api/run/rate_pick", json={"data": ["Study A"]}).status_code == 401
         assert anon.post("/rate/gradio_api/call/rate_pick", json={"data": ["Study A"]}).status_code == 401
         assert anon.post("/rate/login", data={"username": "res", "password": "pw-res"}).status_code != 200
         assert anon.post("/login", data={"username": "ann", "password": "pw-ann"}).status_code != 200
