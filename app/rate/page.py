@@ -241,9 +241,11 @@ def build_rate_page(ctx: Studio) -> gr.Blocks:
         hidden = {"api_visibility": "undocumented", "queue": False}
         demo.load(load_page, None, [study, who, *outputs], api_name="rate_load", **hidden)
         study.input(pick, [study], outputs, api_name="rate_pick", **hidden)
-        for question in (quality, alignment):  # .input: a rater's click, not the reset that comes with a new pair
-            question.input(gate, [quality, alignment], send, queue=False, show_progress="hidden",
-                           api_visibility="private")
+        # .input: a rater's click, not the reset that comes with a new pair. One listener for both questions, so its
+        # replies apply in order: with one listener each, "1" then "Q" sent two requests whose replies could cross,
+        # leaving Submit disabled after both were answered.
+        gr.on([quality.input, alignment.input], gate, [quality, alignment], send, queue=False,
+              trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         send.click(send_answers, [study, token, quality, alignment, client_ms, fullscreen], outputs, js=SUBMIT_JS,
                    api_name="rate_submit", show_progress="hidden", **hidden)
         back.click(take_back, [study], outputs, api_name="rate_undo", show_progress="hidden", **hidden)

@@ -18,7 +18,7 @@ def test_chained_presets_apply_left_to_right_and_sets_win():
     cfg = build_method_config("dmd2", preset="digits+no-gan")
     assert (cfg.sigma_data, cfg.gan, cfg.ttur_ratio) == (0.64, False, 5)
     cfg = build_method_config("mmd", preset="toy2d+2-step+marginal-renoise")
-    assert (cfg.sigma_data, cfg.lr_gen, cfg.student_steps, cfg.renoise) == (1.42, 1e-3, 2, "marginal")
+    assert (cfg.sigma_data, cfg.lr_gen, cfg.student_steps, cfg.renoise) == (1.42, 1e-4, 2, "marginal")
     # A later preset overrides an earlier one; --set and --student-steps override both.
     assert build_method_config("dmd2", preset="paper+toy2d").lr_gen == 1e-4
     assert build_method_config("dmd2", preset="toy2d+paper").lr_gen == 2e-6

@@ -31,21 +31,15 @@ GENERATOR_STEPS = 2000
 N = 8192
 SEEDS = (0, 1, 2)
 # (method, student steps): every method at one step, and the multistep students at their native counts.
-# Known failure, kept strict so a fix shows up: the 8-step alternating mmd student ends further from the ring than the
-# teacher's own 8-step ancestral sampler it starts from, on energy distance (2026-11-30, 4,000 iterations, the toy
-# preset's lr 1e-3 decaying to 0: seeds 0-2 energy 0.0113 / 0.0111 / 0.0105 against the teacher's 0.0036; sliced W2
-# 0.135 / 0.135 / 0.100 against 0.111). Its samples drift as a whole (sample mean off by 0.03-0.07) and smear between modes
-# (14-16 % of them more than 3 std from any centre, the teacher's sampler 10 %). lr 1e-4 fails too (0.0038 / 0.0052 /
-# 0.0098, though sliced W2 then beats the teacher on two seeds).
-_MMD_8 = pytest.mark.xfail(strict=True, reason="8-step mmd student drifts from the teacher's 8-step sampler on the ring")
-# Also known: the 8-step mmd-instant student at the toy preset's lr 1e-3 blurs the ring (2,200 iterations, seeds 0-2:
-# energy 0.0100 / 0.0152 / 0.0159, sliced W2 0.140 / 0.150 / 0.157 against 0.0036 / 0.111; 44-45 % of its samples
-# more than 3 std from any centre on seeds 1-2). At lr 1e-4 it passes on all three seeds (0.0028 / 0.0024 / 0.0031),
-# but the 1-step mmd-instant student then covers only 5 of 8 modes (seed 0), and at 3e-4 the 8-step case still fails
-# (seed 0: 0.0087); one preset serves both step counts, so the preset stays at 1e-3.
-_MMD_INSTANT_8 = pytest.mark.xfail(strict=True, reason="8-step mmd-instant student blurs the ring at the toy preset's lr 1e-3")
-CASES = [("mmd", 1), ("mmd-instant", 1), ("emd", 1), ("diff-instruct", 1), ("dmd2", 1),
-         pytest.param("mmd", 8, marks=_MMD_8), pytest.param("mmd-instant", 8, marks=_MMD_INSTANT_8), ("dmd2", 4)]
+# The multistep mmd case passes since the toy2d preset weights every noise level alike (core/method_specs.py says why
+# and gives the figures); with w_edm both multistep MMD students drifted off the teacher's 8-step sampler.
+# Still known, kept strict so a fix shows up: the 8-step mmd-instant student at the preset's lr 1e-3 ends just short of
+# the teacher's 8-step energy on seeds 1 and 2 (2026-11-30, 2,200 iterations: 0.0041 and 0.0039 against 0.0036; sliced
+# W2 0.116 and 0.126 against 0.111); seed 0 passes (0.0025). At 3e-4 all three pass, but the 1-step student then
+# covers 4 of 8 modes.
+KNOWN_FAILURES = {("mmd-instant", 8, 1), ("mmd-instant", 8, 2)}
+CASES = [("mmd", 1), ("mmd-instant", 1), ("emd", 1), ("diff-instruct", 1), ("dmd2", 1), ("mmd", 8), ("mmd-instant", 8),
+         ("dmd2", 4)]
 IDS = ["mmd-1", "mmd-instant-1", "emd-1", "diff-instruct-1", "dmd2-1", "mmd-8", "mmd-instant-8", "dmd2-4"]
 
 
@@ -84,7 +78,9 @@ def test_shipped_teacher_is_an_f2():
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("method", "steps"), CASES, ids=IDS)
-def test_t13_t14_student_beats_teacher_at_same_steps_and_covers_modes(method, steps, seed, tmp_path):
+def test_t13_t14_student_beats_teacher_at_same_steps_and_covers_modes(method, steps, seed, tmp_path, request):
+    if (method, steps, seed) in KNOWN_FAILURES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="8-step mmd-instant ends just short of the teacher"))
     got, ref = student_scores(method, steps, seed, tmp_path), teacher_scores(steps)
     assert got["energy"] < ref["energy"] and got["sliced_w2"] < ref["sliced_w2"], (got, ref)
     assert got["covered"] >= 6, got
