@@ -362,3 +362,18 @@ def test_concurrent_requests_of_one_rater_share_one_open_assignment(db):
     assert votes == [2] * 6
     with session_scope(db) as s:
         assert s.scalar(select(func.count()).select_from(Vote)) == 2
+
+
+def test_a_pair_added_after_a_pick_is_picked_from_the_cached_pool(db):
+    """The pool is cached per process (storage/votes._pool); a pair written later must still be served."""
+    ids = _study(db, conditions=("0",), seeds=(1,), students=1)
+    first = _next(db, ids, "ann")
+    assert first is not None and first[1] == ids["pairs"][0]  # the pool is now cached
+    _vote(db, first[0], "ann")
+    assert _next(db, ids, "ann") is None  # ann has seen the only (condition, seed)
+    with session_scope(db) as s:
+        late = add_pair(session=s, study_id=ids["study"], kind="normal", variant_a_id=ids["teacher"],
+                        variant_b_id=ids["students"][0], image_a="blind/late-a.png", image_b="blind/late-b.png",
+                        condition="5", condition_text="the digit 5", seed=9).id
+    again = _next(db, ids, "ann")
+    assert again is not None and again[1] == late
