@@ -135,7 +135,7 @@ def test_start_run_queues_one_distill_run(ctx):
 
 
 def test_start_run_without_changes_has_no_sets(ctx):
-    run_id, message = runs.start_run(ctx, "local", "toy2d-ring", "mmd", "toy2d", 8, 20, 0, {"lr_gen": 1e-3})
+    run_id, message = runs.start_run(ctx, "local", "toy2d-ring", "mmd", "toy2d", 8, 20, 0, {"lr_gen": 1e-4})
     assert message.endswith("preset toy2d.")
     assert get(ctx, run_id).spec["sets"] == []
 
