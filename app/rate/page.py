@@ -256,7 +256,7 @@ def mount_rate_page(app, ctx: Studio, studio_kwargs: dict):
     """Mount the page at /rate for rater accounts: its only allowed path is the blind directory, no run history."""
     data_dir = Path(ctx.data_dir)
     blind_dir(data_dir).mkdir(parents=True, exist_ok=True)
-    # Served in place: otherwise every reply hashes and copies both images into Gradio's cache (about a fifth of the
+    # Served in place: otherwise every reply hashes and copies both images into Gradio's cache (about a tenth of the
     # server's time per vote, measured with py-spy under 20 raters). The folder holds only blind copies (uuid names,
     # pixels only); static paths are process-wide, so signed-in researchers could fetch them from the studio too,
     # which reveals nothing to them.
