@@ -32,13 +32,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import server_now, session_scope
 from storage.models import CHOICES, CRITERIA, Assignment, Study, StudyPair, Vote
+from storage.picking import GOLD_KINDS, config_weights, pick_pair
 
 DEFAULT_QUOTA = 200        # pairs per rater per study (config "quota")
 DEFAULT_UNDO_S = 10.0      # seconds after Submit in which Undo still works (config "undo_s")
 DEFAULT_REPEAT_RATE = 0.05  # share of showings that are side-swapped repeats (config "repeat_rate")
 REPEAT_GAP = 20            # a repeat returns at least this many showings after the original (STUDY.md §2.4)
 SITTING_GAP_S = 30 * 60    # a pause this long starts a new sitting (seq_in_session restarts at 1)
-GOLD_KINDS = ("gold_broken", "gold_identical")
 
 T = TypeVar("T")
 
@@ -146,8 +146,8 @@ def next_assignment(*, session: Session, study_id: int, rater: str, quota: int |
         repeat = _new_repeat(session, study_id, rater, seq, now)
         if repeat is not None:
             return repeat
-    weights = _config_weights(study) if weights is None else weights
-    picked = _pick_pair(session, study, rater, weights, rng)
+    weights = config_weights(study) if weights is None else weights
+    picked = pick_pair(session, study, rater, weights, rng)
     if picked is None:
         return None
     pair_id, weight = picked
@@ -204,73 +204,6 @@ def _open_assignments(session: Session, study_id: int, rater: str) -> list[Assig
     return list(session.scalars(select(Assignment).where(
         Assignment.study_id == study_id, Assignment.rater == rater, Assignment.completed_at.is_(None))
         .order_by(Assignment.seq).execution_options(populate_existing=True)))
-
-
-def _config_weights(study: Study) -> dict[tuple[int, int], float]:
-    """The study config's "sampling_weights": {"A-B": weight} over sorted variant ids (STUDY.md §3.12)."""
-    weights = {}
-    for key, w in (study.config or {}).get("sampling_weights", {}).items():
-        a, b = (int(x) for x in key.split("-"))
-        weights[(min(a, b), max(a, b))] = float(w)
-    return weights
-
-
-@dataclass(frozen=True)
-class _Pool:
-    """A study's pickable pairs (all but repeats) as parallel tuples; they never change once written."""
-
-    signature: tuple
-    ids: tuple[int, ...]
-    groups: tuple[tuple[int, int] | None, ...]  # sorted variant ids, None for gold pairs (weight 1)
-    exposures: tuple[tuple[str, int], ...]      # (condition, seed)
-
-
-_pools: dict[int, _Pool] = {}
-
-
-def _pool(session: Session, study: Study) -> _Pool:
-    """The study's pool, cached per process: every pick needs all of it, and reading it back each time was most of a
-    rater's wait. The cache is checked against the study's random salt and its pairs' count and largest id, so a
-    pair added or a study re-created under a reused id reads it again."""
-    count, last = session.execute(select(func.count(), func.max(StudyPair.id)).where(
-        StudyPair.study_id == study.id, StudyPair.kind != "repeat")).one()
-    signature = (study.salt, count, last)
-    cached = _pools.get(study.id)
-    if cached is not None and cached.signature == signature:
-        return cached
-    rows = session.execute(select(StudyPair.id, StudyPair.kind, StudyPair.variant_a_id, StudyPair.variant_b_id,
-                                  StudyPair.condition, StudyPair.seed)
-                           .where(StudyPair.study_id == study.id, StudyPair.kind != "repeat")
-                           .order_by(StudyPair.id)).all()
-    pool = _Pool(signature, tuple(r[0] for r in rows),
-                 tuple(None if r[1] in GOLD_KINDS else (min(r[2] or 0, r[3] or 0), max(r[2] or 0, r[3] or 0))
-                       for r in rows),
-                 tuple((r[4], r[5]) for r in rows))
-    _pools[study.id] = pool
-    return pool
-
-
-def _pick_pair(session: Session, study: Study, rater: str, weights: Mapping[tuple[int, int], float],
-               rng: random.Random) -> tuple[int, float] | None:
-    """(pair id, its weight): uniformly among the eligible pairs with the fewest showings per unit of weight, so with
-    equal weights every pair is shown equally often and a pair of weight 3 three times as often."""
-    pool = _pool(session, study)
-    seen = set(session.execute(select(StudyPair.condition, StudyPair.seed).join(
-        Assignment, Assignment.pair_id == StudyPair.id).where(Assignment.study_id == study.id,
-                                                               Assignment.rater == rater)).all())
-    shown = dict(session.execute(select(Assignment.pair_id, func.count()).where(Assignment.study_id == study.id)
-                                 .group_by(Assignment.pair_id)).all())
-    best, candidates = math.inf, []  # the pairs of least showings per weight, with their weights
-    for pair_id, group, exposure in zip(pool.ids, pool.groups, pool.exposures, strict=True):
-        w = 1.0 if group is None else float(weights.get(group, 1.0))
-        if w <= 0 or exposure in seen:
-            continue
-        score = (shown.get(pair_id, 0) + 1) / w
-        if score < best * (1 - 1e-9):
-            best, candidates = score, [(pair_id, w)]
-        elif score <= best * (1 + 1e-9):
-            candidates.append((pair_id, w))
-    return rng.choice(candidates) if candidates else None
 
 
 def _new_repeat(session: Session, study_id: int, rater: str, seq: int, now: datetime) -> Assignment | None:

@@ -14,7 +14,7 @@ from PIL import Image
 from app.studio import study_pool
 from app.studio.study import create_study, export_votes, studies_rows, study_state
 from app.studio.study_results import compute, tables
-from storage import studies, votes
+from storage import picking, studies, votes
 from storage.artifacts import resolve
 from storage.db import session_scope
 from storage.models import Run, StudyPair
@@ -174,7 +174,7 @@ def test_adaptive_weights_are_stored_where_assignment_reads_them(ctx):
     assert list(weights) == [key] and weights[key] > 0
     with session_scope(ctx.factory) as session:
         assert studies.get_study(session=session, study_id=study_id).config["sampling_weights"] == weights
-        assert votes._config_weights(studies.get_study(session=session, study_id=study_id)) == \
+        assert picking.config_weights(studies.get_study(session=session, study_id=study_id)) == \
             {(min(v.id for v in variants), max(v.id for v in variants)): weights[key]}
     assert not study_weights.maybe_refresh(ctx.factory, study_id, 49)
     before = {t.name for t in threading.enumerate()}
