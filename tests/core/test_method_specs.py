@@ -28,14 +28,21 @@ def test_chained_presets_apply_left_to_right_and_sets_win():
 
 def test_benchmark_presets_drop_fields_the_method_lacks():
     assert "lr_aux" not in preset_changes("mmd-instant", "toy2d")
-    assert build_method_config("mmd-instant", preset="toy2d").lr_gen == 1e-3
+    assert build_method_config("mmd-instant", preset="toy2d").lr_gen == 3e-4
 
 
-@pytest.mark.parametrize(("method", "lr"), [("mmd", 1e-4), ("mmd-instant", 1e-3), ("emd", 1e-3),
+def test_mmd_instant_one_step_toy_preset_keeps_the_higher_learning_rate():
+    """Its 1-step student must travel from the collapsed one-step prediction to the ring (core/method_specs.py)."""
+    cfg = build_method_config("mmd-instant", preset="toy2d-1step")
+    assert (cfg.student_steps, cfg.lr_gen, cfg.sigma_data, cfg.weighting) == (1, 1e-3, 1.42, "unit")
+
+
+@pytest.mark.parametrize(("method", "lr"), [("mmd", 1e-4), ("mmd-instant", 3e-4), ("emd", 1e-3),
                                               ("diff-instruct", 1e-3), ("dmd2", 1e-4)])
 def test_toy2d_learning_rates(method, lr):
-    """The ring's data std everywhere; lr 1e-3, except §8's 1e-4 for dmd2 and mmd, whose multistep students drift from
-    the ring at 1e-3 (T13, tests/core/methods/test_outcomes.py); both MMD variants weight noise levels equally."""
+    """The ring's data std everywhere; lr 1e-3, except §8's 1e-4 for dmd2 and mmd and 3e-4 for mmd-instant, whose
+    multistep students drift from the ring at 1e-3 (T13, tests/core/methods/test_outcomes.py); both MMD variants weight
+    noise levels equally."""
     cfg = build_method_config(method, preset="toy2d")
     assert (cfg.sigma_data, cfg.lr_gen, getattr(cfg, "lr_aux", lr)) == (1.42, lr, lr)
     if method.startswith("mmd"):
