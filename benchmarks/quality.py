@@ -21,7 +21,7 @@ Run:  .venv/bin/python benchmarks/quality.py toy2d [--iterations 2000] [--method
       .venv/bin/python benchmarks/quality.py digits [--methods dmd2] [--iterations N]
       .venv/bin/python benchmarks/quality.py ablations [--seeds 0,1,2] [--methods dmd2]
       .venv/bin/python benchmarks/quality.py rare-mode [--seeds 0,1,2] [--iterations 5000]
-      .venv/bin/python benchmarks/quality.py spread [--repeats 4] [--methods dmd2]
+      .venv/bin/python benchmarks/quality.py spread [--repeats 4] [--methods teacher,dmd2]
 Students are trained by the CLI (`distill-studio distill ... --json`) in a child process, so CPU time and peak
 memory are that run's own. Use OMP_NUM_THREADS=1 to reproduce the single-thread CPU minutes reported.
 """
@@ -71,10 +71,12 @@ NATIVE = {
 }
 # Digits iterations per method, first sized for the 15 CPU-minute budget from timings taken on a loaded machine (dmd2
 # about 1.1 s/iteration, mmd 0.9, emd 1.4); alone, one thread, they took 4.5-5.4 CPU minutes, so the 1-step dmd2
-# student, the candidate for the 1.2x target, was given 2,000 (11 CPU minutes). mmd-instant spends its first 200
+# student, the candidate for the 1.2x target, was given 2,000 (11 CPU minutes). The data-free 1-step students were
+# then given more to see whether they were short of training: emd 600 -> 1,000 moved FID 0.215 -> 0.195 and
+# diff-instruct 1,000 -> 1,600 moved 0.202 -> 0.196, so both have about levelled off. mmd-instant spends its first 200
 # iterations (precond_batches) on the preconditioner, which cost a teacher loss gradient each.
-DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 900, ("emd", 1): 600,
-                     ("diff-instruct", 1): 1000, ("dmd2", 1): 2000, ("dmd2", 4): 700}
+DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 900, ("emd", 1): 1000,
+                     ("diff-instruct", 1): 1600, ("dmd2", 1): 2000, ("dmd2", 4): 700}
 # The papers' ablations: (method, steps, [(label, preset), ...]); the first variant is the reference.
 ABLATIONS = [
     ("dmd2", 1, [("TTUR 5 + GAN", "toy2d"), ("no TTUR (ratio 1)", "toy2d+no-ttur"), ("no GAN", "toy2d+no-gan")]),
@@ -117,8 +119,11 @@ def train_student(teacher: str, method: str, preset: str, steps: int, iterations
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {child.returncode}")
     result = json.loads(stdout)
+    # The 1-minute load average at the end tells whether the run had the cores to itself: on 2 cores a second busy
+    # process inflates a run's CPU time (mmd 8-step, 1,000 iterations: 5.35 CPU minutes alone, 10.5 beside another run).
     return out, {"iterations": iterations, "seed": seed, "cpu_minutes": result["cpu_minutes"],
-                 "peak_rss_mb": round(usage.ru_maxrss / 1024), "command": " ".join(["distill-studio", *cmd[1:-1]])}
+                 "load_at_end": round(os.getloadavg()[0], 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+                 "command": " ".join(["distill-studio", *cmd[1:-1]])}
 
 
 # -- parts -----------------------------------------------------------------------------------------------------
@@ -307,8 +312,8 @@ def part_spread(args) -> None:
         row = json.loads(path.read_text())
         wanted = row["model"] == "teacher (DDIM)" and row["steps"] == 50 or \
             not row["model"].startswith(("teacher", "real")) and row["steps"] <= 2
-        make = digits_maker(row, teacher) if wanted and (args.methods is None or row["model"] in args.methods
-                                                          or row["model"].startswith("teacher")) else None
+        chosen = args.methods is None or row["model"].split()[0] in args.methods  # "--methods teacher,dmd2"
+        make = digits_maker(row, teacher) if wanted and chosen else None
         if make is None:
             continue
         fids, kids = [], []
