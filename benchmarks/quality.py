@@ -67,7 +67,8 @@ NATIVE = {
               ("mmd-instant", "toy2d-1step", 1), ("emd", "toy2d", 1), ("diff-instruct", "toy2d", 1),
               ("dmd2", "toy2d", 1), ("dmd2", "toy2d", 4)],
     "digits": [("mmd", "digits", 8), ("mmd", "digits", 4), ("mmd-instant", "digits", 8), ("emd", "digits", 1),
-               ("diff-instruct", "digits", 1), ("dmd2", "digits", 1), ("dmd2", "digits", 4)],
+               ("diff-instruct", "digits", 1), ("dmd2", "digits", 1), ("dmd2", "digits", 4),
+               ("dmd2", "digits+no-gan", 1)],  # DMD2's GAN ablation on images: the same student without real data
 }
 # Digits iterations per method, first sized for the 15 CPU-minute budget from timings taken on a loaded machine (dmd2
 # about 1.1 s/iteration, mmd 0.9, emd 1.4); alone, one thread, they took 4.5-5.4 CPU minutes, so the 1-step dmd2
@@ -86,6 +87,11 @@ ABLATIONS = [
     ("emd", 1, [("K = 4, exact cancel", "toy2d"), ("K = 4, no cancel", "toy2d+no-cancel"),
                 ("K = 1", "toy2d+k1"), ("K = 8", "toy2d+k8")]),
 ]
+
+
+def row_slug(method: str, steps: int, preset: str) -> str:
+    """A row's file name: method-steps, plus the ablation for a variant of the benchmark's preset (dmd2-1-no-gan)."""
+    return f"{method}-{steps}" + (f"-{preset.split('+', 1)[1]}" if "+" in preset else "")
 
 
 def git_revision() -> str:
@@ -145,10 +151,16 @@ def toy_student_scores(method: str, preset: str, steps: int, iterations: int, se
     return {**info, "n": n, **toy_scores(x, get_benchmark("toy2d-ring").mixture)}
 
 
+def chosen(args, method: str, steps: int, preset: str) -> bool:
+    """Whether --methods, --steps and --presets (each optional) all admit this row."""
+    return all(allowed is None or value in allowed
+               for value, allowed in ((method, args.methods), (steps, args.steps), (preset, args.presets)))
+
+
 def part_toy2d(args) -> None:
     toy_teacher_rows(args.n, args.teacher)
     for method, preset, steps in NATIVE["toy2d"]:
-        if (args.methods and method not in args.methods) or (args.steps and steps not in args.steps):
+        if not chosen(args, method, steps, preset):
             continue
         scores = toy_student_scores(method, preset, steps, args.iterations or 2000, args.seed, args.n)
         save_row("toy2d", f"{method}-{steps}", {"model": method, "steps": steps, "preset": preset, **scores})
@@ -250,12 +262,12 @@ def part_digits(args) -> None:
     save_row("digits", "real-halves", {"model": "real digits, half vs half", "steps": 0, "n": half,
                                        **distances(real[perm[:half]], images_to_features("digits", real[perm[half:]]))})
     for method, preset, steps in NATIVE["digits"]:
-        if (args.methods and method not in args.methods) or (args.steps and steps not in args.steps):
+        if not chosen(args, method, steps, preset):
             continue
         iterations = args.iterations or DIGITS_ITERATIONS[(method, steps)]
         folder, info = train_student("digits", method, preset, steps, iterations, args.seed)
         task, _ = load_student(folder)
-        save_row("digits", f"{method}-{steps}", {"model": method, "steps": steps, "preset": preset, **info, **score(
+        save_row("digits", row_slug(method, steps, preset), {"model": method, "steps": steps, "preset": preset, **info, **score(
             lambda s, c, k=steps, m=task: m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k))})
 
 
@@ -312,8 +324,9 @@ def part_spread(args) -> None:
         row = json.loads(path.read_text())
         wanted = row["model"] == "teacher (DDIM)" and row["steps"] == 50 or \
             not row["model"].startswith(("teacher", "real")) and row["steps"] <= 2
-        chosen = args.methods is None or row["model"].split()[0] in args.methods  # "--methods teacher,dmd2"
-        make = digits_maker(row, teacher) if wanted and chosen else None
+        picked = (args.methods is None or row["model"].split()[0] in args.methods) and \
+            (args.presets is None or row.get("preset", "") in args.presets)  # "--methods teacher,dmd2"
+        make = digits_maker(row, teacher) if wanted and picked else None
         if make is None:
             continue
         fids, kids = [], []
@@ -341,6 +354,8 @@ def main() -> None:
     parser.add_argument("--methods", type=lambda s: s.split(","), default=None, help="only these methods")
     parser.add_argument("--steps", type=lambda s: [int(v) for v in s.split(",")], default=None,
                         help="toy2d and digits: only these student step counts")
+    parser.add_argument("--presets", type=lambda s: s.split(","), default=None,
+                        help="toy2d and digits: only rows trained with these presets (e.g. digits+no-gan)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2],
                         help="ablation seeds")

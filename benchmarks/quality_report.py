@@ -52,8 +52,8 @@ def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> li
     `quality.py spread` measured a student and the teacher over several sample sets, the ratio of their mean FIDs
     decides, since one set's FID of the teacher moves by about a third from set to set."""
     lines, one_step = [], {}
-    spread_of = {(r["model"], r["steps"]): r for r in spread}
-    teacher_sets = spread_of.get(("teacher (DDIM)", 50))
+    spread_of = {(r["model"], r["steps"], r.get("preset", "")): r for r in spread}
+    teacher_sets = spread_of.get(("teacher (DDIM)", 50, ""))
     teacher_toy = {r["steps"]: r for r in toy if r["model"].startswith("teacher")}
     for r in toy:
         if r["model"].startswith("teacher") or r["steps"] != 1:
@@ -69,12 +69,13 @@ def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> li
             continue
         to_best = r["fid"] / teacher[50]["fid"]
         checks = [f"FID {to_best:.2f}× the teacher's 50-step"]
-        sets = spread_of.get((r["model"], r["steps"]))
+        sets = spread_of.get((r["model"], r["steps"], r.get("preset", "")))
+        label = r["model"] if "+" not in r.get("preset", "") else f"{r['model']} `{r['preset']}`"
         if sets and teacher_sets:
             to_best = sets["fid_mean"] / teacher_sets["fid_mean"]
             checks[0] += f" on the row's samples, {to_best:.2f}× over {sets['repeats']} sample sets each"
         if r["steps"] == 1:
-            one_step[r["model"]] = to_best
+            one_step[label] = to_best
         ok = True
         if r["steps"] <= 2:
             gain = teacher[r["steps"]]["fid"] / r["fid"]
@@ -88,7 +89,7 @@ def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> li
         ok = ok and r["cpu_minutes"] <= 15
         verdict = ("met" if ok else "missed") if r["steps"] <= 2 else \
             ("CPU met" if ok else "CPU missed") + "; no quality target beyond 2 steps"
-        lines.append(f"| digits | {r['model']} | {r['steps']} | {'; '.join(checks)} | {verdict} |")
+        lines.append(f"| digits | {label} | {r['steps']} | {'; '.join(checks)} | {verdict} |")
     if one_step:
         best = min(one_step, key=one_step.get)
         lines.append(f"| digits | best 1-step | 1 | {best}: {one_step[best]:.2f}× the teacher's 50-step FID (≤ 1.2×) | "
@@ -113,7 +114,7 @@ def report(ablations: list, rare_weight: float) -> None:
     if digits:
         doc["digits"] = digits
         lines += ["## digits (n = 2000; FID, KID, precision and recall on the digits classifier's features)", "",
-                  *table(digits, ["model", "steps", "fid", "kid", "precision", "recall", "accuracy", "samples_per_s",
+                  *table(digits, ["model", "steps", "preset", "fid", "kid", "precision", "recall", "accuracy", "samples_per_s",
                                   "iterations", "cpu_minutes",
                                   "peak_rss_mb"]), "",
                   "samples_per_s is comparable only between rows timed in the same session (`quality.py speed`); a "
@@ -126,13 +127,13 @@ def report(ablations: list, rare_weight: float) -> None:
         lines += ["## digits FID over disjoint sets of sample seeds (`quality.py spread`)", "",
                   "Each set is n samples from fresh seeds (set 0 is the digits row's own). The ratio is of the means, "
                   "to the teacher's 50-step DDIM; its range takes every pair of sets.", "",
-                  "| model | steps | sets × n | FID per set | FID mean ± sd | ratio to teacher 50 | KID mean |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | steps | preset | sets × n | FID per set | FID mean ± sd | ratio to teacher 50 | KID mean |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in spread:
             ratio = "" if ref is None or r is ref else (
                 f"{r['fid_mean'] / ref['fid_mean']:.2f} ({min(r['fids']) / max(ref['fids']):.2f}–"
                 f"{max(r['fids']) / min(ref['fids']):.2f})")
-            lines.append(f"| {r['model']} | {r['steps']} | {r['repeats']} × {r['n']} | "
+            lines.append(f"| {r['model']} | {r['steps']} | {r.get('preset', '')} | {r['repeats']} × {r['n']} | "
                          f"{' / '.join(f'{v:.3f}' for v in r['fids'])} | {r['fid_mean']:.3f} ± {r['fid_sd']:.3f} | "
                          f"{ratio} | {r['kid_mean']:.4f} |")
         lines.append("")
