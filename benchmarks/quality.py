@@ -125,8 +125,9 @@ def train_student(teacher: str, method: str, preset: str, steps: int, iterations
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {child.returncode}")
     result = json.loads(stdout)
-    # The 1-minute load average at the end tells whether the run had the cores to itself: on 2 cores a second busy
-    # process inflates a run's CPU time (mmd 8-step, 1,000 iterations: 5.35 CPU minutes alone, 10.5 beside another run).
+    # CPU minutes depend on the machine: the same 1-step dmd2 run (2,000 iterations, one thread, identical FID) took
+    # 11.0 CPU minutes on the machine of the first digits rows and 22.0 on a later one. The load average at the end
+    # records whether the run shared the cores with other work.
     return out, {"iterations": iterations, "seed": seed, "cpu_minutes": result["cpu_minutes"],
                  "load_at_end": round(os.getloadavg()[0], 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
                  "command": " ".join(["distill-studio", *cmd[1:-1]])}
