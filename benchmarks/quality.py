@@ -222,6 +222,29 @@ def part_rare_mode(args) -> None:
                                          "rare_share": scores["shares"][-1], "quality": scores["quality"]})
 
 
+# Digits samplers: (seeds, classes) -> images, drawn in batches of 500 by `draw`.
+def ddim_maker(teacher, k: int):
+    return lambda s, c: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c)
+
+
+def ancestral_maker(teacher, k: int):
+    return lambda s, c: sample(teacher, seeded_noise(s, (1, 16, 16), k), k, c, sampler="ancestral")
+
+
+def student_maker(task, k: int):
+    return lambda s, c: task.sample(seeded_noise(s, (1, 16, 16), task.noise_draws(k)), c, k)
+
+
+def digit_classes(seeds: list[int]) -> torch.Tensor:
+    return torch.tensor([s % 10 for s in seeds])  # seed s draws class s % 10
+
+
+def draw(make, seeds: list[int]) -> torch.Tensor:
+    cond = digit_classes(seeds)
+    with torch.no_grad():
+        return torch.cat([make(seeds[i:i + 500], cond[i:i + 500]) for i in range(0, len(seeds), 500)])
+
+
 def part_digits(args) -> None:
     """FID, KID, precision/recall on the shipped digits classifier's features (core.metrics, through clean-fid's maths),
     against the 1,797 real digits; class accuracy from the same classifier. Samples are scored as the 8-bit PNGs a user
@@ -232,7 +255,6 @@ def part_digits(args) -> None:
     real, _ = digits_tensors()
     real_f = images_to_features("digits", real)
     seeds = list(range(args.n))
-    cond = torch.tensor([s % 10 for s in seeds])
 
     def distances(x, ref_f) -> dict:
         f = images_to_features("digits", x)
@@ -242,21 +264,21 @@ def part_digits(args) -> None:
 
     def score(make) -> dict:
         t0 = time.perf_counter()
-        x = torch.cat([make(seeds[i:i + 500], cond[i:i + 500]) for i in range(0, len(seeds), 500)])
+        x = draw(make, seeds)
         secs = time.perf_counter() - t0
-        acc = float((classify(x) == cond.numpy()).mean())
+        acc = float((classify(x) == digit_classes(seeds).numpy()).mean())
         return {"n": len(seeds), **distances(x, real_f), "accuracy": acc, "samples_per_s": len(seeds) / secs}
 
     teacher = load_teacher("digits")
     for steps in TEACHER_STEPS:
         if args.teacher or not (ROWS / "digits" / f"teacher-{steps}.json").exists():
-            save_row("digits", f"teacher-{steps}", {"model": "teacher (DDIM)", "steps": steps, **score(
-                lambda s, c, k=steps: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c))})
+            save_row("digits", f"teacher-{steps}", {"model": "teacher (DDIM)", "steps": steps,
+                                                    **score(ddim_maker(teacher, steps))})
     # The k-step MMD students start as the teacher run through their own ancestral sampler: their starting point.
     for steps in (4, 8):
         if args.teacher or not (ROWS / "digits" / f"teacher-ancestral-{steps}.json").exists():
-            save_row("digits", f"teacher-ancestral-{steps}", {"model": "teacher (ancestral)", "steps": steps, **score(
-                lambda s, c, k=steps: sample(teacher, seeded_noise(s, (1, 16, 16), k), k, c, sampler="ancestral"))})
+            save_row("digits", f"teacher-ancestral-{steps}", {"model": "teacher (ancestral)", "steps": steps,
+                                                              **score(ancestral_maker(teacher, steps))})
     # Calibration: the distance between two halves of the real digits (about 900 each, so a noisier floor).
     perm = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
     half = len(real) // 2
@@ -268,8 +290,8 @@ def part_digits(args) -> None:
         iterations = args.iterations or DIGITS_ITERATIONS[(method, steps)]
         folder, info = train_student("digits", method, preset, steps, iterations, args.seed)
         task, _ = load_student(folder)
-        save_row("digits", row_slug(method, steps, preset), {"model": method, "steps": steps, "preset": preset, **info, **score(
-            lambda s, c, k=steps, m=task: m.sample(seeded_noise(s, (1, 16, 16), m.noise_draws(k)), c, k))})
+        save_row("digits", row_slug(method, steps, preset), {"model": method, "steps": steps, "preset": preset, **info,
+                                                             **score(student_maker(task, steps))})
 
 
 def digits_maker(row: dict, teacher):
@@ -277,9 +299,9 @@ def digits_maker(row: dict, teacher):
     is gone (run folders are not committed; `quality.py digits` retrains them)."""
     k = row["steps"]
     if row["model"] == "teacher (ancestral)":
-        return lambda s, c: sample(teacher, seeded_noise(s, (1, 16, 16), k), k, c, sampler="ancestral")
+        return ancestral_maker(teacher, k)
     if row["model"].startswith("teacher"):
-        return lambda s, c: sample(teacher, seeded_noise(s, (1, 16, 16)), k, c)
+        return ddim_maker(teacher, k)
     if row["model"].startswith("real"):
         return None
     folder = RUNS / f"digits-{row['model']}-{k}-{row['preset']}-{row['iterations']}-s{row['seed']}"
@@ -287,14 +309,13 @@ def digits_maker(row: dict, teacher):
         print(f"{row['model']}-{k}: {folder} is missing; retrain it with the digits part")
         return None
     task, _ = load_student(folder)
-    return lambda s, c: task.sample(seeded_noise(s, (1, 16, 16), task.noise_draws(k)), c, k)
+    return student_maker(task, k)
 
 
 def part_speed(args) -> None:
     """Overwrite samples_per_s of every digits row with a timing taken alone (best of up to three passes)."""
     teacher = load_teacher("digits")
     seeds = list(range(args.n))
-    cond = torch.tensor([s % 10 for s in seeds])
     for path in sorted((ROWS / "digits").glob("*.json")):
         row = json.loads(path.read_text())
         if args.skip_existing and "speed_threads" in row:
@@ -305,9 +326,7 @@ def part_speed(args) -> None:
         best, passes = float("inf"), 0
         while passes < 3 and (passes == 0 or best < 20):  # slow rows (50 steps) are timed once
             t0 = time.perf_counter()
-            with torch.no_grad():
-                for i in range(0, len(seeds), 500):
-                    make(seeds[i:i + 500], cond[i:i + 500])
+            draw(make, seeds)
             best, passes = min(best, time.perf_counter() - t0), passes + 1
         row.update(samples_per_s=len(seeds) / best, speed_threads=torch.get_num_threads())
         save_row("digits", path.stem, row)
@@ -323,20 +342,15 @@ def part_spread(args) -> None:
     teacher = load_teacher("digits")
     for path in sorted((ROWS / "digits").glob("*.json")):
         row = json.loads(path.read_text())
-        wanted = row["model"] == "teacher (DDIM)" and row["steps"] == 50 or \
-            not row["model"].startswith(("teacher", "real")) and row["steps"] <= 2
-        picked = (args.methods is None or row["model"].split()[0] in args.methods) and \
-            (args.presets is None or row.get("preset", "") in args.presets)  # "--methods teacher,dmd2"
+        wanted = (row["model"] == "teacher (DDIM)" and row["steps"] == 50) or \
+            (not row["model"].startswith(("teacher", "real")) and row["steps"] <= 2)
+        picked = chosen(args, row["model"].split()[0], row["steps"], row.get("preset", ""))  # --methods teacher,dmd2
         make = digits_maker(row, teacher) if wanted and picked else None
         if make is None:
             continue
         fids, kids = [], []
         for r in range(args.repeats):
-            seeds = list(range(r * args.n, (r + 1) * args.n))
-            cond = torch.tensor([s % 10 for s in seeds])
-            with torch.no_grad():
-                x = torch.cat([make(seeds[i:i + 500], cond[i:i + 500]) for i in range(0, len(seeds), 500)])
-            f = images_to_features("digits", x)
+            f = images_to_features("digits", draw(make, list(range(r * args.n, (r + 1) * args.n))))
             fids.append(fid_from_features(f, real_f))
             kids.append(kid_from_features(f, real_f))
         save_row("digits-spread", path.stem, {
