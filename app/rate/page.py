@@ -17,10 +17,10 @@ from app.studio.context import Studio
 from app.studio.study_weights import maybe_refresh
 from storage.artifacts import resolve
 from storage.models import Study
+from storage.vote_rows import answered_pairs
 from storage.votes import (
     RatingError,
     Showing,
-    answered_pairs,
     next_assignment,
     open_studies,
     open_study,

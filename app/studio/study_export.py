@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.study.export import fastchat_rows
 from core.study.votes import CRITERIA
-from storage import studies, votes
+from storage import studies, vote_rows
 from storage.db import session_scope
 
 BROKEN = "gold: broken image"  # the corrupted side of a gold pair has no variant
@@ -25,7 +25,7 @@ def votes_with_labels(factory: sessionmaker[Session], study_id: int, *, include_
             raise ValueError(f"study: no study with id {study_id}")
         labels = {str(v.id): v.label for v in studies.study_variants(session=session, study_id=study_id)}
         teacher = next(v.label for v in studies.study_variants(session=session, study_id=study_id) if v.is_teacher)
-        rows = votes.votes_frame(session=session, study_id=study_id, include_gold=include_gold)
+        rows = vote_rows.votes_frame(session=session, study_id=study_id, include_gold=include_gold)
         salt = study.salt
     frame = pd.DataFrame(rows, columns=["left", "right", "choice", "criterion", "condition", "rater", "latency_ms",
                                         "is_gold", "gold_expected", "repeat_of", "pair", "voted_at", "seq_in_session",

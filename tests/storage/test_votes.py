@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from storage.db import session_scope
 from storage.models import Assignment, StudyPair, Vote
 from storage.studies import add_pair, create_study, set_status, study_variants
+from storage.vote_rows import votes_frame
 from storage.votes import (
     REPEAT_GAP,
     RatingError,
@@ -25,7 +26,6 @@ from storage.votes import (
     retrying,
     showing,
     undo_last,
-    votes_frame,
 )
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
