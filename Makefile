@@ -8,7 +8,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: run test test-slow install lint bench clean
+.PHONY: run test test-slow services install lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/distill-studio up $(if $(STUDIO_USERS)$(STUDIO_USERS_FILE),,--no-auth)
 
-test: $(STAMP)
+# Services and Debian packages the suite needs (PostgreSQL, Redis, docker-compose, Chromium): started or installed
+# by scripts/test-services.sh, which stops here with the exact command to run when it cannot provide one.
+services:
+	bash scripts/test-services.sh
+
+test: services $(STAMP)
 	$(BIN)/ruff check core app workers storage tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The outcome tests (METHODS.md T13/T14): about an hour on 2 cores, so not part of `make test`.
-test-slow: $(STAMP)
+test-slow: services $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)

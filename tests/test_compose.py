@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import yaml  # PyYAML: a dependency of gradio, so always in the project's environment
+import yaml  # PyYAML, declared in the dev extras
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
