@@ -33,7 +33,7 @@ test: services $(STAMP)
 	$(BIN)/ruff check core app workers storage tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# The outcome tests (METHODS.md T13/T14): about an hour on 2 cores, so not part of `make test`.
+# The outcome tests (docs/methods.md#outcome-tests): about an hour on 2 cores, so not part of `make test`.
 test-slow: services $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 

@@ -17,7 +17,7 @@ from app.cli_common import Bar, cli_errors, emit, fail, submit_job
 from app.cli_evaluate import evaluate_cmd, fid_cmd, leaderboard_cmd
 from app.cli_runs import runs_app
 from app.cli_study import study_app
-from core.catalogue import list_teachers, native_steps
+from core.catalogue import check_distillable, check_trainable, list_teachers
 from core.specs import SAMPLER_NAMES, SampleRequest, check_name
 from storage.settings import get_settings
 from storage.urls import display_url
@@ -60,6 +60,7 @@ def teachers_train(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Train a built-in teacher with the studio's own loop (resumes an interrupted run in the same folder)."""
+    check_trainable(name)  # before loading torch
     from workers.local import train_teacher
 
     out = out or get_settings().data_dir / "teacher-runs" / name
@@ -108,10 +109,11 @@ def db_upgrade(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 @app.command("sample")
 @cli_errors
 def sample_cmd(
-    model: str = typer.Option(..., help="teacher:NAME, or a student folder written by `distill`."),
+    model: str = typer.Option(..., help="teacher:NAME[@STEPS], or a student folder written by `distill`[@STEPS]."),
     n: int = typer.Option(16, min=1, max=100_000, help="Number of samples (seeds SEED .. SEED+N-1)."),
     seed: int = typer.Option(0, min=0, help="First seed."),
-    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps (teachers: 50; students: their own)."),
+    steps: int = typer.Option(None, min=1, max=1000, help="Sampler steps (default: the model's @STEPS, else teachers "
+                              "50 and students their own)."),
     class_id: int = typer.Option(None, "--class", min=0, help="Class to sample (class-conditional teachers)."),
     guidance: float = typer.Option(1.0, help="CFG weight w (1 = plain conditional)."),
     sampler: str = typer.Option("ddim", help=f"One of {', '.join(SAMPLER_NAMES)}."),
@@ -122,9 +124,10 @@ def sample_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Sample a model at fixed seeds: a PNG per sample plus a labelled grid (2-D: samples.npy + scatter.png)."""
-    from workers.local import sample_model
+    from workers.local import default_steps, sample_model
 
-    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps or native_steps(model),
+    steps = steps or default_steps(model, checkpoint)
+    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps,
                             class_id=class_id, guidance=guidance, sampler=sampler, eta=eta, checkpoint=checkpoint)
     bar = Bar("sample", enabled=not as_json)
     try:
@@ -138,11 +141,33 @@ def sample_cmd(
 
 # -- distill -------------------------------------------------------------------------------------------------
 
+def _knob_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _print_knobs(method: str, as_json: bool) -> None:
+    """`distill --help-knobs METHOD`: every knob's default, accepted values, provenance and why, read from the
+    config's field metadata; then the cross-field rules and the presets."""
+    from core.method_specs import describe_method
+
+    about = describe_method(method)
+    lines = [f"{method} knobs (set with --set KEY=VALUE): name, default, accepted values, [provenance] why"]
+    lines += [f"  {k['name']:<20} {_knob_value(k['default']):<9} {k['accepts']:<33} [{k['source']}] {k['why']}".rstrip()
+              for k in about["knobs"]]
+    if about["one_step_only"]:
+        lines.append(f"{method} is a one-step method: student_steps must be 1")
+    if about["rules"]:
+        lines.append("rules: " + "; ".join(about["rules"]))
+    lines.append("presets (--preset, chain with +):")
+    lines += [f"  {name:<17} {note}".rstrip() for name, note in about["presets"].items()]
+    emit(as_json, about, "\n".join(lines))
+
+
 @app.command("distill")
 @cli_errors
 def distill_cmd(
-    teacher: str = typer.Option(..., help="Teacher name (see `teachers list`)."),
-    method: str = typer.Option(..., help="mmd, mmd-instant, emd, diff-instruct or dmd2."),
+    teacher: str = typer.Option(None, help="Teacher name (see `teachers list`); required."),
+    method: str = typer.Option(None, help="mmd, mmd-instant, emd, diff-instruct or dmd2; required."),
     student_steps: int = typer.Option(None, "--student-steps", help="Student sampling steps (default: the preset's)."),
     iterations: int = typer.Option(2000, min=1, help="Training iterations."),
     preset: str = typer.Option("default", help="Named config preset; chain with + (e.g. toy2d, digits, digits+no-gan)."),
@@ -154,11 +179,20 @@ def distill_cmd(
     out: Path = typer.Option(None, help="Output folder (re-running resumes an interrupted run); not with --submit."),
     submit: bool = typer.Option(False, "--submit", help="Queue the run for a worker and print its id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    help_knobs: str = typer.Option(None, "--help-knobs", metavar="METHOD",
+                                   help="List every knob of METHOD (default, bounds, provenance, why) and exit."),
 ):
     """Distil a teacher into a few-step student: in the foreground (progress bar, metrics.jsonl, previews), or
     queued for a worker with --submit (artifacts under DATA_DIR/runs/ID)."""
     from core.method_specs import build_method_config
 
+    if help_knobs is not None:
+        _print_knobs(help_knobs, as_json)
+        return
+    for name, value in (("teacher", teacher), ("method", method)):
+        if value is None:
+            fail(f"{name}: give --{name} (or --help-knobs METHOD to list a method's knobs)")
+    check_distillable(teacher, get_settings().data_dir)  # the worker would refuse it too: say so before queueing
     if submit:
         if out is not None:
             fail("out: a submitted run writes to DATA_DIR/runs/ID; leave --out out")

@@ -1,8 +1,8 @@
 """The worker that `distill-studio up` runs beside the web page, restarted if it dies.
 
-A child process, so the web process never imports torch (DESIGN.md §1). If it exits on its own (a crash, an
-unrecoverable broker error), jobs would silently stop running: the supervisor says so on stderr and starts it again,
-waiting longer after each quick failure (1 s, 2 s, 4 s … at most 60 s).
+A child process, so the web process never imports torch (docs/architecture.md#layers-and-the-import-rule). If it exits
+on its own (a crash, an unrecoverable broker error), jobs would silently stop running: the supervisor says so on stderr
+and starts it again, waiting longer after each quick failure (1 s, 2 s, 4 s … at most 60 s).
 """
 
 from __future__ import annotations

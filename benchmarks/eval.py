@@ -124,7 +124,7 @@ def ours_in_memory(x: torch.Tensor, module, data_dir: Path, factory) -> dict:
     fid = fid_from_stats(ref.mu, ref.sigma, *feature_stats(feats))
     t2 = time.perf_counter()
     return {"seconds": t2 - t0, "reference_seconds": t1 - t0, "features_fid_seconds": t2 - t1, "fid": fid,
-            "cached": ref.cached, "reference_key": ref.key}
+            "cached": ref.cached, "reference_key": ref.key, "reference_hash": ref.digest}
 
 
 def ours_folder(dir_gen: Path, dir_real: Path) -> dict:

@@ -8,9 +8,10 @@ Parts (each stores one JSON file per row under benchmarks/results/rows/<part>/, 
              digits), class accuracy, samples/s, CPU minutes of training and peak memory of the training process.
   ablations  the papers' ablations on the ring, over several seeds: DMD2 TTUR / GAN / backward simulation, MMD
              conditional vs marginal re-noising, EMD noise cancellation and K in {1, 4, 8}.
-  rare-mode  METHODS.md T14's comparison: the ring with one mode at 4 % of the mass (teacher: the shipped ring MLP
-             regressed onto that mixture's exact denoiser); coverage and the rare mode's share for emd (K = 4),
-             diff-instruct and dmd2 without GAN, three seeds. The papers predict emd covers at least as much.
+  rare-mode  the mode-coverage comparison of docs/methods.md#outcome-tests: the ring with one mode at 4 % of the
+             mass (teacher: the shipped ring MLP regressed onto that mixture's exact denoiser); coverage and the rare
+             mode's share for emd (K = 4), diff-instruct and dmd2 without GAN, three seeds. The papers predict emd
+             covers at least as much.
   speed      re-time the digits rows' sampling (2,000 samples, batches of 500, all threads) on a quiet machine, since
              the training runs share the cores while the quality rows are measured.
   spread     FID and KID of the teacher's 50-step DDIM and the 1- and 2-step digits students over disjoint sets of
@@ -48,7 +49,7 @@ from quality_report import RESULTS, ROWS, report  # noqa: E402  (a sibling: benc
 from core.data import digits_tensors, get_benchmark  # noqa: E402
 from core.gmm import fit_to_mixture, ring, rms_vs_exact  # noqa: E402
 from core.method_specs import build_method_config  # noqa: E402
-from core.methods import METHODS  # noqa: E402
+from core.methods import build_method  # noqa: E402
 from core.noise import seeded_noise  # noqa: E402
 from core.samplers import sample  # noqa: E402
 from core.specs import TrainConfig  # noqa: E402
@@ -61,7 +62,7 @@ RUNS = RESULTS / "runs"
 TEACHER_STEPS = (1, 2, 4, 8, 50)
 
 # (method, preset, student steps) at each method's native step counts; on the ring every method also at one step,
-# where the issue's toy2d targets apply (mmd-instant's 1-step preset keeps lr 1e-3: core/method_specs.py).
+# where the toy2d targets apply (mmd-instant's 1-step preset keeps lr 1e-3: core/method_specs.py).
 NATIVE = {
     "toy2d": [("mmd", "toy2d", 8), ("mmd", "toy2d", 2), ("mmd", "toy2d", 1), ("mmd-instant", "toy2d", 8),
               ("mmd-instant", "toy2d-1step", 1), ("emd", "toy2d", 1), ("diff-instruct", "toy2d", 1),
@@ -200,8 +201,7 @@ def part_rare_mode(args) -> None:
         config = build_method_config(method, preset=preset)
         for seed in args.seeds:
             torch.manual_seed(seed)
-            kwargs = {"has_data": False} if method == "dmd2" else {}
-            task = METHODS[method](teacher, config, total_steps=iterations, **kwargs)
+            task = build_method(teacher, config, total_steps=iterations, has_data=False)
             train = TrainConfig(iterations=iterations, batch_size=512, seed=seed, ema_decay=0.0, checkpoint_every=iterations,
                                 log_every=100, preview_every=iterations, preview_seeds=tuple(range(64)))
             cpu0 = time.process_time()

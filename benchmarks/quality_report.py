@@ -1,5 +1,5 @@
 """The quality report: benchmarks/results/quality.md and quality.json rebuilt from the rows `quality.py` stores, with
-the issue's targets measured against them."""
+the quality targets measured against them."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def ablation_summary(rows: list[dict], ablations: list) -> list[dict]:
 
 
 def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> list[str]:
-    """The issue's targets, measured: one line per student with the ratio and whether it meets the target. Where
+    """The quality targets, measured: one line per student with the ratio and whether it meets the target. Where
     `quality.py spread` measured a student and the teacher over several sample sets, the ratio of their mean FIDs
     decides, since one set's FID of the teacher moves by about a third from set to set."""
     lines, one_step = [], {}
@@ -94,7 +94,7 @@ def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> li
         best = min(one_step, key=one_step.get)
         lines.append(f"| digits | best 1-step | 1 | {best}: {one_step[best]:.2f}× the teacher's 50-step FID (≤ 1.2×) | "
                      f"{'met' if one_step[best] <= 1.2 else 'missed'} |")
-    return ["## Targets (issue 3)", "", "| benchmark | model | steps | measured | target |", "|---|---|---|---|---|",
+    return ["## Targets", "", "| benchmark | model | steps | measured | target |", "|---|---|---|---|---|",
             *lines, ""] if lines else []
 
 
@@ -138,7 +138,7 @@ def report(ablations: list, rare_weight: float) -> None:
                          f"{ratio} | {r['kid_mean']:.4f} |")
         lines.append("")
     legacy = load_rows("digits-mlp")
-    if legacy:  # measured before core.metrics existed; kept until every row is re-measured with the classifier FID
+    if legacy:  # not comparable with the classifier FID (other features): shown until every row is re-measured with it
         doc["digits_mlp_features"] = legacy
         lines += ["## digits, earlier measurement (Fréchet distance on an sklearn MLP's hidden features, n = 2000)", "",
                   "Not comparable with the FID above (different features). Rows move to the table above as they are "
@@ -160,7 +160,7 @@ def report(ablations: list, rare_weight: float) -> None:
     rare = load_rows("rare-mode")
     if rare:
         doc["rare_mode"] = rare
-        lines += [f"## Rare mode: the ring with one mode at {rare_weight:.0%} of the mass (T14 comparison)", "",
+        lines += [f"## Rare mode: the ring with one mode at {rare_weight:.0%} of the mass (mode-coverage comparison)", "",
                   *table(rare, ["model", "variant", "seed", "iterations", "covered", "rare_share", "quality",
                                 "cpu_minutes"]), ""]
     (RESULTS / "quality.json").write_text(json.dumps(doc, indent=1))

@@ -40,213 +40,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
-import re
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import select, text, update  # noqa: E402
+# Siblings (benchmarks/ is the script's folder): the environment, the recovery part, the report.
+from queue_recovery import part_recovery  # noqa: E402
+from queue_report import RESULTS, git_revision, machine, render  # noqa: E402
+from queue_setup import CLI, TAG, Setup, Worker, describe_failure, finished, wait_for  # noqa: E402
 
-from storage.db import make_engine, make_session_factory, server_now, session_scope  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.models import Checkpoint, Run  # noqa: E402
-from storage.settings import get_settings  # noqa: E402
+from tests.services import PostgresServer, clean_redis  # noqa: E402
 from workers.celery_app import get_app  # noqa: E402
-from workers.submit import BrokerUnavailable, Jobs  # noqa: E402
+from workers.submit import BrokerUnavailable  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-CLI = Path(sys.executable).parent / "distill-studio"
 TINY = {"model": "teacher:toy2d-ring-gmm", "seeds": [0, 1, 2, 3], "steps": 1}
-DISTILL = {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "iterations": 2000, "checkpoint_every": 50}
-KILL_AFTER_STEP = 75  # past the first checkpoint (50); progress is logged every 25 steps at 2,000 iterations
-TARGETS = {"latency_median_s": 1.0, "recovery_s": 120.0}
-STUDIO_KEYS = ("STUDIO_DATA_DIR", "STUDIO_DATABASE_URL", "STUDIO_BROKER_URL", "STUDIO_QUEUE", "STUDIO_LEASE_S")
-TAG = f"qb{os.getpid()}x{uuid.uuid4().hex[:4]}"  # in every queue, worker and database name of this invocation
-
-
-# -- environment: data dirs, databases, workers --------------------------------------------------------------
-
-class Setup:
-    """One data dir, queue, broker and database; `activate()` points this process's settings and Celery app at it."""
-
-    def __init__(self, name: str, *, broker: str | None, database: str | None = None, lease_s: float | None = None):
-        self.name = name
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"{TAG}-{name}-"))
-        self.queue = f"{TAG}-{name}"
-        values = {"STUDIO_DATA_DIR": str(self.data_dir), "STUDIO_QUEUE": self.queue, "STUDIO_BROKER_URL": broker,
-                  "STUDIO_DATABASE_URL": database, "STUDIO_LEASE_S": None if lease_s is None else str(lease_s)}
-        self.studio_env = {k: v for k, v in values.items() if v is not None}
-        base = {k: v for k, v in os.environ.items() if k not in STUDIO_KEYS}
-        self.env = {**base, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **self.studio_env}
-        self.workers: list[Worker] = []
-
-    def activate(self) -> None:
-        for key in STUDIO_KEYS:
-            os.environ.pop(key, None)
-        os.environ.update(self.studio_env)
-        get_settings.cache_clear()
-        get_app.cache_clear()
-        self.settings = get_settings()
-        upgrade(self.settings.database_url)
-        self.engine = make_engine(self.settings.database_url)
-        self.factory = make_session_factory(self.engine)
-        self.jobs = Jobs(settings=self.settings, factory=self.factory)
-
-    def worker(self, label: str) -> Worker:
-        worker = Worker(self, label)
-        self.workers.append(worker)
-        return worker
-
-    def runs(self, ids) -> dict[int, Run]:
-        with session_scope(self.factory) as session:
-            return {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(list(ids))))}
-
-    def run(self, run_id: int) -> Run:
-        return self.runs([run_id])[run_id]
-
-    def db_now(self) -> datetime:
-        with session_scope(self.factory) as session:
-            return server_now(session)
-
-    def close(self, keep: bool) -> None:
-        for worker in self.workers:
-            worker.stop()
-        get_app().close()
-        self.engine.dispose()
-        if not keep:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-class Worker:
-    """A real `distill-studio worker --concurrency 1` in a session of its own, logging at info to a file."""
-
-    def __init__(self, setup: Setup, label: str):
-        self.label, self.log = f"{TAG}-{label}", setup.data_dir / f"worker-{label}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(CLI), "worker", "--concurrency", "1", "--loglevel", "info",
-                                          "--name", f"{self.label}@%h"], env=setup.env, cwd=setup.data_dir,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.stopped = False
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"worker {self.label} exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
-        return " ready." in self.text()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        wait_for(self.ready, timeout, f"worker {self.label} ready", interval=0.1)
-
-    def claims(self) -> list[int]:
-        return [int(m) for m in re.findall(r"run (\d+): claimed by", self.text())]
-
-    def duplicates(self) -> int:
-        return self.text().count("duplicate delivery ignored")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: the main process, its reaper thread and the pool child."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # warm shutdown
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        self.kill()  # whatever is left of the group (a pool child that outlived its parent)
-        self.proc.wait()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Postgres:
-    """Throw-away databases on the local server, dropped at the end."""
-
-    def __init__(self, admin_url: str):
-        self.admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-        self.names: list[str] = []
-
-    def create(self, name: str) -> str:
-        db = f"{TAG}_{name}".replace("-", "_").lower()
-        with self.admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{db}"'))
-        self.names.append(db)
-        return self.admin.url.set(database=db).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as connection:
-            for db in self.names:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        self.admin.dispose()
-
-
-def clean_redis(url: str) -> None:
-    """Remove this invocation's queues, bindings and unacked messages (a killed worker leaves its message there)."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=f"*{TAG}*"):
-        client.delete(key)
-    for key in client.scan_iter(match="_kombu.binding.*"):
-        stale = [m for m in client.smembers(key) if TAG.encode() in m]
-        if stale:
-            client.srem(key, *stale)
-    for tag, payload in client.hgetall("unacked").items():
-        if TAG.encode() in payload:
-            client.hdel("unacked", tag)
-            client.zrem("unacked_index", tag)
-
-
-def quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default)."""
-    xs = sorted(values)
-    pos = q * (len(xs) - 1)
-    lo = int(pos)
-    return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """The exception's first line, plus the last error a worker logged (its log tail is in the message)."""
-    message = str(exc)
-    errors = [line for line in message.splitlines() if re.match(r"^\w*(Error|Exception)\b", line)]
-    head = message.splitlines()[0] if message else type(exc).__name__
-    return head + (f" ... {errors[-1]}" if errors else "")
-
-
-def finished(setup: Setup, ids) -> bool:
-    return all(r.status in ("succeeded", "failed", "cancelled") for r in setup.runs(ids).values())
 
 
 # -- the parts -----------------------------------------------------------------------------------------------
@@ -279,9 +97,11 @@ def latency_on(setup: Setup, n: int) -> dict:
         if (i + 1) % 10 == 0:
             print(f"  {setup.name}: {i + 1}/{n}", flush=True)
     lat = [r["latency_s"] for r in rows]
+    # p95 by linear interpolation between order statistics (numpy's default), so small n still gives a figure between
+    # the two nearest samples rather than jumping to the maximum.
     return {"broker": setup.settings.broker_url.split("://")[0], "database": "sqlite (data dir)", "n": n,
             "polling_interval_s": polling,
-            "median_s": statistics.median(lat), "p95_s": quantile(lat, 0.95), "max_s": max(lat),
+            "median_s": statistics.median(lat), "p95_s": float(np.quantile(lat, 0.95)), "max_s": max(lat),
             "median_after_return_s": statistics.median(r["after_return_s"] for r in rows),
             "median_submit_call_s": statistics.median(r["submit_s"] for r in rows),
             "median_job_s": statistics.median(r["job_s"] for r in rows), "rows": rows}
@@ -334,7 +154,7 @@ def run_batch(setup: Setup, n: int) -> tuple[list[int], bool]:
         return ids, True
 
 
-def part_throughput(args, setups: list[Setup], pg: Postgres) -> dict:
+def part_throughput(args, setups: list[Setup], pg: PostgresServer) -> dict:
     setup = Setup("thr", broker=args.redis_url, database=pg.create("thr"))
     setups.append(setup)
     setup.activate()
@@ -375,251 +195,6 @@ def part_throughput(args, setups: list[Setup], pg: Postgres) -> dict:
             "duplicate_deliveries": sum(w.duplicates() for w in workers), "end_to_end": end_to_end, "drain": drain}
 
 
-def log_time(log: str, pattern: str) -> float | None:
-    """Epoch seconds of the first worker-log line matching `pattern` (Celery stamps lines in local time, to the ms)."""
-    m = re.search(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] " + pattern, log, re.MULTILINE)
-    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() if m else None
-
-
-def pid_alive(pid: int) -> bool:
-    """What the reaper's owner_is_dead asks: does kill(pid, 0) succeed? (It does for a zombie not yet reaped.)"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recovery_case(setup: Setup, rewrite_owner: bool, restart_delay_s: float) -> dict:
-    setup.activate()
-    first = setup.worker("w1")
-    first.wait_ready()
-    rid = setup.jobs.submit("distill", DISTILL)
-    wait_for(lambda: (r := setup.run(rid)).status == "running" and r.step >= KILL_AFTER_STEP, 600,
-             f"run {rid} past step {KILL_AFTER_STEP}", interval=0.1)
-    first.kill()
-    kill_wall, kill_mono = time.time(), time.monotonic()
-    killed_at = setup.db_now()  # the database's clock, like started_at and heartbeat_at
-    first.proc.wait()  # reaps the main process; its orphaned pool child is reaped by PID 1
-    with session_scope(setup.factory) as session:
-        run = session.get(Run, rid)
-        owner = run.lease_owner
-        if rewrite_owner:  # a worker on another machine died: no reaper can see its pid
-            changed = session.execute(update(Run).where(Run.id == rid, Run.status == "running")
-                                      .values(lease_owner="otherhost:1")).rowcount
-            if changed != 1:
-                raise RuntimeError(f"run {rid}: could not rewrite its owner (not running any more?)")
-        at_kill = {"step": run.step, "attempts": run.attempts,
-                   "lease_left_s": (run.lease_expires_at - killed_at).total_seconds()}
-        resume_step = session.scalar(select(Checkpoint.step).where(Checkpoint.run_id == rid)
-                                     .order_by(Checkpoint.step.desc()).limit(1)) or 0
-    owner_pid = int(owner.rpartition(":")[2])
-    owner_gone = None
-
-    def watch_owner() -> None:
-        nonlocal owner_gone
-        if owner_gone is None and not pid_alive(owner_pid):
-            owner_gone = time.monotonic() - kill_mono
-
-    while time.monotonic() - kill_mono < restart_delay_s:  # a supervisor's restart delay
-        watch_owner()
-        time.sleep(0.02)
-    second = setup.worker("w2")
-    started_second = time.monotonic() - kill_mono
-
-    def progressing():
-        watch_owner()
-        r = setup.run(rid)
-        if r.status in ("failed", "cancelled", "succeeded"):
-            raise RuntimeError(f"run {rid} ended {r.status} during recovery: {r.error}")
-        return r if (r.status == "running" and r.attempts > at_kill["attempts"] and r.heartbeat_at > r.started_at
-                     and r.step > resume_step) else None
-
-    run = wait_for(progressing, 600, f"run {rid} to make progress again", interval=0.05)
-    log = second.text()
-    path = ("dead local pid" if "worker process on this host is dead" in log else
-            "lease expired" if "lease expired" in log else "other (see the worker log)")
-    ready, requeued = log_time(log, r"\S+ ready\."), log_time(log, rf"run {rid}: .*requeued")
-    setup.jobs.cancel(rid)
-    try:
-        wait_for(lambda: setup.run(rid).status == "cancelled", 120, f"run {rid} to cancel", interval=0.2)
-    except TimeoutError:
-        pass
-    return {"lease_s": setup.settings.lease_s, "reaper_interval_s": setup.settings.lease_s / 3, "run": rid,
-            "step_at_kill": at_kill["step"], "resumed_from": resume_step, "steps_lost": at_kill["step"] - resume_step,
-            "lease_left_at_kill_s": at_kill["lease_left_s"], "owner_at_kill": owner,
-            "owner_rewritten_to": "otherhost:1" if rewrite_owner else None, "path": path,
-            "owner_pid_gone_s": owner_gone, "restart_delay_s": restart_delay_s, "new_worker_started_s": started_second,
-            "new_worker_ready_s": None if ready is None else ready - kill_wall,
-            "requeued_s": None if requeued is None else requeued - kill_wall,
-            "claimed_s": (run.started_at - killed_at).total_seconds(),
-            "progress_s": (run.heartbeat_at - killed_at).total_seconds(), "attempts": run.attempts}
-
-
-RECOVERY_CASES = [  # (key, STUDIO_LEASE_S, rewrite the owner, restart delay)
-    ("same_host", None, False, 0.0),          # the new worker is started at once
-    ("same_host_delayed", None, False, 5.0),  # ... or after a 5 s restart delay, as a supervisor with back-off would
-    ("lease", 10.0, True, 0.0),
-]
-
-
-def part_recovery(args, setups: list[Setup], pg: Postgres) -> dict:
-    out = {}
-    database = pg.create("rec")
-    for name, lease_s, rewrite, delay in RECOVERY_CASES:
-        setup = Setup(f"rec-{name}", broker=args.redis_url, database=database, lease_s=lease_s)
-        setups.append(setup)
-        print(f"recovery: {name}", flush=True)
-        out[name] = recovery_case(setup, rewrite, delay)
-        setup.close(args.keep)
-        print(f"  claimed again {out[name]['claimed_s']:.1f} s after the kill, progress at {out[name]['progress_s']:.1f} s "
-              f"({out[name]['path']})", flush=True)
-    # Claim to first progress (the new pool child imports torch, loads the checkpoint, runs to the next log step): the
-    # slowest case's, since the machine may be loaded.
-    overhead = max(c["progress_s"] - c["claimed_s"] for c in out.values())
-    out["default_lease_bound_s"] = {"lease_s": 60.0, "requeue_bound_s": 60.0 + 60.0 / 3,
-                                    "claim_to_progress_s": overhead, "bound_s": 60.0 + 60.0 / 3 + overhead}
-    return out
-
-
-# -- report ----------------------------------------------------------------------------------------------------
-
-def git_revision() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    rev = out.stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "workers", "storage"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return rev + ("+dirty" if dirty else "")
-
-
-def machine() -> dict:
-    return {"host": socket.gethostname(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "system": platform.platform(), "python": platform.python_version(),
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
-
-
-def fmt(x: float | None, unit: str = "s", digits: int = 2) -> str:
-    if x is None:
-        return "—"
-    x = 0.0 if abs(x) < 0.0005 else x  # no "-0 ms"
-    return f"{x * 1000:.0f} ms" if unit == "ms" else f"{x:.{digits}f} s"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
-def render(doc: dict) -> str:
-    lines = ["# Job queue: latency, throughput, crash recovery", "",
-             "Generated by `benchmarks/queue_bench.py` with real `distill-studio worker` processes (`--concurrency 1`). "
-             "A tiny job is a `sample` run of `teacher:toy2d-ring-gmm` at 4 seeds and 1 step.", ""]
-    lat, thr, rec = doc.get("latency"), doc.get("throughput"), doc.get("recovery")
-    lines += ["## Figures against the targets", "", "| figure | measured | target | verdict |", "|---|---|---|---|"]
-    if lat:
-        for name, label in (("redis", "Redis"), ("embedded", "embedded SQLite broker")):
-            r = lat["result"][name]
-            if "error" in r:
-                lines.append(f"| submit → running, {label}, median (p95) | not measured: {r['error']} | median < 1 s "
-                             "| **missed** |")
-            else:
-                lines.append(f"| submit → running, {label}, median (p95) | {fmt(r['median_s'], 'ms')} "
-                             f"({fmt(r['p95_s'], 'ms')}) | median < 1 s | "
-                             f"{verdict(r['median_s'] < TARGETS['latency_median_s'])} |")
-    if thr:
-        batches = [thr["result"]["end_to_end"], thr["result"]["drain"]]
-        n = sum(b["jobs"] for b in batches)
-        ok = all(b["lost"] == 0 and not b["attempts_not_1"] and b["claimed_once"] and not b["timed_out"] for b in batches)
-        ok = ok and thr["result"]["duplicate_deliveries"] == 0
-        lines.append(f"| {n} jobs on 2 workers ({len(batches)} batches): succeeded, claimed exactly once, attempts = 1 "
-                     f"| {sum(b['succeeded'] for b in batches)}/{n}, {'yes' if all(b['claimed_once'] for b in batches) else 'no'}, "
-                     f"{n - sum(len(b['attempts_not_1']) for b in batches)}/{n} | nothing lost | {verdict(ok)} |")
-        e, d = batches
-        lines.append(f"| throughput, {e['jobs']} jobs submitted while the workers run (wall, DB clock) "
-                     f"| {e['jobs_per_s']:.1f} jobs/s ({fmt(e['wall_s'], digits=1)}) | — | — |")
-        lines.append(f"| throughput, {d['jobs']} jobs from a full queue (drain) | {d['jobs_per_s']:.1f} jobs/s "
-                     f"({fmt(d['drain_s'], digits=1)}) | — | — |")
-    if rec:
-        labels = {"same_host": "same host (dead pid), new worker at once",
-                  "same_host_delayed": "same host (dead pid), new worker after 5 s",
-                  "lease": f"lease path, STUDIO_LEASE_S={rec['result']['lease']['lease_s']:g}"}
-        for key, label in labels.items():
-            if key not in rec["result"]:
-                continue
-            c = rec["result"][key]
-            lines.append(f"| recovery after killing the whole worker, {label}: claimed (progress) "
-                         f"| {fmt(c['claimed_s'], digits=1)} ({fmt(c['progress_s'], digits=1)}) | < 2 min "
-                         f"| {verdict(c['progress_s'] < TARGETS['recovery_s'])} |")
-        b = rec["result"]["default_lease_bound_s"]
-        lines.append(f"| lease path at the default STUDIO_LEASE_S=60 (bound, not measured) | ≤ {b['bound_s']:.0f} s "
-                     f"(60 + 20 + {b['claim_to_progress_s']:.0f}) | < 2 min | {verdict(b['bound_s'] < TARGETS['recovery_s'])} |")
-    if lat:
-        lines += ["", "## Latency (idle worker, SQLite database in the data dir)", "",
-                  "| broker | n | median | p95 | max | median after submit() returned | median submit() call "
-                  "| median job |", "|---|---|---|---|---|---|---|---|"]
-        for name, r in lat["result"].items():
-            if "error" in r:
-                lines.append(f"| {name} ({r['broker']}) | failed: {r['error']} | | | | | | |")
-                continue
-            lines.append(f"| {name} ({r['broker']}) | {r['n']} | {fmt(r['median_s'], 'ms')} | {fmt(r['p95_s'], 'ms')} "
-                         f"| {fmt(r['max_s'], 'ms')} | {fmt(r['median_after_return_s'], 'ms')} "
-                         f"| {fmt(r['median_submit_call_s'], 'ms')} | {fmt(r['median_job_s'], 'ms')} |")
-        lines += ["", "Latency = `runs.started_at` (the worker's claim) − the wall clock just before `Jobs.submit()`; SQLite "
-                  "stamps times with this machine's clock. The embedded broker's worker polls the queue table "
-                  f"every {lat['result']['embedded'].get('polling_interval_s') or '?'} s (kombu's SQLAlchemy transport); "
-                  "Redis delivers at once (BRPOP)."]
-    if thr:
-        lines += ["", "## Throughput (Redis + PostgreSQL, 2 workers × concurrency 1)", "",
-                  "| batch | jobs | succeeded | statuses | claimed once | attempts ≠ 1 | claims per worker | wall | jobs/s "
-                  "| submitting took | drain (first start → last finish) | median job | median created → started |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for key, label in (("end_to_end", "submitted while running"), ("drain", "from a full queue")):
-            t = thr["result"][key]
-            lines.append(f"| {label} | {t['jobs']} | {t['succeeded']} | {t['statuses']} | {'yes' if t['claimed_once'] else 'no'} "
-                         f"| {len(t['attempts_not_1'])} | {list(t['claims_per_worker'].values())} | {fmt(t['wall_s'], digits=2)} "
-                         f"| {t['jobs_per_s']:.1f} | {fmt(t['submit_span_s'], digits=2)} | {fmt(t['drain_s'], digits=2)} "
-                         f"| {fmt(t['median_job_s'], 'ms')} | {fmt(t['median_queue_s'], 'ms')} |")
-        d = thr["result"]["drain"]
-        lines += ["", f"Duplicate deliveries logged by the workers: {thr['result']['duplicate_deliveries']}. All times are "
-                  "PostgreSQL's clock. *Submitted while running*: one process submits the jobs back to back, so its "
-                  "submit rate bounds the figure; jobs/s = jobs / (first `created_at` → last `finished_at`). *From a full "
-                  "queue*: both workers stop consuming (Celery's `cancel_consumer`), the jobs are queued"
-                  + ("" if d.get("queued_while_paused") else " (**but a worker took some while paused: not clean**)")
-                  + ", both resume at once (`add_consumer`), and jobs/s = jobs / (first `started_at` → last "
-                  "`finished_at`): the rate 2 workers drain a queue at, each message costing a Redis round trip, "
-                  "the claim, the job and the finish on PostgreSQL."]
-    if rec:
-        lines += ["", "## Crash recovery (Redis + PostgreSQL; dmd2 on toy2d-ring, checkpoint every 50 steps)", "",
-                  "| case | lease_s | step at kill → resumed from | lease left at kill | killed pool child gone "
-                  "| new worker started / ready | requeued | claimed again | progress again | reaper saw |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for key in (k for k, *_ in RECOVERY_CASES if k in rec["result"]):
-            c = rec["result"][key]
-            lines.append(f"| {key} | {c['lease_s']:g} | {c['step_at_kill']} → {c['resumed_from']} "
-                         f"| {fmt(c['lease_left_at_kill_s'], digits=1)} | {fmt(c.get('owner_pid_gone_s'), digits=1)} "
-                         f"| {fmt(c.get('new_worker_started_s'), digits=1)} / {fmt(c.get('new_worker_ready_s'), digits=1)} "
-                         f"| {fmt(c['requeued_s'], digits=1)} | {fmt(c['claimed_s'], digits=1)} "
-                         f"| {fmt(c['progress_s'], digits=1)} | {c['path']} |")
-        lines += ["", "Times are from the SIGKILL of the whole worker process group (the database's clock for *claimed* "
-                  "and *progress*, this machine's for the rest; PostgreSQL runs on this machine). *Killed pool child "
-                  "gone*: when `kill(pid, 0)` on the run's owner (the pool child, orphaned and a zombie until PID 1 "
-                  "reaps it) first failed, which is what the reaper's dead-owner check asks. *Requeued* and *ready* are "
-                  "the new worker's log lines. *Progress again* is the first heartbeat of the new attempt past the "
-                  "checkpoint it resumed from. The reaper runs when a worker is ready and then every lease_s / 3; with "
-                  "the default lease (60 s) a worker that dies on another machine is requeued at most lease_s + "
-                  "lease_s/3 = 80 s after its last heartbeat."]
-    lines += ["", "## Runs", "", "| part | git | when (UTC) | machine | load at start | command |", "|---|---|---|---|---|---|"]
-    for part in ("latency", "throughput", "recovery"):
-        if part in doc:
-            p, m = doc[part], doc[part]["machine"]
-            lines.append(f"| {part} | {p['git']} | {p['when']} | {m['host']}, {m['cpus']} CPUs, {m['machine']} "
-                         f"| {m['load_avg_at_start']} | `{p['command']}` |")
-    notes = {doc[p].get("note") for p in ("latency", "throughput", "recovery") if doc.get(p, {}).get("note")}
-    lines += [""] + [f"Note: {n}" for n in sorted(notes)]
-    return "\n".join(lines).rstrip() + "\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("latency", "throughput", "recovery", "all", "report"), default="all",
@@ -644,7 +219,7 @@ def main() -> None:
     meta = {"git": git_revision(), "machine": machine(), "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
             "command": "python benchmarks/queue_bench.py " + " ".join(sys.argv[1:]), "note": args.note}
     setups: list[Setup] = []
-    pg = Postgres(args.postgres_url) if {"throughput", "recovery"} & set(parts) else None
+    pg = PostgresServer.connect(args.postgres_url, prefix=TAG) if {"throughput", "recovery"} & set(parts) else None
     results = {}
     try:
         for part in parts:
@@ -667,7 +242,7 @@ def main() -> None:
                 shutil.rmtree(setup.data_dir, ignore_errors=True)
         if pg is not None:
             pg.drop_all()
-        clean_redis(args.redis_url)
+        clean_redis(redis.Redis.from_url(args.redis_url), TAG)
     if args.no_save:
         return
     path = RESULTS / "queue.json"

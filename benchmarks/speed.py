@@ -3,7 +3,7 @@
 The efficiency bar: an iteration should cost what its network passes cost, with no hidden copies, extra passes or
 Python overhead. For each method on the digits teacher (batch 64, the digits preset) this times `train_step` over
 whole TTUR cycles after a warm-up, and divides by the time of one forward + backward of a copy of the teacher UNet
-on the same batch (the unit the per-method pass counts in METHODS.md are written in).
+on the same batch (the unit of the per-method pass counts in docs/methods.md#cost-per-iteration).
 
 Run on a quiet machine:  .venv/bin/python benchmarks/speed.py [--iterations 20] [--methods dmd2,mmd]
 Writes benchmarks/results/speed.json and speed.md.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.data import get_benchmark  # noqa: E402
 from core.method_specs import build_method_config  # noqa: E402
-from core.methods import METHODS  # noqa: E402
+from core.methods import build_method  # noqa: E402
 from core.teachers import load_teacher  # noqa: E402
 from core.teachers.trainer import denoising_loss  # noqa: E402
 
@@ -55,10 +55,9 @@ def fwd_bwd_seconds(teacher, batch: dict, repeats: int) -> float:
 
 def iteration_seconds(teacher, method: str, preset: str, steps: int, iterations: int, batch_size: int) -> float:
     config = build_method_config(method, preset=preset, student_steps=steps)
-    warm = config.precond_batches if method == "mmd-instant" else 10  # time distillation, not the preconditioner
+    warm = getattr(config, "precond_batches", 10)  # time distillation, not mmd-instant's preconditioner
     torch.manual_seed(0)
-    task = METHODS[method](teacher, config, total_steps=warm + iterations,
-                           **({"has_data": True} if method == "dmd2" else {}))
+    task = build_method(teacher, config, total_steps=warm + iterations, has_data=True)
     bench = get_benchmark("digits")
     batches = [bench.sample_batch(batch_size, torch.Generator().manual_seed(i)) for i in range(warm + iterations)]
     for b in batches[:warm]:

@@ -1,4 +1,4 @@
-"""Study statistics and rating-page speed (STUDY.md §3, issue 7), as sub-commands.
+"""Study statistics and rating-page speed (docs/study.md#statistics), as sub-commands.
 
   bt   Bradley-Terry fit plus a 1000-round condition-cluster bootstrap on 100k simulated votes (teacher and three
        students, 500 conditions, 20 raters, 20 % ties, clustered within conditions); target < 2 s. Times the point
@@ -11,7 +11,7 @@
        session hash), as the Submit button does. Latency = Submit sent -> the next pair's token and image URLs
        received (the vote is written and the next assignment drawn in between), and the same plus fetching both
        images. Three loads, each rater pausing uniformly 0..2x a mean between votes:
-         rater pace   --think (5 s): STUDY.md §3.10 estimates 5-10 s per judgement and a pair asks two, so 5 s is
+         rater pace   --think (5 s): docs/study.md#votes-needed estimates 5-10 s per judgement and a pair asks two, so 5 s is
                       a fast rater; the target p95 < 100 ms is checked here
          stress       --stress-think (1 s): five times that pace
          closed loop  no pause: every rater submits again as soon as the page answers (the server's capacity)

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/teachers.py [--per-class 100] [--toy-n 8192]
 Writes benchmarks/results/teachers.json and teachers.md (with git revision and machine).
-Quality bar (issue 2): digits at 50 DDIM steps >= 90% classified as the requested class; every toy2d mode covered.
+Quality bar: digits at 50 DDIM steps >= 90% classified as the requested class; every toy2d mode covered.
 """
 
 from __future__ import annotations

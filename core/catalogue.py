@@ -46,19 +46,32 @@ def get_teacher_info(name: str, data_dir: Path | str | None) -> TeacherInfo:
     raise ValueError(f"teacher: unknown name {name!r} (known: {known})")
 
 
-def parse_model_ref(ref: str) -> str:
-    """'teacher:NAME' -> NAME. Students join in the methods issue."""
-    kind, _, name = str(ref).partition(":")
-    if kind != "teacher" or not name:
-        raise ValueError(f"model: {ref!r} is not a model reference (expected 'teacher:NAME')")
-    return name
+def trainable_teachers() -> list[str]:
+    """Built-in teachers the studio can train from scratch (the others ship as exact formulas)."""
+    return [name for name, info in BUILTIN_TEACHERS.items() if info.trainable]
 
 
-def native_steps(model: str) -> int:
-    """A teacher's default step count (50), or the step count a student was distilled for."""
-    if model.startswith("teacher:"):
-        return 50
-    spec_path = Path(model) / "student.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"model: {model!r} is neither teacher:NAME nor a student folder (no student.json)")
-    return int(json.loads(spec_path.read_text())["config"]["student_steps"])
+def check_trainable(name: str, field: str = "teacher") -> TeacherInfo:
+    """The built-in teacher `name` if it can be trained; ValueError naming `field` otherwise."""
+    info = BUILTIN_TEACHERS.get(name)
+    if info is None or not info.trainable:
+        raise ValueError(f"{field}: {name!r} is not a trainable built-in teacher (trainable: {', '.join(trainable_teachers())})")
+    return info
+
+
+def is_distillable(info: TeacherInfo) -> bool:
+    """A student copies the teacher's network at the start; an analytic teacher has none."""
+    return info.kind != "analytic"
+
+
+def distillable_teachers(data_dir: Path | str | None) -> list[TeacherInfo]:
+    return [info for info in list_teachers(data_dir) if is_distillable(info)]
+
+
+def check_distillable(name: str, data_dir: Path | str | None) -> TeacherInfo:
+    """The teacher `name` if a student can be distilled from it; ValueError naming `teacher` otherwise."""
+    info = get_teacher_info(name, data_dir)
+    if not is_distillable(info):
+        raise ValueError(f"teacher: {name!r} is analytic and has no network to copy; use a network teacher "
+                         f"such as {info.benchmark}")
+    return info

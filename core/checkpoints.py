@@ -95,8 +95,3 @@ def list_checkpoints(ckpt_dir: Path | str) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT.match(p.name))
              and p.with_suffix(".json").is_file()]
     return sorted(found)
-
-
-def load_latest(ckpt_dir: Path | str) -> Path | None:
-    found = list_checkpoints(ckpt_dir)
-    return found[-1][1] if found else None

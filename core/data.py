@@ -1,4 +1,4 @@
-"""Built-in benchmarks (DESIGN.md §3): `toy2d-ring`, `toy2d-grid` and `digits`. All offline.
+"""Built-in benchmarks (docs/architecture.md#built-in-benchmarks): `toy2d-ring`, `toy2d-grid` and `digits`. All offline.
 
 A benchmark gives batches as {"x": data, "cond": class ids or absent}, drawn from a generator the caller seeds.
 """
@@ -41,11 +41,6 @@ class Benchmark:
         x, y = digits_tensors(self.data_shape[-1])
         idx = torch.randint(0, x.shape[0], (batch_size,), generator=generator)
         return {"x": x[idx], "cond": y[idx]}
-
-    def data_std(self) -> float:
-        if self.mixture is not None:
-            return float(self.mixture.sample(65536, torch.Generator().manual_seed(0)).std())
-        return float(digits_tensors(self.data_shape[-1])[0].std())
 
 
 BENCHMARKS = {

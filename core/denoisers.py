@@ -1,4 +1,5 @@
-"""The one denoiser interface D(z_t, t, cond) -> x0_hat and its adapters (METHODS.md §2.2, §2.4).
+"""The one denoiser interface D(z_t, t, cond) -> x0_hat and its adapters (docs/methods.md#the-denoiser-and-its-conversions,
+docs/methods.md#guidance).
 
 Every teacher, student and auxiliary network is used through `Denoiser.forward(z_t, t, cond)`: z_t is the
 VP-normalised noisy input [B, ...], t a per-example float64 time [B] in [0, 1], cond a class id tensor [B]
@@ -23,7 +24,7 @@ def bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coef.reshape(coef.shape + (1,) * (like.ndim - coef.ndim))
 
 
-# -- Parametrisation conversions (coefficients in float64, §2.2) ------------------------------------------
+# -- Parametrisation conversions (coefficients in float64) ------------------------------------------
 
 def x_from_eps(z_t, eps, alpha, sigma):
     return (z_t - bcast(sigma, z_t) * eps) / bcast(alpha, z_t)
@@ -172,7 +173,7 @@ class VEDenoiser(Denoiser):
 
 
 class CFGDenoiser(Denoiser):
-    """Classifier-free guidance x_g = x_u + w (x_c - x_u) (§2.4): w = 1 conditional, w = 0 unconditional.
+    """Classifier-free guidance x_g = x_u + w (x_c - x_u) (docs/methods.md#guidance): w = 1 conditional, w = 0 unconditional.
 
     The weights sum to one, so applying it in x-space equals applying it in eps- or v-space.
     A guided call costs 2 NFE; w = 1 and unconditional calls cost 1.

@@ -1,4 +1,4 @@
-"""DMD2's GAN head H on the fake-score network's bottleneck features (METHODS.md §7.3).
+"""DMD2's GAN head H on the fake-score network's bottleneck features (docs/methods.md#dmd2-losses).
 
 `FeatureTap` reads a module's output during a forward pass; with `stop=True` it ends the pass there, so the
 discriminator costs only the encoder of A, not a full forward.

@@ -1,4 +1,4 @@
-"""Isotropic Gaussian mixtures and their exact denoiser (METHODS.md §10, fixture F1).
+"""Isotropic Gaussian mixtures and their exact denoiser (the analytic ring of docs/methods.md#fixtures).
 
 Under the VP process component k has marginal N(alpha mu_k, (alpha^2 w_k^2 + sigma^2) I), so
   D(z_t, t) = sum_k r_k(z_t) [mu_k + alpha w_k^2 / (alpha^2 w_k^2 + sigma^2) (z_t - alpha mu_k)],
@@ -94,7 +94,7 @@ class GMMDenoiser(Denoiser):
 def fit_to_mixture(net, mixture: GaussianMixture, *, steps: int, lr: float, batch: int = 256, t_lo: float = 1e-3,
                    seed: int = 0, cosine_decay: bool = False):
     """Regress a NetworkDenoiser's raw output onto the exact denoiser's, at noised mixture samples with t ~ U(t_lo, 1)
-    (the spec's F2 construction); seeded, in place, returns the net frozen and in eval mode."""
+    (the network teacher of docs/methods.md#fixtures); seeded, in place, returns the net frozen and in eval mode."""
     from core.denoisers import from_x
     from core.posterior import marginal_sample
 
@@ -121,7 +121,7 @@ def fit_to_mixture(net, mixture: GaussianMixture, *, steps: int, lr: float, batc
 
 def rms_vs_exact(den, mixture: GaussianMixture, *, n: int = 8192, t_lo: float = 1e-3, seed: int = 1) -> tuple[float, float]:
     """(per-coordinate RMS, RMS of the error vector's norm) of D(z_t, t) against the exact denoiser, at noised mixture
-    samples with t ~ U(t_lo, 1): the F2 acceptance measure (< 0.05 per coordinate)."""
+    samples with t ~ U(t_lo, 1): the network teacher's acceptance measure (< 0.05 per coordinate)."""
     from core.posterior import marginal_sample
 
     gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Shared losses as pure functions: tensors in, a tensor out, no module state (METHODS.md §2.5, §6, §7.3).
+"""Shared losses as pure functions: tensors in, a tensor out, no module state (docs/methods.md#time-sampling-and-weights,
+docs/methods.md#diff-instruct, docs/methods.md#dmd2-losses).
 
 Inner products <a, b> sum over non-batch dimensions and return one value per example; the method reduces.
 """
@@ -61,7 +62,7 @@ def fake_score_loss(x_hat: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) 
 
 
 def vsd_weight(kind: str, alpha: torch.Tensor, sigma: torch.Tensor, x: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
-    """w(t) of the EMD / Diff-Instruct generator loss (METHODS.md §5.5), per example, detached, float64.
+    """w(t) of the EMD / Diff-Instruct generator loss (docs/methods.md#m-step), per example, detached, float64.
 
     "dmd": (sigma^2/alpha^2) / mean|x - T_g(z_t)|, which turns the K = 1 update into DMD's normalised gradient;
     "unit": 1; "inv-snr": sigma^2 / alpha^2.

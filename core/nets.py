@@ -66,10 +66,6 @@ def build_unet(sample_size: int = 16, channels: int = 1, num_classes: int = 0,
     )
 
 
-def param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def parameter_hash(module: nn.Module) -> str:
     """SHA-256 over state names, shapes and bytes: identifies a network's weights exactly."""
     import hashlib

@@ -1,4 +1,4 @@
-"""Per-sample seeded noise: the noise of sample i depends only on its seed (DESIGN.md §2).
+"""Per-sample seeded noise: the noise of sample i depends only on its seed (docs/architecture.md#the-ml-library).
 
 Each seed owns a generator that yields, in order, the initial latent and then one standard-normal draw per
 re-noising step, so seed 17 gets the same noise in any batch, in any order, for any model.

@@ -1,4 +1,4 @@
-"""The forward-process posterior q(z_s | z_t, x) for 0 <= s < t (METHODS.md §2.3), in float64.
+"""The forward-process posterior q(z_s | z_t, x) for 0 <= s < t (docs/methods.md#posterior), in float64.
 
 Stable form: with kappa = exp(lambda_t - lambda_s) in [0, 1),
   mean = c_z z_t + c_x x,  c_z = alpha_t sigma_s^2 / (alpha_s sigma_t^2),  c_x = alpha_s (1 - kappa),

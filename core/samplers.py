@@ -74,7 +74,8 @@ def _renoising(noise, denoiser: Denoiser, timesteps, cond, callback: Callback, r
 
 @torch.no_grad()
 def ancestral(noise, denoiser: Denoiser, timesteps, cond=None, callback: Callback = None):
-    """Ancestral sampling: z_s ~ q(z_s | z_t, x0_hat) (conditional re-noising, §2.3); returns the last x0_hat."""
+    """Ancestral sampling: z_s ~ q(z_s | z_t, x0_hat) (conditional re-noising, docs/methods.md#posterior); returns the
+    last x0_hat."""
     return _renoising(noise, denoiser, timesteps, cond, callback,
                       lambda z, x0, s, t, eps: posterior_sample(denoiser.schedule, z, x0, s, t, eps))
 

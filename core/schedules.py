@@ -1,4 +1,4 @@
-"""VP noise schedules at continuous time t in [0, 1] (METHODS.md §2.1).
+"""VP noise schedules at continuous time t in [0, 1] (docs/methods.md#schedules).
 
 z_t = alpha_t x + sigma_t eps with alpha_t^2 + sigma_t^2 = 1; log-SNR lambda_t = log(alpha_t^2 / sigma_t^2)
 decreases with t. Every coefficient is computed in float64; callers cast once at the network boundary.
@@ -20,8 +20,6 @@ def _as_t(t: torch.Tensor | float) -> torch.Tensor:
 class VPSchedule:
     """Base class: subclasses define alpha(t) and the network's time input; the rest follows."""
 
-    name = "vp"
-    t_min = 0.0
     t_max = 1.0  # the largest t a network may be queried at (eps-networks need alpha > 0)
 
     def alpha(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -42,14 +40,10 @@ class VPSchedule:
         """The timestep value handed to the network for time t."""
         raise NotImplementedError
 
-    def config(self) -> dict:
-        return {"name": self.name}
-
 
 class CosineSchedule(VPSchedule):
-    """alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2), so sigma_t / alpha_t = tan(pi t / 2) [choice, METHODS.md §2.1]."""
-
-    name = "cosine"
+    """alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2), so sigma_t / alpha_t = tan(pi t / 2) [choice,
+    docs/methods.md#schedules]."""
 
     def __init__(self, t_max: float = 1.0, timestep_scale: float = 1000.0):
         if not 0.0 < t_max <= 1.0:
@@ -76,9 +70,6 @@ class CosineSchedule(VPSchedule):
     def model_time(self, t):
         return t * self.timestep_scale
 
-    def config(self):
-        return {"name": self.name, "t_max": self.t_max, "timestep_scale": self.timestep_scale}
-
 
 class DiscreteSchedule(VPSchedule):
     """A DDPM-style schedule given by `alphas_cumprod` (N entries), mapped to t = i / (N - 1).
@@ -86,8 +77,6 @@ class DiscreteSchedule(VPSchedule):
     t is rounded to the nearest trained index, and that index's (alpha, sigma) is used both for noising and
     for the network call, so a model is never queried at a level other than the one its input was noised at.
     """
-
-    name = "discrete"
 
     def __init__(self, alphas_cumprod):
         acp = torch.as_tensor(alphas_cumprod, dtype=_F64).flatten()
@@ -122,20 +111,6 @@ class DiscreteSchedule(VPSchedule):
 
     def model_time(self, t):
         return self.index(t)
-
-    def config(self):
-        return {"name": self.name, "alphas_cumprod": self.alphas_cumprod.tolist()}
-
-
-def schedule_from_config(cfg: dict) -> VPSchedule:
-    """Inverse of `VPSchedule.config()`."""
-    cfg = dict(cfg)
-    name = cfg.pop("name")
-    if name == "cosine":
-        return CosineSchedule(**cfg)
-    if name == "discrete":
-        return DiscreteSchedule(cfg["alphas_cumprod"])
-    raise ValueError(f"schedule: unknown name {name!r} (expected 'cosine' or 'discrete')")
 
 
 def time_grid(schedule: VPSchedule, steps: int) -> torch.Tensor:

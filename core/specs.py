@@ -1,7 +1,8 @@
 """Torch-free configuration: training knobs and the built-in teacher catalogue.
 
 Imported by the web app to render forms and validate input, so it must never import torch.
-Every config is a frozen dataclass that validates itself and round-trips through plain dicts.
+TrainConfig is a knob model (core/knobs.py): each field carries its why and bounds, and validation enforces them.
+The other records here are frozen dataclasses that validate themselves and round-trip through plain dicts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import ClassVar
+
+from core.knobs import KnobModel, knob
+from core.refs import parse_ref
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -20,60 +25,34 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(KnobModel):
     """Knobs of the one training loop (`core.train.run_training`) plus the optimizer of a denoiser trainer."""
 
-    iterations: int = 3000          # why: ~95% class accuracy for the digits teacher on this CPU budget
-    batch_size: int = 128           # why: ~0.5 s per step for a 1.1M-parameter UNet at 16x16 on 2 cores
-    lr: float = 1e-3                # why: Adam on tiny networks; warm-up + cosine decay keeps it stable
-    warmup: int = 100               # why: avoids the early Adam blow-up on freshly initialised UNets
-    grad_clip: float = 1.0          # why: standard for diffusion training, guards against rare spikes
-    ema_decay: float = 0.999        # why: EMA weights sample visibly cleaner at ~3k steps; 0 disables
-    cond_drop: float = 0.1          # why: label dropout so the teacher also learns the null class (CFG)
-    seed: int = 0                   # why: every run is reproducible; resume is exact
-    checkpoint_every: int = 500     # why: at most a few minutes of CPU work lost on a crash
-    keep_checkpoints: int = 2       # why: the latest plus one spare in case the newest is cut off mid-write
-    log_every: int = 25             # why: a progress line and a metrics row every ~10 s on CPU
-    preview_every: int = 500        # why: a preview grid per checkpoint interval
-    preview_seeds: tuple[int, ...] = tuple(range(16))
-
-    def __post_init__(self):
-        for name in ("iterations", "batch_size", "checkpoint_every", "log_every", "preview_every", "keep_checkpoints"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"train: {name} must be an integer >= 1, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"train: lr must be > 0, got {self.lr!r}")
-        if self.warmup < 0:
-            raise ValueError(f"train: warmup must be >= 0, got {self.warmup!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"train: grad_clip must be > 0, got {self.grad_clip!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"train: ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise ValueError(f"train: cond_drop must be in [0, 1), got {self.cond_drop!r}")
-        if not self.preview_seeds:
-            raise ValueError("train: preview_seeds must not be empty")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["preview_seeds"] = list(self.preview_seeds)
-        return d
+    key: ClassVar[str] = "train"
+    iterations: int = knob(3000, "choice", "~95% class accuracy for the digits teacher on this CPU budget", ge=1)
+    batch_size: int = knob(128, "choice", "~0.5 s per step for a 1.1M-parameter UNet at 16x16 on 2 cores", ge=1)
+    lr: float = knob(1e-3, "choice", "Adam on tiny networks; warm-up + cosine decay keeps it stable", gt=0)
+    warmup: int = knob(100, "choice", "avoids the early Adam blow-up on freshly initialised UNets", ge=0)
+    grad_clip: float = knob(1.0, "choice", "standard for diffusion training, guards against rare spikes", gt=0)
+    ema_decay: float = knob(0.999, "choice", "EMA weights sample visibly cleaner at ~3k steps; 0 disables", ge=0, lt=1)
+    cond_drop: float = knob(0.1, "choice", "label dropout so the teacher also learns the null class (CFG)", ge=0, lt=1)
+    seed: int = knob(0, "choice", "every run is reproducible; resume is exact")
+    checkpoint_every: int = knob(500, "choice", "at most a few minutes of CPU work lost on a crash", ge=1)
+    keep_checkpoints: int = knob(2, "choice", "the latest plus one spare in case the newest is cut off mid-write", ge=1)
+    log_every: int = knob(25, "choice", "a progress line and a metrics row every ~10 s on CPU", ge=1)
+    preview_every: int = knob(500, "choice", "a preview grid per checkpoint interval", ge=1)
+    # A list (JSON's form of it) is read as a tuple, so configs stay hashable after a round trip.
+    preview_seeds: tuple[int, ...] = knob(tuple(range(16)), "choice", "one 4x4 grid of previews", min_length=1,
+                                          strict=False)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"train: unknown field(s) {', '.join(unknown)}")
-        d = dict(d)
-        if "preview_seeds" in d:
-            d["preview_seeds"] = tuple(d["preview_seeds"])
-        return cls(**d)
+    def _unknown_message(cls, unknown: list[str]) -> str:
+        return f"train: unknown field(s) {', '.join(unknown)}"
 
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+    def to_dict(self) -> dict:
+        d = self.model_dump()
+        d["preview_seeds"] = list(self.preview_seeds)
+        return d
 
 
 @dataclass(frozen=True)
@@ -144,7 +123,7 @@ class SampleRequest:
         if self.checkpoint is not None:
             if isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int) or self.checkpoint < 0:
                 raise ValueError(f"checkpoint: must be a training step (an integer >= 0), got {self.checkpoint!r}")
-            if self.model.startswith("teacher:"):
+            if parse_ref(self.model).is_teacher:
                 raise ValueError("checkpoint: only students have checkpoints; a teacher is sampled as it is")
         if any((not isinstance(s, int)) or s < 0 or s >= 2**63 for s in self.seeds):
             raise ValueError("seeds: each seed must be an integer in [0, 2^63)")

@@ -1,4 +1,5 @@
-"""Per-example time samplers and loss weights (METHODS.md §2.5). Samplers return float64 t of shape [n]."""
+"""Per-example time samplers and loss weights (docs/methods.md#time-sampling-and-weights). Samplers return float64 t
+of shape [n]."""
 
 from __future__ import annotations
 

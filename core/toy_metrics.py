@@ -1,6 +1,6 @@
 """Distances between 2-D sample sets and a known Gaussian mixture: the toy2d benchmark's yardsticks.
 
-Shared by the built-in teacher report, the quality benchmark and the outcome tests (METHODS.md §10, T13/T14).
+Shared by the built-in teacher report, the quality benchmark and the outcome tests (docs/methods.md#outcome-tests).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The tables (DESIGN.md §4): runs and their artifacts, evaluations, and the blind A/B studies (STUDY.md §2).
+"""The tables (docs/architecture.md#storage): runs and their artifacts, evaluations, and the blind A/B studies
+(docs/study.md#blind-ab-study).
 
 File paths are stored relative to the data dir (see storage/artifacts.py), times as timezone-aware UTC.
 Constraints carry names (the naming convention below) so later migrations can alter them, SQLite included.
@@ -71,7 +72,7 @@ class Teacher(Base):
 
 
 class Run(Base):
-    """One job and its whole life: the database, not the broker, is the source of truth (DESIGN.md §5)."""
+    """One job and its whole life: the database, not the broker, is the source of truth (docs/architecture.md#jobs)."""
 
     __tablename__ = "runs"
     __table_args__ = (
@@ -128,8 +129,8 @@ class Checkpoint(Base):
 
 
 class Image(Base):
-    """One generated sample, keyed by everything that determines it (per-sample seeded noise, DESIGN.md §2) and the
-    checkpoint step of the weights that drew it (STUDY.md §1.1).
+    """One generated sample, keyed by everything that determines it (docs/study.md#per-sample-seeded-noise) and the
+    checkpoint step of the weights that drew it (docs/study.md#the-sample-key).
 
     Unconditional samples use class_id -1 and prompt '' rather than NULL: NULLs never collide in a unique key. For the
     same reason a teacher's checkpoint is 0; a student's is the training step of its weights (a finished run's final
@@ -171,6 +172,11 @@ class Evaluation(Base):
     nfe: Mapped[int]                                 # network evaluations per sample (CFG doubles them)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the evaluate run
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Last because migration 0006 added them (the columns keep its order). The seeds drawn were seed .. seed_last;
+    # reference_hash is ReferenceStats.content_hash of the statistics measured against (NULL: unknown, or no reference),
+    # so two rows with one reference key but different features never pass as comparable.
+    seed_last: Mapped[int] = mapped_column(BigInteger)
+    reference_hash: Mapped[str | None] = mapped_column(String(80))
 
 
 class ReferenceStats(Base):
@@ -188,9 +194,12 @@ class ReferenceStats(Base):
     n: Mapped[int]                                      # reference items
     path: Mapped[str] = mapped_column(String(1024))     # the .npz, relative to the data dir
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # "sha256:" + 12 hex digits of the features (workers/reference.py): the key names how the statistics were made, the
+    # hash what they are, so a file recomputed with other extractor weights is told apart. NULL: unknown.
+    content_hash: Mapped[str | None] = mapped_column(String(80))
 
 
-# -- Blind A/B studies (STUDY.md §2) ------------------------------------------------------------------------------
+# -- Blind A/B studies (docs/study.md#blind-ab-study) ---------------------------------------------------------------
 
 class Study(Base):
     """A blind comparison of variants (the teacher and students) on fixed conditions and seeds."""
@@ -254,7 +263,7 @@ class Assignment(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     pair_id: Mapped[int] = mapped_column(ForeignKey("study_pairs.id", ondelete="CASCADE"))
     rater: Mapped[str] = mapped_column(String(64))
-    a_on_left: Mapped[bool]                            # the fair coin of STUDY.md §2.3
+    a_on_left: Mapped[bool]                            # the fair coin of docs/study.md#blinding
     sampling_weight: Mapped[float] = mapped_column(default=1.0)
     seq: Mapped[int] = mapped_column(default=0)        # position in the rater's queue
     served_at: Mapped[datetime]
@@ -262,7 +271,7 @@ class Assignment(Base):
 
 
 class Vote(Base):
-    """One answer of one rater to one criterion of one pair (STUDY.md §2.5). Undo retracts; nothing is deleted."""
+    """One answer of one rater to one criterion of one pair (docs/study.md#the-vote-record). Undo retracts; nothing is deleted."""
 
     __tablename__ = "votes"
     __table_args__ = (

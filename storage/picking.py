@@ -1,4 +1,4 @@
-"""Which pool pair a rater sees next (STUDY.md §2.3, §3.12): the least-shown eligible pair per unit of weight.
+"""Which pool pair a rater sees next (docs/study.md#pair-design): the least-shown eligible pair per unit of weight.
 
 The study's pairs never change once written, so the pool is cached per process; every pick still reads the rater's
 exposures and the showings so far. Called by storage/votes.next_assignment inside the rater's transaction.
@@ -20,7 +20,7 @@ GOLD_KINDS = ("gold_broken", "gold_identical")
 
 
 def config_weights(study: Study) -> dict[tuple[int, int], float]:
-    """The study config's "sampling_weights": {"A-B": weight} over sorted variant ids (STUDY.md §3.12)."""
+    """The study config's "sampling_weights": {"A-B": weight} over sorted variant ids (docs/study.md#pair-design)."""
     weights = {}
     for key, w in (study.config or {}).get("sampling_weights", {}).items():
         a, b = (int(x) for x in key.split("-"))

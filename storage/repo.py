@@ -1,4 +1,4 @@
-"""Repository functions for runs (DESIGN.md §5): the database, not the broker, decides who runs what.
+"""Repository functions for runs (docs/architecture.md#jobs): the database, not the broker, decides who runs what.
 
 Every change of a run's owner or status is one conditional UPDATE, so two workers can never both hold a run and a
 late worker cannot overwrite a newer state. Functions take a keyword-only session and never commit: the caller's
@@ -264,15 +264,21 @@ def requeue_expired(*, session: Session, now: datetime | None = None) -> list[in
     return sorted(requeued.scalars())
 
 
-# -- evaluations and reference statistics (issue 5) ---------------------------------------------------------
+# -- evaluations and reference statistics ------------------------------------------------------------------
 
 def record_evaluation(*, session: Session, model: str, metric: str, value: float, n: int, extractor: str,
-                      reference: str, seed: int, steps: int, nfe: int, run_id: int | None = None) -> Evaluation:
-    """Store one measured value; a NaN or infinite value is refused (SQLite cannot hold it, and no ranking can)."""
+                      reference: str, reference_hash: str | None, seed: int, seed_last: int, steps: int, nfe: int,
+                      run_id: int | None = None) -> Evaluation:
+    """Store one measured value with its provenance: the samples drew seeds seed .. seed_last, measured against the
+    reference statistics `reference` whose content hash is `reference_hash` (None: unknown, or no reference).
+    A NaN or infinite value is refused (SQLite cannot hold it, and no ranking can)."""
     if not math.isfinite(value):
         raise ValueError(f"{metric}: value {value} is not finite")
+    if seed_last < seed:
+        raise ValueError(f"seed_last: {seed_last} is below the first seed {seed}")
     evaluation = Evaluation(model=model, metric=metric, value=float(value), n=n, extractor=extractor,
-                            reference=reference, seed=seed, steps=steps, nfe=nfe, run_id=run_id)
+                            reference=reference, reference_hash=reference_hash, seed=seed, seed_last=seed_last,
+                            steps=steps, nfe=nfe, run_id=run_id)
     session.add(evaluation)
     session.flush()
     return evaluation
@@ -295,14 +301,17 @@ def get_reference_stats(*, session: Session, dataset: str, extractor: str, resol
 
 
 def record_reference_stats(*, session: Session, dataset: str, extractor: str, resolution: int, n: int,
-                           path: str) -> ReferenceStats:
-    """Record where a reference's statistics file lies (relative to the data dir); the same key again moves it."""
+                           path: str, content_hash: str | None = None) -> ReferenceStats:
+    """Record where a reference's statistics file lies (relative to the data dir) and the hash of its features; the
+    same key again moves it (and rehashes it when a hash is given)."""
     path = check_relative(path)
     stats = get_reference_stats(session=session, dataset=dataset, extractor=extractor, resolution=resolution, n=n)
     if stats is None:
         stats = ReferenceStats(dataset=dataset, extractor=extractor, resolution=resolution, n=n)
         session.add(stats)
     stats.path = path
+    if content_hash is not None:
+        stats.content_hash = content_hash
     session.flush()
     return stats
 
@@ -310,12 +319,14 @@ def record_reference_stats(*, session: Session, dataset: str, extractor: str, re
 def leaderboard(*, session: Session) -> dict[str, Any]:
     """One row per (model, steps) with the latest value of every metric measured on it, and FID-vs-NFE series.
 
-    {"rows": [{"model", "steps", "nfe", "metrics": {name: value}, "n", "extractor", "reference", "seed",
+    {"rows": [{"model", "steps", "nfe", "metrics": {name: value}, PROVENANCE..., "provenance": {name: PROVENANCE},
                "evaluated_at"}],
      "fid_vs_nfe": {model: [[nfe, fid], ...]}}
-    n, extractor, reference and seed are those of the row's latest FID (else of its latest value). Rows are ranked by
-    FID within each reference (rows without FID last, rows measured without a reference after all others); a series
-    lists a model's step counts by NFE.
+    PROVENANCE is "n", "extractor", "reference", "reference_hash" (None: unknown), "seed_first", "seed_last". The
+    row's own are those of its latest FID (else of its latest value); "provenance" has every value measured against a
+    reference (FID, KID, precision...), since a row's latest values need not share one. Rows are ranked by FID within
+    each reference and its hash (an unknown hash after the known ones, rows without FID last, rows measured without a
+    reference after all others); a series lists a model's step counts by NFE.
     """
     latest: dict[tuple[str, int], dict[str, Evaluation]] = {}
     for evaluation in session.scalars(select(Evaluation).order_by(Evaluation.id)):
@@ -325,13 +336,18 @@ def leaderboard(*, session: Session) -> dict[str, Any]:
         newest = max(by_metric.values(), key=lambda e: e.id)
         basis = by_metric.get("fid", newest)
         rows.append({"model": model, "steps": steps, "nfe": newest.nfe,
-                     "metrics": {name: e.value for name, e in sorted(by_metric.items())},
-                     "n": basis.n, "extractor": basis.extractor, "reference": basis.reference, "seed": basis.seed,
+                     "metrics": {name: e.value for name, e in sorted(by_metric.items())}, **_provenance(basis),
+                     "provenance": {name: _provenance(e) for name, e in sorted(by_metric.items()) if e.reference},
                      "evaluated_at": newest.created_at.isoformat() if newest.created_at else None})
-    rows.sort(key=lambda r: (not r["reference"], r["reference"], "fid" not in r["metrics"], r["metrics"].get("fid", 0.0),
-                             r["model"], r["steps"]))
+    rows.sort(key=lambda r: (not r["reference"], r["reference"], r["reference_hash"] is None, r["reference_hash"] or "",
+                             "fid" not in r["metrics"], r["metrics"].get("fid", 0.0), r["model"], r["steps"]))
     series: dict[str, list[list[float]]] = {}
     for row in rows:
         if "fid" in row["metrics"]:
             series.setdefault(row["model"], []).append([row["nfe"], row["metrics"]["fid"]])
     return {"rows": rows, "fid_vs_nfe": {model: sorted(points) for model, points in sorted(series.items())}}
+
+
+def _provenance(evaluation: Evaluation) -> dict[str, Any]:
+    return {"n": evaluation.n, "extractor": evaluation.extractor, "reference": evaluation.reference,
+            "reference_hash": evaluation.reference_hash, "seed_first": evaluation.seed, "seed_last": evaluation.seed_last}

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url(cls, v: str, info: ValidationInfo) -> str:
         if not v and "data_dir" in info.data:
-            return f"sqla+sqlite:///{info.data['data_dir'] / 'broker.db'}"  # needs no server (DESIGN.md §5)
+            return f"sqla+sqlite:///{info.data['data_dir'] / 'broker.db'}"  # needs no server (docs/architecture.md#the-studio)
         return broker_url(v)
 
     @field_validator("device")

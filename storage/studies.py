@@ -1,4 +1,4 @@
-"""Studies, their variants and their pool of pairs (STUDY.md §2.1): the researcher's side of a blind A/B study.
+"""Studies, their variants and their pool of pairs (docs/study.md#pair-design): the researcher's side of a blind A/B study.
 
 Showings and votes (the rater's side) live in storage/votes.py."""
 

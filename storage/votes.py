@@ -1,4 +1,5 @@
-"""The rater's side of a blind A/B study (STUDY.md §2.3-2.5): showings (assignments), votes, undo and progress.
+"""The rater's side of a blind A/B study (docs/study.md#raters-and-vote-integrity): showings (assignments), votes,
+undo and progress.
 
 A rater holds at most one open assignment per study; `next_assignment` hands it back on a reload, so a reload shows the
 same pair. Two requests of one rater never interleave: on PostgreSQL a transaction-scoped advisory lock per (study,
@@ -37,7 +38,7 @@ from storage.picking import GOLD_KINDS, config_weights, pick_pair
 DEFAULT_QUOTA = 200        # pairs per rater per study (config "quota")
 DEFAULT_UNDO_S = 10.0      # seconds after Submit in which Undo still works (config "undo_s")
 DEFAULT_REPEAT_RATE = 0.05  # share of showings that are side-swapped repeats (config "repeat_rate")
-REPEAT_GAP = 20            # a repeat returns at least this many showings after the original (STUDY.md §2.4)
+REPEAT_GAP = 20            # a repeat returns at least this many showings after the original (docs/study.md#pair-design)
 SITTING_GAP_S = 30 * 60    # a pause this long starts a new sitting (seq_in_session restarts at 1)
 
 T = TypeVar("T")

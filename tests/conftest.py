@@ -3,19 +3,18 @@ PostgreSQL databases.
 
 PostgreSQL: uniquely named databases on 127.0.0.1:5432 (user postgres), dropped at the end of the session;
 STUDIO_TEST_POSTGRES_URL names another server (a database to connect to while creating ours). A missing server fails
-the tests that need it with one clear message; it never skips them (DESIGN.md §7).
+the tests that need it with one clear message; it never skips them (docs/architecture.md#set-up-and-tests).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, text
 
-from storage.db import DatabaseUnavailable, check_connection, make_engine
+from storage.db import DatabaseUnavailable
+from tests.services import PostgresServer
 
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -32,34 +31,12 @@ def _offline_env():
 ADMIN_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-class PostgresServer:
-    """Creates throw-away databases and drops them all at the end of the session."""
-
-    def __init__(self, admin: Engine):
-        self.admin, self.names = admin, []
-
-    def create(self) -> str:
-        name = f"studio_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with self.admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        self.names.append(name)
-        return self.admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as connection:
-            for name in self.names:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self.admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    admin = make_engine(ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
     try:
-        check_connection(admin)
+        server = PostgresServer.connect(ADMIN_URL, prefix=f"studio_test_{os.getpid()}")
     except DatabaseUnavailable as exc:  # a failure, not a skip: CI must notice a missing server
         message = f"these tests need PostgreSQL (set STUDIO_TEST_POSTGRES_URL to use another server): {exc}"
         raise pytest.fail.Exception(message, pytrace=False) from None
-    server = PostgresServer(admin)
     yield server
     server.drop_all()

@@ -1,5 +1,5 @@
 """docker-compose.yml: validated by Docker Compose itself (`config` needs no engine), then checked for the properties
-the multi-machine set-up relies on (DESIGN.md §5). Without a compose binary these tests fail, never skip."""
+the multi-machine set-up relies on (docs/architecture.md#the-studio). Without a compose binary these tests fail, never skip."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The one-way import rule (DESIGN.md §1): app -> storage (+ torch-free core specs, + workers.local lazily),
-workers -> core + storage, core -> nothing of ours, storage -> nothing of ours. Checked on the source with
-`ast` (top-level and nested imports), and by importing the web-side modules in a fresh interpreter."""
+"""The one-way import rule (docs/architecture.md#layers-and-the-import-rule): app -> storage (+ torch-free core specs,
++ workers.local lazily), workers -> core + storage, core -> nothing of ours, storage -> nothing of ours. Checked on the
+source with `ast` (top-level and nested imports), and by importing the web-side modules in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def test_app_stays_torch_free():
         if _under(name, ("torch", "diffusers", "torchvision")):
             bad.append((where, name))
         elif _under(name, ("core",)) and not _under(name, ("core.specs", "core.catalogue", "core.method_specs",
-                                                                    "core.eval_specs", "core.study")):
+                                                                    "core.eval_specs", "core.refs", "core.study",
+                                                                    "core.method_configs", "core.knobs")):
             bad.append((where, name))
         elif _under(name, ("workers.local",)) and not nested:
             bad.append((where, f"{name} at module level (import it inside the function that needs it)"))
@@ -97,7 +98,8 @@ def test_workers_do_not_import_the_app():
 
 
 def test_web_side_modules_load_no_torch():
-    code = ("import app.cli, app.studio.server, core.specs, core.catalogue, core.method_specs, storage.settings; import sys; "
+    code = ("import app.cli, app.studio.server, core.specs, core.catalogue, core.method_specs, core.refs, storage.settings; "
+            "import sys; "
             "print('torch' in sys.modules, 'diffusers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,1 +1,1 @@
-"""Workers: the only place where storage and core meet (Celery tasks with the jobs issue; foreground jobs now)."""
+"""Workers: the only place where storage and core meet (the Celery tasks and the foreground jobs)."""

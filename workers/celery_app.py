@@ -1,4 +1,4 @@
-"""The one Celery app (DESIGN.md §5).
+"""The one Celery app (docs/architecture.md#jobs).
 
 Torch-free, like every module a worker imports at start-up: the prefork pool forks its children from this
 process, and a parent that has started torch's thread pools can deadlock them. Torch is imported by a child when

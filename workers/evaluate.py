@@ -1,11 +1,12 @@
-"""Evaluation (issue 5): sample each model at fixed seeds, measure the samples against cached reference statistics,
+"""Evaluation: sample each model at fixed seeds, measure the samples against cached reference statistics,
 store one Evaluation row per value. The CLI's foreground `evaluate` and the Celery job (workers/jobs.py) both call
 `evaluate`.
 
 Samples: seeds seed .. seed + n - 1 with per-seed noise (core.noise), so every model sees the same noise; a
 class-conditional model draws seed s as class s % num_classes. Teachers use DDIM at their step count, students their
 own sampler. Rows: metric, value, n, extractor, reference (the reference statistics' key, '' when no reference was
-used), seed (the first), steps, NFE (a guided call counts 2) and run_id (the evaluate run; NULL in the foreground).
+used) and reference_hash (its features' content hash), seed and seed_last (the first and last seed), steps, NFE (a
+guided call counts 2) and run_id (the evaluate run; NULL in the foreground).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.eval_specs import PRDC_K, REFERENCE_METRICS, stored_metrics
+from core.eval_specs import PRDC_K, REFERENCE_METRICS, is_small_sample, stored_metrics
 from core.noise import seeded_noise
+from core.refs import ModelRef
 from core.specs import SampleRequest
 from storage import repo
 from storage.db import session_scope
@@ -39,7 +41,9 @@ def evaluate(refs: Sequence[str], metrics: Sequence[str] | str, n: int, seed: in
     rows are stored in one transaction as soon as it is measured; with a run id as well, a model whose rows this run
     already stored is not measured again (a resumed job picks up where it stopped).
     Returns {"n", "seed", "metrics": stored names, "models": [{"model", "ref", "steps", "nfe", "dataset",
-    "extractor", "reference", "reference_cached", "values": {metric: value}, "seconds"}]}.
+    "extractor", "reference", "reference_cached", PROVENANCE..., "values": {metric: value}, "seconds"}]}, where
+    PROVENANCE is "n", "reference_hash", "seed_first", "seed_last" and "small_sample" (None when nothing was
+    measured against a reference).
     """
     # 1. Validate everything, the same checks as a submitted job.
     spec = {"models": list(refs), "metrics": metrics.split(",") if isinstance(metrics, str) else list(metrics), "n": n,
@@ -118,6 +122,7 @@ def _evaluate_one(target: EvalTarget, spec: dict, wanted: tuple[str, ...], seeds
     return {"model": target.model, "ref": target.ref, "steps": target.steps, "nfe": nfe, "dataset": target.dataset,
             "extractor": target.extractor or "", "reference": reference.key if reference else "",
             "reference_cached": reference.cached if reference else None,
+            **_provenance(len(seeds), seeds[0], seeds[-1], reference.digest if reference else None, bool(reference)),
             "values": {name: values[name] for name in wanted if name in values},
             "seconds": round(time.perf_counter() - t_start, 3)}
 
@@ -132,7 +137,7 @@ def generate(target: EvalTarget, seeds: tuple[int, ...], *, guidance: float = 1.
     from workers.local import _student_sampler, _teacher_sampler
 
     teacher = target.kind == "teacher"
-    request = SampleRequest(model=f"teacher:{target.source}" if teacher else target.source, seeds=seeds,
+    request = SampleRequest(model=ModelRef.teacher(target.source).text if teacher else target.source, seeds=seeds,
                             steps=target.steps, guidance=guidance,
                             class_id=0 if teacher and target.num_classes else None)  # NFE of conditional calls
     info, run, draws, nfe, _title, _step = (_teacher_sampler if teacher else _student_sampler)(request, data_dir, device)
@@ -171,9 +176,10 @@ def _store(factory: sessionmaker[Session], target: EvalTarget, result: dict, spe
         for metric, value in result["values"].items():
             if not np.isfinite(value):
                 continue  # reported in the result, not stored: no ranking can use it
-            repo.record_evaluation(session=session, model=target.model, metric=metric, value=value, n=spec["n"],
-                                   extractor=result["extractor"], reference=result["reference"], seed=spec["seed"],
-                                   steps=target.steps, nfe=result["nfe"], run_id=run_id)
+            repo.record_evaluation(session=session, model=target.model, metric=metric, value=value, n=result["n"],
+                                   extractor=result["extractor"], reference=result["reference"],
+                                   reference_hash=result["reference_hash"], seed=result["seed_first"],
+                                   seed_last=result["seed_last"], steps=target.steps, nfe=result["nfe"], run_id=run_id)
 
 
 def _stored_by_run(factory: sessionmaker[Session] | None, run_id: int | None) -> dict[tuple[str, int], dict]:
@@ -186,16 +192,26 @@ def _stored_by_run(factory: sessionmaker[Session] | None, run_id: int | None) ->
         for row in repo.list_evaluations(session=session, run_id=run_id):
             entry = found.setdefault((row.model, row.steps), {
                 "model": row.model, "steps": row.steps, "nfe": row.nfe, "extractor": row.extractor,
-                "reference": row.reference, "reference_cached": None, "values": {}, "seconds": 0.0, "resumed": True})
+                "reference": row.reference, "reference_cached": None,
+                **_provenance(row.n, row.seed, row.seed_last, row.reference_hash, bool(row.reference)),
+                "values": {}, "seconds": 0.0, "resumed": True})
             entry["values"][row.metric] = row.value
     return found
 
 
+def _provenance(n: int, seed_first: int, seed_last: int, reference_hash: str | None, measured: bool) -> dict[str, Any]:
+    """What a result was measured on; `measured`: whether any value was compared with reference statistics."""
+    return {"n": n, "reference_hash": reference_hash, "seed_first": seed_first, "seed_last": seed_last,
+            "small_sample": is_small_sample(n) if measured else None}
+
+
 def folder_fid(dir_a: Path, dir_b: Path, extractor: str, *, device: str = "cpu") -> dict[str, Any]:
-    """FID between two image folders through clean-fid with our extractor (`distill-studio fid`)."""
+    """FID between two image folders through clean-fid with our extractor (`distill-studio fid`); a small-sample
+    estimate when either folder holds fewer than SMALL_SAMPLE_N images."""
     from core.metrics import check_folder
     from core.metrics import folder_fid as fid
 
     n_a, n_b = len(check_folder(dir_a)), len(check_folder(dir_b))
     value = fid(dir_a, dir_b, extractor, device=device)
-    return {"fid": value, "dir_a": str(dir_a), "dir_b": str(dir_b), "extractor": extractor, "n_a": n_a, "n_b": n_b}
+    return {"fid": value, "dir_a": str(dir_a), "dir_b": str(dir_b), "extractor": extractor, "n_a": n_a, "n_b": n_b,
+            "small_sample": is_small_sample(min(n_a, n_b))}

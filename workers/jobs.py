@@ -1,4 +1,4 @@
-"""One job from claim to terminal status: what every task runs in a pool child (DESIGN.md §5).
+"""One job from claim to terminal status: what every task runs in a pool child (docs/architecture.md#jobs).
 
 1. Claim the run (compare-and-set + lease); a run someone else holds is a duplicate delivery and a no-op.
 2. A heartbeat thread renews the lease every lease_s / 3 seconds and watches the cancel flag; the training loop's
@@ -306,13 +306,15 @@ def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
 def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
     """Sample a teacher or a run (its final model, or spec["checkpoint"]: the snapshot of that step); each PNG is
     recorded under the checkpoint step actually sampled (0 for teachers)."""
+    from core.refs import parse_ref
     from core.specs import SampleRequest
     from workers.local import default_steps, sample_model
 
     model, checkpoint = spec["model"], spec.get("checkpoint")  # specs queued before checkpoints existed lack it
-    if model.startswith("run:"):
+    ref = parse_ref(model)
+    if ref.kind == "run":
         with session_scope(factory) as session:
-            model = str(resolve(settings.data_dir, repo.get_run(session=session, run_id=int(model[4:])).out_dir))
+            model = str(resolve(settings.data_dir, repo.get_run(session=session, run_id=ref.run_id).out_dir))
     request = SampleRequest(model=model, seeds=tuple(spec["seeds"]), steps=spec["steps"] or default_steps(model, checkpoint),
                             class_id=spec["class_id"], guidance=spec["guidance"], sampler=spec["sampler"],
                             eta=spec["eta"], checkpoint=checkpoint)

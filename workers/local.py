@@ -1,6 +1,6 @@
 """Foreground jobs: what the CLI (and the UI's sampler process) run in-process, calling core.
 
-The only place besides the Celery tasks (jobs issue) where core meets the rest. Everything arrives as plain
+The only place besides the Celery tasks where core meets the rest. Everything arrives as plain
 values; progress leaves through a callback taking (done, total).
 """
 
@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalogue import get_teacher_info, native_steps, parse_model_ref
+from core.catalogue import check_distillable, check_trainable, get_teacher_info
 from core.data import get_benchmark
 from core.denoisers import CFGDenoiser, nfe_per_call
 from core.images import grid_image, save_png, scatter_image, to_uint8
 from core.noise import seeded_noise
+from core.refs import ModelRef, parse_ref
+from core.refs import default_steps as ref_default_steps
 from core.samplers import noise_draws, sample
-from core.specs import BUILTIN_TEACHERS, SampleRequest
+from core.specs import SampleRequest
 from core.teachers import load_teacher, train_builtin_teacher
 from core.teachers.builtin import WEIGHTS_DIR
 
@@ -55,10 +57,7 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
                   install: bool = False, device: str = "cpu", command: str = "", progress=None,
                   should_stop=None, on_checkpoint=None) -> dict:
     """Train a built-in teacher; with `install`, ship its weights in core/teachers/weights."""
-    info = BUILTIN_TEACHERS.get(name)
-    if info is None or not info.trainable:
-        trainable = ", ".join(n for n, i in BUILTIN_TEACHERS.items() if i.trainable)
-        raise ValueError(f"teacher: {name!r} is not a trainable built-in teacher (trainable: {trainable})")
+    info = check_trainable(name)
     changes = {k: v for k, v in {"iterations": iterations, "seed": seed}.items() if v is not None}
     config = info.train.replace(**changes)
     check_writable(out_dir)
@@ -93,7 +92,7 @@ def _labels(request: SampleRequest, cond: torch.Tensor | None) -> list[str]:
 
 def _teacher_sampler(request: SampleRequest, data_dir, device):
     """(info, run(noise_bank, cond), draws, NFE, title) for a teacher reference."""
-    name = parse_model_ref(request.model)
+    name = parse_ref(request.model).name
     info = get_teacher_info(name, data_dir)
     if request.class_id is None and request.guidance != 1.0:
         raise ValueError("guidance: needs --class (guidance only applies to class-conditional sampling)")
@@ -102,7 +101,7 @@ def _teacher_sampler(request: SampleRequest, data_dir, device):
     if request.guidance != 1.0:
         denoiser = CFGDenoiser(denoiser, request.guidance)
     nfe = request.steps * nfe_per_call(denoiser, conditional=request.class_id is not None)
-    title = f"teacher:{name} · {request.sampler} {request.steps} steps · NFE {nfe}"
+    title = f"{ModelRef.teacher(name).text} · {request.sampler} {request.steps} steps · NFE {nfe}"
 
     def run(noise, cond):
         return sample(denoiser, noise, request.steps, cond, request.sampler, request.eta)
@@ -113,13 +112,13 @@ def _teacher_sampler(request: SampleRequest, data_dir, device):
 def _student_sampler(request: SampleRequest, data_dir, device):
     """The same for a student folder: its method's own sampler, unguided, at request.steps; plus the training step
     of the weights sampled."""
-    step, path, spec = student_weights(Path(request.model), request.checkpoint)
+    step, path, spec = student_weights(parse_ref(request.model).path, request.checkpoint)
     task = _load_weights(path, spec, data_dir, device)
     info = get_teacher_info(spec["teacher"], data_dir)
     if request.guidance != 1.0:
         raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
     _check_class(request, info.num_classes, spec["teacher"])
-    if getattr(task.config, "one_step_only", False) and request.steps != 1:
+    if not task.config.supports_steps(request.steps):
         raise ValueError(f"steps: {spec['method']} is a one-step generator; use --steps 1")
     title = f"{spec['method']} student of {spec['teacher']} · step {step} · {request.steps} steps · NFE {request.steps}"
 
@@ -143,7 +142,7 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     """Sample a teacher or a student folder (request.checkpoint: one of its checkpoint steps) at fixed seeds; write
     PNGs + a labelled grid (images) or samples.npy + scatter (2-D). The summary's "checkpoint" is the training step
     of the student weights sampled (None for a teacher)."""
-    is_teacher = request.model.startswith("teacher:")
+    is_teacher = parse_ref(request.model).is_teacher
     info, run, draws, nfe, title, checkpoint = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
     out_dir = check_writable(out_dir)
 
@@ -216,18 +215,15 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
             should_stop=None, on_checkpoint=None) -> dict:
     """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job)."""
     from core.method_specs import build_method_config, check_teacher_data
-    from core.methods import METHODS
+    from core.methods import build_method
     from core.specs import TrainConfig
     from core.train import run_training
 
     # 1. Validate everything before any work.
-    info = get_teacher_info(teacher, data_dir)
+    info = check_distillable(teacher, data_dir)
     config = build_method_config(method, preset=preset, student_steps=student_steps, sets=sets)
     sample_batch, has_data = _distill_batches(info)
-    check_teacher_data(method, config, teacher, has_data)
-    if info.kind == "analytic":
-        raise ValueError(f"teacher: {teacher!r} is analytic and has no network to copy; use a network teacher "
-                         f"such as {info.benchmark}")
+    check_teacher_data(config, teacher, has_data)
     batch = batch_size or (512 if not info.is_image else 64)
     train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
                         checkpoint_every=checkpoint_every or max(1, min(500, iterations // 4)),
@@ -238,9 +234,8 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
 
     # 2. Build the method from the teacher and run the loop.
     torch.manual_seed(seed)
-    cls = METHODS[method]
-    kwargs = {"has_data": has_data} if method == "dmd2" else {}
-    task = cls(load_teacher(teacher, data_dir, device), config, total_steps=iterations, device=device, **kwargs)
+    task = build_method(load_teacher(teacher, data_dir, device), config, total_steps=iterations, device=device,
+                        has_data=has_data)
     spec = {"name": f"{method}-{teacher}", "kind": "student", "teacher": teacher, "method": method, "preset": preset,
             "config": config.to_dict(), "train": train.to_dict(), "seed": seed,
             "teacher_hash": task.teacher_hash}
@@ -292,11 +287,12 @@ def student_weights(folder: Path, step: int | None = None) -> tuple[int, Path, d
 
 
 def default_steps(model: str, checkpoint: int | None = None) -> int:
-    """A teacher's default step count (50), or the step count a student was distilled for (read from its spec, so a
-    running run's snapshot works too)."""
-    if model.startswith("teacher:"):
-        return native_steps(model)
-    return int(student_weights(Path(model), checkpoint)[2]["config"]["student_steps"])
+    """The step count to sample a teacher or student folder reference at (core.refs.default_steps), a student's read
+    from the spec of the weights sampled, so a running run's snapshot works too."""
+    ref = parse_ref(model)
+    if ref.is_teacher or ref.steps is not None:
+        return ref_default_steps(ref)
+    return ref_default_steps(ref, student_weights(ref.path, checkpoint)[2])
 
 
 def _meta(path: Path) -> dict:
@@ -314,12 +310,12 @@ def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu"
 def _load_weights(path: Path, spec: dict, data_dir: Path | None, device: str):
     from core.checkpoints import load_state
     from core.method_specs import METHOD_CONFIGS
-    from core.methods import METHODS
+    from core.methods import build_method
 
     config = METHOD_CONFIGS[spec["method"]].from_dict(spec["config"])
-    kwargs = {"has_data": True} if spec["method"] == "dmd2" else {}
-    task = METHODS[spec["method"]](load_teacher(spec["teacher"], data_dir, device), config,
-                                   total_steps=spec["train"]["iterations"], device=device, **kwargs)
+    # has_data=True: loading trains nothing, so the training-data check has nothing to refuse
+    task = build_method(load_teacher(spec["teacher"], data_dir, device), config,
+                        total_steps=spec["train"]["iterations"], device=device, has_data=True)
     if task.teacher_hash != spec["teacher_hash"]:
         raise ValueError(f"model: teacher {spec['teacher']!r} has changed since this student was distilled")
     state, _ = load_state(path, device=device)

@@ -1,4 +1,4 @@
-"""The reaper: runs whose worker died go back to the queue (DESIGN.md §5).
+"""The reaper: runs whose worker died go back to the queue (docs/architecture.md#jobs).
 
 Redis redelivers the unacked message of a worker that died whole only after its visibility timeout (an hour), and
 kombu's SQLite transport never does, so every worker's main process runs this loop every lease_s / 3 seconds:

@@ -1,4 +1,4 @@
-"""Reference statistics (issue 5): features of the real data an evaluation is measured against, computed once per
+"""Reference statistics: features of the real data an evaluation is measured against, computed once per
 (dataset, extractor, resolution, n) and reused by every later evaluation.
 
 On disk: DATA_DIR/reference/<dataset>-<extractor>-<resolution>-<n>.npz holding the features (KID, precision/recall)
@@ -13,6 +13,7 @@ The data: `digits` is a fixed random subset of n of scikit-learn's 1,797 digits 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Reference:
     sigma: np.ndarray      # [D, D]
     path: Path
     cached: bool           # True: read from the cache, not computed by this call
+    digest: str            # features_digest(features): ReferenceStats.content_hash, Evaluation.reference_hash
 
 
 def reference_samples(dataset: str, n: int) -> torch.Tensor:
@@ -77,28 +79,41 @@ def reference_stats(dataset: str, extractor: str | None, n: int, *, data_dir: Pa
     extractor = check_extractor(extractor, dataset)
     key = reference_key(dataset, extractor, data.resolution, n)
     ident = {"dataset": dataset, "extractor": extractor, "resolution": data.resolution, "n": n}
-    stored = None
+    stored = stored_hash = None
     if session_factory is not None:
         with session_scope(session_factory) as session:
             row = repo.get_reference_stats(session=session, **ident)
-            stored = row.path if row is not None else None
+            stored, stored_hash = (row.path, row.content_hash) if row is not None else (None, None)
     path = resolve(Path(data_dir), stored or f"reference/{key}.npz")
 
-    # 1. The cache.
+    # 1. The cache, hashed as read: the row then names the features every evaluation against it used.
     found = _load(path, key)
     if found is not None:
-        if session_factory is not None and stored is None:
-            _record(session_factory, ident, data_dir, path)
-        return Reference(key, dataset, extractor, data.resolution, n, *found, path=path, cached=True)
+        digest = features_digest(found[0])
+        if session_factory is not None and (stored is None or stored_hash != digest):
+            _record(session_factory, ident, data_dir, path, digest)
+        return Reference(key, dataset, extractor, data.resolution, n, *found, path=path, cached=True, digest=digest)
 
     # 2. Compute, write the file atomically, record it.
     samples = reference_samples(dataset, n)
     features = images_to_features(model if model is not None else extractor, samples, device=device).astype(np.float32)
     mu, sigma = feature_stats(features)
     _save(path, key, features, mu, sigma)
+    digest = features_digest(features)
     if session_factory is not None:
-        _record(session_factory, ident, data_dir, path)
-    return Reference(key, dataset, extractor, data.resolution, n, features, mu, sigma, path=path, cached=False)
+        _record(session_factory, ident, data_dir, path, digest)
+    return Reference(key, dataset, extractor, data.resolution, n, features, mu, sigma, path=path, cached=False,
+                     digest=digest)
+
+
+def features_digest(features: np.ndarray) -> str:
+    """The content hash of reference features: sha256 of their float32 values and shape, as "sha256:" + 12 hex
+    digits. The features, not the .npz file: the zip stamps its write time, so a recomputed file with the same
+    features would hash differently."""
+    array = np.ascontiguousarray(features, dtype=np.float32)
+    digest = hashlib.sha256(repr(array.shape).encode())
+    digest.update(array.tobytes())
+    return f"sha256:{digest.hexdigest()[:12]}"
 
 
 def _load(path: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -120,10 +135,10 @@ def _save(path: Path, key: str, features: np.ndarray, mu: np.ndarray, sigma: np.
     os.replace(tmp, path)  # readers see the old file or the whole new one, never half of it
 
 
-def _record(factory: sessionmaker[Session], ident: dict, data_dir: Path, path: Path) -> None:
+def _record(factory: sessionmaker[Session], ident: dict, data_dir: Path, path: Path, digest: str) -> None:
     rel = path.resolve().relative_to(Path(data_dir).resolve()).as_posix()
     try:
         with session_scope(factory) as session:
-            repo.record_reference_stats(session=session, path=rel, **ident)
+            repo.record_reference_stats(session=session, path=rel, content_hash=digest, **ident)
     except IntegrityError:
         pass  # another worker recorded the same key at the same moment: its row names the same file

@@ -1,4 +1,4 @@
-"""Queue jobs: validate a spec, write the run row, send its task (DESIGN.md §5). Torch-free: the web app imports it.
+"""Queue jobs: validate a spec, write the run row, send its task (docs/architecture.md#jobs). Torch-free: the web app imports it.
 
 Nothing is written before the spec has passed every check a worker would make, so bad input never leaves a row.
 The row is committed before its message is sent; a message lost after that (broker down, worker dead) is re-sent
@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_specs
-from core.catalogue import get_teacher_info
+from core.catalogue import check_distillable, check_trainable, get_teacher_info
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
+from core.refs import ModelRef, default_steps, parse_ref
 from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
 from storage import repo
 from storage.artifacts import resolve
@@ -67,7 +68,7 @@ class SampleSpec(_Spec):
 
 
 class EvaluateSpec(_Spec):
-    """Measure models at fixed seeds: the same fields as `distill-studio evaluate` (REF syntax: core/eval_specs.py)."""
+    """Measure models at fixed seeds: the same fields as `distill-studio evaluate` (REF syntax: core/refs.py)."""
 
     models: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
     metrics: Annotated[tuple[str, ...], Field(min_length=1, max_length=32)]
@@ -98,18 +99,12 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
     """The normalised spec (defaults filled in) or ValueError naming the field: every check a worker would make."""
     parsed = _parse(kind, spec)
     if isinstance(parsed, TeacherSpec):
-        info = BUILTIN_TEACHERS.get(parsed.name)
-        if info is None or not info.trainable:
-            trainable = ", ".join(n for n, i in BUILTIN_TEACHERS.items() if i.trainable)
-            raise ValueError(f"name: {parsed.name!r} is not a trainable built-in teacher (trainable: {trainable})")
+        check_trainable(parsed.name, field="name")
     elif isinstance(parsed, DistillSpec):
-        info = get_teacher_info(parsed.teacher, data_dir)
-        if info.kind == "analytic":
-            raise ValueError(f"teacher: {parsed.teacher!r} is analytic and has no network to copy; use a network "
-                             f"teacher such as {info.benchmark}")
+        info = check_distillable(parsed.teacher, data_dir)
         config = build_method_config(parsed.method, preset=parsed.preset, student_steps=parsed.student_steps,
                                      sets=parsed.sets)
-        check_teacher_data(parsed.method, config, parsed.teacher, has_data=info.benchmark != "imported")
+        check_teacher_data(config, parsed.teacher, has_data=info.benchmark != "imported")
         if parsed.checkpoint_every is not None and parsed.checkpoint_every > parsed.iterations:
             raise ValueError(f"checkpoint_every: must be at most iterations ({parsed.iterations}), "
                              f"got {parsed.checkpoint_every}")
@@ -121,34 +116,48 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
 
 
 def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:
-    kind, _, name = spec.model.partition(":")
-    if kind == "teacher" and name:
-        try:
-            info = get_teacher_info(name, data_dir)
-        except ValueError as exc:  # name the field the user gave: model, not teacher
-            raise ValueError(f"model: {str(exc).removeprefix('teacher: ')}") from None
-    elif kind == "run" and name.isdigit():
+    ref = _sample_ref(spec.model)
+    if ref.is_teacher:
+        info = _teacher_info(ref.name, data_dir)
+    else:
         if session is None:
             raise ValueError("model: run references need the database")
-        run = repo.get_run(session=session, run_id=int(name))
+        run = repo.get_run(session=session, run_id=ref.run_id)
         if run is None or run.kind != "distill":
-            raise ValueError(f"model: run {name} is not a distill run")
+            raise ValueError(f"model: run {ref.run_id} is not a distill run")
         if spec.checkpoint is None and run.status != "succeeded":
-            raise ValueError(f"model: run {name} has not succeeded (status {run.status})")
+            raise ValueError(f"model: run {ref.run_id} has not succeeded (status {run.status})")
         if spec.checkpoint is not None:
             _check_checkpoint(run, spec.checkpoint, data_dir, session)
         info = get_teacher_info(run.spec["teacher"], data_dir)
         if spec.guidance != 1.0:
             raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
-    else:
-        raise ValueError(f"model: {spec.model!r} is not teacher:NAME or run:ID")
-    if spec.checkpoint is not None and kind != "run":
+    if spec.checkpoint is not None and ref.is_teacher:
         raise ValueError("checkpoint: only run:ID models have checkpoints; a teacher is sampled as it is")
     SampleRequest(model=spec.model, seeds=spec.seeds, steps=spec.steps or 1, class_id=spec.class_id,
                   guidance=spec.guidance, sampler=spec.sampler, eta=spec.eta)
     if spec.class_id is not None and not (info.num_classes and spec.class_id < info.num_classes):
         limit = f"must be in [0, {info.num_classes - 1}]" if info.num_classes else "must be left out (unconditional)"
         raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
+
+
+def _sample_ref(model: str) -> ModelRef:
+    """A sample job's model: a bare teacher:NAME or run:ID (its images are stored under that key, the step count
+    in their own column)."""
+    try:
+        ref = parse_ref(model)
+    except ValueError:
+        ref = None
+    if ref is None or ref.kind == "folder" or ref.steps is not None:
+        raise ValueError(f"model: {model!r} is not teacher:NAME or run:ID")
+    return ref
+
+
+def _teacher_info(name: str, data_dir: Path):
+    try:
+        return get_teacher_info(name, data_dir)
+    except ValueError as exc:  # name the field the user gave: model, not teacher
+        raise ValueError(f"model: {str(exc).removeprefix('teacher: ')}") from None
 
 
 def _check_checkpoint(run, step: int, data_dir: Path, session: Session) -> None:
@@ -196,29 +205,26 @@ def check_evaluate(spec: dict[str, Any], *, data_dir: Path, session: Session | N
 
 
 def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | None) -> EvalTarget:
-    parsed = eval_specs.parse_ref(ref)
-    if parsed.kind == "teacher":
-        try:
-            info = get_teacher_info(parsed.target, data_dir)
-        except ValueError as exc:  # name the field the user gave: model, not teacher
-            raise ValueError(f"model: {str(exc).removeprefix('teacher: ')}") from None
+    parsed = parse_ref(ref)
+    if parsed.is_teacher:
+        info = _teacher_info(parsed.name, data_dir)
         if guidance != 1.0 and not info.num_classes:
-            raise ValueError(f"guidance: {parsed.target!r} is unconditional; guidance needs a class-conditional teacher")
-        return EvalTarget(ref, eval_specs.guided_model(f"teacher:{parsed.target}", guidance), "teacher", parsed.target,
-                          parsed.steps or eval_specs.TEACHER_STEPS, info.benchmark, info.num_classes, None)
+            raise ValueError(f"guidance: {parsed.name!r} is unconditional; guidance needs a class-conditional teacher")
+        return EvalTarget(ref, eval_specs.guided_model(parsed.at(None).text, guidance), "teacher", parsed.name,
+                          default_steps(parsed), info.benchmark, info.num_classes, None)
     if guidance != 1.0:
         raise ValueError(f"guidance: students are sampled unguided (guidance belongs to the teacher); {ref!r} is one")
     if parsed.kind == "run":
         if session is None:
             raise ValueError("model: run references need the database")
-        run = repo.get_run(session=session, run_id=int(parsed.target))
+        run = repo.get_run(session=session, run_id=parsed.run_id)
         if run is None or run.kind != "distill":
-            raise ValueError(f"model: run {parsed.target} is not a distill run")
+            raise ValueError(f"model: run {parsed.run_id} is not a distill run")
         if run.status != "succeeded":
-            raise ValueError(f"model: run {parsed.target} has not succeeded (status {run.status})")
-        folder, model = resolve(data_dir, run.out_dir), f"run:{run.id}"
+            raise ValueError(f"model: run {parsed.run_id} has not succeeded (status {run.status})")
+        folder, model = resolve(data_dir, run.out_dir), ModelRef.run(run.id).text
     else:
-        folder = Path(parsed.target).expanduser().resolve()
+        folder = parsed.path.expanduser().resolve()
         model = str(folder)
         if len(model) > 255:
             raise ValueError(f"model: the folder path {model!r} is longer than 255 characters")
@@ -226,12 +232,12 @@ def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | N
         raise ValueError(f"model: {ref!r} is neither teacher:NAME[@STEPS], run:ID nor a finished student folder "
                          f"({folder} has no model.safetensors and student.json)")
     student = json.loads((folder / "student.json").read_text())
-    steps = parsed.steps or int(student["config"]["student_steps"])
+    steps = default_steps(parsed, student)
     config = METHOD_CONFIGS.get(student["method"])
-    if config is not None and config.one_step_only and steps != 1:
+    if config is not None and not config.supports_steps(steps):
         raise ValueError(f"model: {ref!r} is a one-step {student['method']} generator; evaluate it at @1")
     info = get_teacher_info(student["teacher"], data_dir)
-    canonical = ref if parsed.kind == "run" else model + (f"@{parsed.steps}" if parsed.steps else "")
+    canonical = ref if parsed.kind == "run" else ModelRef.folder(model, parsed.steps).text
     return EvalTarget(canonical, model, "student", str(folder), steps, info.benchmark,
                       info.num_classes, None)
 

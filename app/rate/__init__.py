@@ -1,1 +1,1 @@
-"""The blind rating page at /rate (STUDY.md §2): raters answer two questions about two unlabelled images."""
+"""The blind rating page at /rate (docs/study.md#blind-ab-study): raters answer two questions about two unlabelled images."""

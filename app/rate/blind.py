@@ -1,4 +1,4 @@
-"""Blind copies of pool images (STUDY.md §2.3): random names in a directory whose name says nothing, pixels only.
+"""Blind copies of pool images (docs/study.md#blinding): random names in a directory whose name says nothing, pixels only.
 
 Gradio's cache keeps a file's base name, so `teacher_seed42.png` would give the answer away; PNG text chunks and EXIF
 could too. The pool builder copies every image it puts in a study through `blind_copy`, and the rating page may serve

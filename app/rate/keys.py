@@ -1,9 +1,10 @@
-"""The rating page's keyboard and timing script, passed as `head=` to mount_gradio_app (STUDY.md §2.4).
+"""The rating page's keyboard and timing script, passed as `head=` to mount_gradio_app (docs/study.md#raters-and-vote-integrity).
 
 Keys click the page's own elements by elem_id, so a key does exactly what the click does: 1 2 3 4 answer quality
 (left, right, tie, both bad), Q W E R answer alignment, Enter submits, U undoes, F toggles fullscreen. Keys are ignored
 while a text field (the study picker) has focus or with a modifier held. The script also times the vote: milliseconds
-from both images loaded to Submit, and whether fullscreen was used, handed to the submit event by `SUBMIT_JS`."""
+from both images loaded to Submit, and whether fullscreen was used, handed to the submit event by `SUBMIT_JS`; and it
+keeps the log-out link in its tab."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ HEAD = """
     if (img.tagName === "IMG" && img.closest("#rate-left, #rate-right")) rate.loaded[srcOf(img)] = performance.now();
   }, true);
   document.addEventListener("fullscreenchange", () => { if (document.fullscreenElement) rate.fullscreen = true; });
+  // The corner button enlarges its image with CSS (Gradio's "fullscreen" class), not the Fullscreen API, so no
+  // fullscreenchange comes from it; it is the images' only icon button (buttons=["fullscreen"]).
+  document.addEventListener("click", (e) => {
+    if (e.target.closest?.("#rate-left .icon-button, #rate-right .icon-button")) rate.fullscreen = true;
+  }, true);
+  // Gradio's Markdown opens every link in a new tab; logging out there would leave this tab looking signed in.
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest?.("#rate-who a[href$='/logout']");
+    if (link) { e.preventDefault(); window.location.assign(link.href); }
+  }, true);
+  const enlarged = () => Boolean(document.fullscreenElement
+    || document.querySelector("#rate-left.fullscreen, #rate-right.fullscreen"));
 
   // [ms from both images loaded to now, fullscreen used]; ms is -1 while an image is still loading, null if unknown.
   window.rateClientValues = () => {
@@ -30,7 +43,7 @@ HEAD = """
     const ms = times.some((t) => t === undefined) ? null : Math.round(performance.now() - Math.max(...times));
     const fullscreen = rate.fullscreen;
     rate.loaded = {};
-    rate.fullscreen = false;
+    rate.fullscreen = enlarged();  // the next pair opens in the same view
     return [ms, fullscreen];
   };
 

@@ -1,4 +1,5 @@
-"""The blind rating page (STUDY.md §2.2-2.4): one pair at a time, two questions, keyboard shortcuts, undo, progress.
+"""The blind rating page (docs/study.md#raters-and-vote-integrity): one pair at a time, two questions, keyboard
+shortcuts, undo, progress.
 
 The browser receives the study names, an opaque assignment token, two blind image files and the condition text;
 never a caption, a model, run or variant name or id. Identity is `request.username`, never the Gradio session."""
@@ -10,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 import gradio as gr
+from fastapi import Request
+from fastapi.responses import RedirectResponse
 
 from app.rate.blind import blind_dir
 from app.rate.keys import HEAD, KEYS_HELP, SUBMIT_JS
@@ -35,7 +38,17 @@ from storage.votes import (
 CHOICES = [("Left", "left"), ("Right", "right"), ("Tie", "tie"), ("Both bad", "both_bad")]
 QUESTIONS = {"quality": "Image quality: which image is better (fewer artifacts or distortions, coherent light and scale)?",
              "alignment": "Alignment: which image matches the class or prompt better?"}
-IMAGE_HEIGHT = 380  # both images at the same fixed height, scaled to fit, never cropped
+IMAGE_HEIGHT = 380  # both boxes the same fixed height; each image is scaled to fill its box, never cropped
+# Samples are tiny (a 16x16 digit): Gradio's `object-fit: scale-down` would draw one at 16 px in the middle of its box.
+# Scale both up to fill their boxes instead, with nearest-neighbour pixels so that smoothing neither hides nor invents
+# artifacts; the same in the fullscreen views (`F` makes the row fullscreen, the corner button one image).
+CSS = """
+#rate-images .image-frame { width: 100%; height: 100%; }
+#rate-images img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#rate-images:fullscreen { background: #000; padding: 8px; gap: 8px; align-items: stretch; }
+#rate-images:fullscreen > .block { height: auto !important; max-height: none !important; }
+#rate-images .image-container:fullscreen img { max-width: none; max-height: none; }
+"""
 GUIDE = ("Look at both images (enlarge them with `F` or the corner button), then answer both questions. "
          "Sides are random; judge each question on its own.")
 
@@ -252,6 +265,12 @@ def build_rate_page(ctx: Studio) -> gr.Blocks:
     return demo
 
 
+def to_page(request: Request) -> RedirectResponse:
+    """/rate, the address raters are given and where Gradio's logout sends them, to the page itself at /rate/."""
+    query = request.url.query
+    return RedirectResponse("/rate/" + (f"?{query}" if query else ""))
+
+
 def mount_rate_page(app, ctx: Studio, studio_kwargs: dict):
     """Mount the page at /rate for rater accounts: its only allowed path is the blind directory, no run history."""
     data_dir = Path(ctx.data_dir)
@@ -262,8 +281,10 @@ def mount_rate_page(app, ctx: Studio, studio_kwargs: dict):
     # which reveals nothing to them.
     gr.set_static_paths([blind_dir(data_dir)])
     demo = build_rate_page(ctx)
+    # The mount answers /rate/... only; without this route the studio mounted at / would answer /rate with a 404.
+    app.add_api_route("/rate", to_page, methods=["GET", "HEAD"], include_in_schema=False)
     kwargs = {**studio_kwargs, "allowed_paths": [str(blind_dir(data_dir))], "run_history": False, "footer_links": [],
-              "head": HEAD}
+              "head": HEAD, "css": CSS}
     # root_path: off-queue replies build file URLs from it, and without it they would drop the /rate prefix.
     return gr.mount_gradio_app(app, demo, path="/rate", root_path="/rate", auth=ctx.accounts.checker("rater"),
                                auth_message="Rating: rater sign-in.", **kwargs)

@@ -1,4 +1,4 @@
-"""Accounts and roles. Researchers use the studio; raters only rate (the /rate page of the study issue).
+"""Accounts and roles. Researchers use the studio; raters only rate (the /rate page).
 
 Accounts come from configuration: STUDIO_USERS="name:password:role,..." and/or STUDIO_USERS_FILE (one
 `name:password:role` per line, '#' comments). A password may be stored hashed as `pbkdf2_sha256$ITER$SALT$HEX`

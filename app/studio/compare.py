@@ -1,6 +1,6 @@
 """Compare tab: rows = models (the teacher at several step counts, students at a checkpoint), columns = seeds.
 
-Every cell of one column starts from the same noise (per-sample seeded noise, STUDY.md §1.2). Images come from the
+Every cell of one column starts from the same noise (docs/study.md#per-sample-seeded-noise). Images come from the
 `images` table; missing ones are drawn by `sample` jobs, and the grid fills in as those finish (the page timer).
 Point teachers (toy2d) have no per-seed images: their cell is the scatter of all the seeds, one per model."""
 
@@ -14,14 +14,15 @@ import gradio as gr
 
 from app.studio.context import Studio
 from app.studio.files import placeholder, servable
-from core.catalogue import get_teacher_info, list_teachers
+from core.catalogue import distillable_teachers, get_teacher_info
+from core.refs import ModelRef, parse_ref, student_steps
 from core.specs import parse_seeds
 from storage import repo, views
 from storage.artifacts import resolve
 from storage.db import session_scope
 from workers.submit import BrokerUnavailable
 
-PAGE_CELLS = 64  # why: bigger grids make the page sluggish (STUDY.md §1.3)
+PAGE_CELLS = 64  # why: bigger grids make the page sluggish (docs/study.md#the-grid)
 ANY_CLASS = "any (unconditional)"
 
 
@@ -29,14 +30,14 @@ ANY_CLASS = "any (unconditional)"
 class Variant:
     """One grid row: a model reference at a step count and (students) a checkpoint step."""
 
-    model: str               # teacher:NAME or run:ID
+    model: str               # teacher:NAME or run:ID (core.refs), the key its images are stored under
     steps: int
     checkpoint: int          # 0 for teachers; the training step of a student's weights
     final: bool              # a student's final weights (sampled without naming a checkpoint)
     label: str
 
     def caption(self, seed: int | None) -> str:
-        where = "" if self.model.startswith("teacher:") else f" · step {self.checkpoint}"
+        where = "" if parse_ref(self.model).is_teacher else f" · step {self.checkpoint}"
         at = "" if seed is None else f" · seed {seed}"
         return f"{self.label}{where}{at} · {self.steps} NFE"
 
@@ -59,7 +60,7 @@ def student_choices(ctx: Studio, teacher: str) -> list[tuple[str, str]]:
             if not repo.checkpoint_steps(session=session, run_id=run.id):
                 continue
             steps = run.spec.get("student_steps") or ""
-            out.append((f"run {run.id} · {run.spec['method']}-{steps} · {run.status}", f"run:{run.id}"))
+            out.append((f"run {run.id} · {run.spec['method']}-{steps} · {run.status}", ModelRef.run(run.id).text))
     return out
 
 
@@ -76,10 +77,10 @@ def parse_steps(text: str) -> list[int]:
 def variants(ctx: Studio, teacher: str, teacher_steps: str, students: list[str], step) -> list[Variant]:
     """The grid's rows: the teacher at each step count, then each student at its checkpoint at or below `step`
     (the global slider; None or beyond the end means its final weights)."""
-    rows = [Variant(f"teacher:{teacher}", s, 0, True, f"teacher {teacher}") for s in parse_steps(teacher_steps)]
+    rows = [Variant(ModelRef.teacher(teacher).text, s, 0, True, f"teacher {teacher}") for s in parse_steps(teacher_steps)]
     with session_scope(ctx.factory) as session:
         for ref in students:
-            run = repo.get_run(session=session, run_id=int(ref.removeprefix("run:")))
+            run = repo.get_run(session=session, run_id=student_run_id(ref))
             if run is None or run.kind != "distill":
                 raise ValueError(f"students: {ref} is not a distill run")
             saved = repo.checkpoint_steps(session=session, run_id=run.id)
@@ -88,8 +89,16 @@ def variants(ctx: Studio, teacher: str, teacher_steps: str, students: list[str],
             at = [s for s in saved if step is None or s <= int(step)] or saved[:1]
             final = run.status == "succeeded" and at[-1] == saved[-1]
             label = f"{run.spec['method']} run {run.id}"
-            rows.append(Variant(ref, int(run.spec.get("student_steps") or 1), at[-1], final, label))
+            rows.append(Variant(ref, student_steps(run.spec), at[-1], final, label))
     return rows
+
+
+def student_run_id(ref: str) -> int:
+    """The run id of a chosen student (run:ID); ValueError naming `students` for anything else."""
+    try:
+        return parse_ref(ref).run_id
+    except ValueError:
+        raise ValueError(f"students: {ref!r} is not run:ID") from None
 
 
 def _is_points(ctx: Studio, teacher: str) -> bool:
@@ -207,14 +216,14 @@ def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
     steps = []
     with session_scope(ctx.factory) as session:
         for ref in students:
-            steps += repo.checkpoint_steps(session=session, run_id=int(ref.removeprefix("run:")))
+            steps += repo.checkpoint_steps(session=session, run_id=student_run_id(ref))
     return (min(steps), max(steps)) if steps else (0, 1)
 
 
 # -- Layout and wiring ----------------------------------------------------------------------------------------
 
 def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
-    teachers = [t.name for t in list_teachers(ctx.data_dir) if t.kind != "analytic"]
+    teachers = [t.name for t in distillable_teachers(ctx.data_dir)]
     default = "digits" if "digits" in teachers else (teachers[0] if teachers else None)
     state = gr.State({})  # the shown grid's request: rows, seeds, class, page
 

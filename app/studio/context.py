@@ -52,7 +52,7 @@ class Studio:
         return name
 
     def throttle(self, user: str, now: float | None = None) -> None:
-        """Per-user submission limit (the handler's job, STUDY.md §5.2)."""
+        """Per-user submission limit (the handler's job, docs/study.md#gradio-specifics)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             recent = self._recent.setdefault(user, deque())

@@ -1,20 +1,16 @@
-"""The New-run form's knobs, rendered from a method's config dataclass (core/method_specs.py): one input per field,
-its value from the chosen preset, its help text from the field's why-comment in the source."""
+"""The New-run form's knobs, rendered from a method's config (core/method_configs.py): one input per field, its value
+from the chosen preset, its help text, dropdown choices and bounds from the field's own metadata (core/knobs.py)."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.method_specs import METHOD_CONFIGS, PRESET_CHANGES, WEIGHTINGS_MMD, WEIGHTINGS_VSD, build_method_config
+from pydantic.fields import FieldInfo
 
-# Fields whose valid values are a closed set: a dropdown rather than free text.
-CHOICES: dict[str, tuple[str, ...]] = {"lr_schedule": ("constant", "linear"), "renoise": ("conditional", "marginal"),
-                                       "noise_cancel": ("exact", "injected", "none")}
+from core.knobs import bounds, choices, kind, requirement, source, why
+from core.method_specs import METHOD_CONFIGS, PRESET_CHANGES, build_method_config
+
 SEPARATE = ("student_steps",)  # a field of its own on the form, not a knob
 
 
@@ -27,34 +23,23 @@ class Knob:
     choices: tuple[str, ...] = ()
 
 
-@functools.cache
-def why_comments(method: str) -> dict[str, str]:
-    """field -> the text after '# why:' on its line in the config class's source."""
-    source = inspect.getsource(METHOD_CONFIGS[method])
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+):\s*\w+\s*=.*?#\s*why:\s*(.*)$", source, re.M)}
-
-
 def presets(method: str) -> list[str]:
     return list(PRESET_CHANGES[method])
 
 
-def _choices(method: str, name: str) -> tuple[str, ...]:
-    if name == "weighting":
-        return WEIGHTINGS_MMD if method in ("mmd", "mmd-instant") else WEIGHTINGS_VSD
-    return CHOICES.get(name, ())
+def help_text(info: FieldInfo) -> str:
+    """'[paper] r = 1 unstable, r = 10 stable but slow · an integer >= 1': provenance, why, and a number's bounds."""
+    text = f"[{source(info)}] {why(info)}".rstrip()
+    if kind(info) in ("int", "float") and bounds(info):
+        text += f" · {requirement(info)}"
+    return text
 
 
 def knobs(method: str, preset: str) -> list[Knob]:
     """Every knob of the method under the preset, in declaration order; ValueError names a bad method or preset."""
     config = build_method_config(method, preset=preset)
-    docs = why_comments(method)
-    out = []
-    for f in dataclasses.fields(config):
-        if f.name in SEPARATE:
-            continue
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        out.append(Knob(f.name, kind, getattr(config, f.name), docs.get(f.name, ""), _choices(method, f.name)))
-    return out
+    return [Knob(name, kind(info), getattr(config, name), help_text(info), choices(info))
+            for name, info in METHOD_CONFIGS[method].model_fields.items() if name not in SEPARATE]
 
 
 def _same(kind: str, given: Any, default: Any) -> bool:

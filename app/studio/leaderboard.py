@@ -5,17 +5,25 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from app.provenance import SMALL_SAMPLE_LABEL, UNKNOWN_HASH, row_note, seeds_text
 from app.studio.context import Studio
 from core import eval_specs
-from core.catalogue import list_teachers
+from core.catalogue import distillable_teachers
+from core.refs import TEACHER_STEPS, ModelRef, parse_ref
 from storage import repo
 from storage.db import session_scope
 from workers.submit import BrokerUnavailable
 
-COLUMNS = ["model", "steps", "NFE", "FID", "KID", "precision", "recall", "accuracy", "ms/image", "n", "reference"]
+COLUMNS = ["model", "steps", "NFE", "FID", "KID", "precision", "recall", "accuracy", "ms/image", "n", "reference",
+           "reference hash", "seeds", "note"]
 _METRIC_COLUMNS = {"FID": "fid", "KID": "kid", "precision": "precision", "recall": "recall", "accuracy": "accuracy",
                    "ms/image": "ms_per_image"}
 DEFAULT_METRICS = ["fid", "kid", "precision", "speed"]
+MARKER = "† "
+LEGEND = ("n, reference (with its statistics' content hash) and seeds: what a row's FID (else its latest value) was "
+          "measured on; the note names values measured on other samples. "
+          f"{MARKER}{SMALL_SAMPLE_LABEL}: below {eval_specs.SMALL_SAMPLE_N} samples FID and KID move by more from one "
+          "seed set to the next than the students differ, so such rows do not rank them.")
 
 
 # -- Handlers --------------------------------------------------------------------------------------------------
@@ -26,7 +34,8 @@ def board(ctx: Studio) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = repo.leaderboard(session=session)
         names = model_names(session, [r["model"] for r in data["rows"]])
     table = [[names[r["model"]], r["steps"], r["nfe"],
-              *[_fmt(r["metrics"].get(key)) for key in _METRIC_COLUMNS.values()], r["n"], r["reference"]]
+              *[_fmt(r["metrics"].get(key)) for key in _METRIC_COLUMNS.values()], r["n"], r["reference"],
+              (r["reference_hash"] or UNKNOWN_HASH) if r["reference"] else "", seeds_text(r), row_note(r, MARKER)]
              for r in data["rows"]]
     points = [{"NFE": nfe, "FID": fid, "model": names[model]} for model, series in data["fid_vs_nfe"].items()
               for nfe, fid in series]
@@ -40,10 +49,20 @@ def model_names(session, refs: list[str]) -> dict[str, str]:
     """Display names: run:ID gets its method, steps and teacher, so the table reads without the Runs tab."""
     names = {}
     for ref in refs:
-        run = repo.get_run(session=session, run_id=int(ref[4:])) if ref.startswith("run:") and ref[4:].isdigit() else None
+        run_id = _run_id(ref)
+        run = repo.get_run(session=session, run_id=run_id) if run_id is not None else None
         names[ref] = (f"{ref} {run.spec['method']}-{run.spec.get('student_steps') or ''} of {run.spec['teacher']}"
                       if run is not None and run.kind == "distill" else ref)
     return names
+
+
+def _run_id(model: str) -> int | None:
+    """The run id of a stored run:ID model key; None for teachers (teacher:NAME[+cfgW]) and folders."""
+    try:
+        ref = parse_ref(model)
+    except ValueError:
+        return None
+    return ref.run_id if ref.kind == "run" and ref.steps is None else None
 
 
 def _fmt(value):
@@ -53,14 +72,12 @@ def _fmt(value):
 def model_choices(ctx: Studio) -> list[tuple[str, str]]:
     """Evaluable models: network teachers at the usual DDIM step counts and every succeeded distill run."""
     out = []
-    for t in list_teachers(ctx.data_dir):
-        if t.kind == "analytic":
-            continue
-        out += [(f"teacher {t.name} @ {s} steps", f"teacher:{t.name}@{s}") for s in (1, 2, 4, 8, 50)]
+    for t in distillable_teachers(ctx.data_dir):
+        out += [(f"teacher {t.name} @ {s} steps", ModelRef.teacher(t.name, s).text) for s in (1, 2, 4, 8, TEACHER_STEPS)]
     with session_scope(ctx.factory) as session:
         for run in repo.list_runs(session=session, kind="distill", status="succeeded", limit=500):
             out.append((f"run {run.id} · {run.spec['method']}-{run.spec.get('student_steps') or ''} of "
-                        f"{run.spec['teacher']}", f"run:{run.id}"))
+                        f"{run.spec['teacher']}", ModelRef.run(run.id).text))
     return out
 
 
@@ -86,6 +103,7 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             table = gr.Dataframe(table_value, interactive=False, elem_id="lb-table", wrap=True)
+            gr.Markdown(LEGEND, elem_id="lb-legend")
             # Points, not lines: a student has a single NFE, and a line through one point draws nothing.
             plot = gr.ScatterPlot(plot_value, x="NFE", y="FID", color="model", label="FID vs NFE", elem_id="lb-plot",
                                   height=300, x_title="NFE (network evaluations per sample)")
@@ -95,7 +113,8 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
             metrics = gr.CheckboxGroup(list(eval_specs.METRICS), value=DEFAULT_METRICS, label="Metrics",
                                        elem_id="lb-metrics", info="accuracy: digits; modes: toy2d")
             n = gr.Number(1000, precision=0, label="Samples per model", elem_id="lb-n",
-                          info=f"{eval_specs.MIN_N}..{eval_specs.MAX_N}; ≥ 2000 separates digits students")
+                          info=f"{eval_specs.MIN_N}..{eval_specs.MAX_N}; below {eval_specs.SMALL_SAMPLE_N}: "
+                               "a small-sample estimate")
             go = gr.Button("Evaluate", variant="primary", elem_id="lb-evaluate")
             status = gr.Markdown(elem_id="lb-status")
 

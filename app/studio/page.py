@@ -11,8 +11,6 @@ from app.studio.runs import REFRESH_S, build_runs_tab
 from app.studio.study import build_study_tab
 from app.studio.teachers import build_teachers_tab
 
-TABS = ("Runs", "Teachers", "Compare", "Leaderboard", "Study")
-
 
 def build_studio(ctx: Studio) -> gr.Blocks:
     with gr.Blocks(title="Distill Studio") as demo:

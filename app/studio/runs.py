@@ -15,7 +15,7 @@ import pandas as pd
 from app.studio.context import Studio
 from app.studio.files import servable
 from app.studio.forms import knob_sets, knobs, presets
-from core.catalogue import list_teachers
+from core.catalogue import distillable_teachers, list_teachers
 from core.method_specs import METHOD_CONFIGS
 from storage import repo, views
 from storage.artifacts import resolve
@@ -31,8 +31,8 @@ REFRESH_S = 3.0
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def network_teachers(ctx: Studio) -> list[str]:
-    """Teachers a student can be distilled from (the analytic ones have no network to copy)."""
-    return [t.name for t in list_teachers(ctx.data_dir) if t.kind != "analytic"]
+    """Teachers a student can be distilled from (core.catalogue.is_distillable)."""
+    return [t.name for t in distillable_teachers(ctx.data_dir)]
 
 
 def start_run(ctx: Studio, user: str, teacher: str, method: str, preset: str, student_steps, iterations, seed,
@@ -257,7 +257,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     def on_method(name):
         cls = METHOD_CONFIGS[name]
-        one_step = getattr(cls, "one_step_only", False)
+        one_step = cls.one_step_only
         steps = 1 if one_step else cls().student_steps
         hint = f"{name}: one-step only" if one_step else f"{name}: default {steps}; any count ≥ 1"
         names = presets(name)

@@ -1,4 +1,4 @@
-"""Serve the studio: one FastAPI app with the Gradio page mounted at /, locked down and offline (STUDY.md §5)."""
+"""Serve the studio: one FastAPI app with the Gradio page mounted at /, locked down and offline (docs/study.md#gradio-specifics)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def offline_environment(data_dir: Path) -> None:
 def mount_kwargs(data_dir: Path) -> dict:
     """Only served/ is reachable; checkpoints, weights, the database and the broker's file are blocked outright."""
     data_dir = Path(data_dir)
-    blocked = [data_dir / p for p in ("runs", "teachers", "teacher-runs", "references", "import")]
+    blocked = [data_dir / p for p in ("runs", "teachers", "teacher-runs", "reference", "import")]
     blocked += [data_dir / p for p in ("studio.db", "broker.db")]
     return {"allowed_paths": [str(served_dir(data_dir))], "blocked_paths": [str(p) for p in blocked],
             "max_file_size": MAX_UPLOAD, "theme": gr.themes.Default(), "footer_links": [], "enable_monitoring": False,

@@ -10,11 +10,12 @@ from typing import Any
 import gradio as gr
 
 from app.studio import study_pool
-from app.studio.compare import parse_steps, student_choices
+from app.studio.compare import parse_steps, student_choices, student_run_id
 from app.studio.context import Studio
 from app.studio.files import served_dir
 from app.studio.study_export import write_export
-from core.catalogue import get_teacher_info, list_teachers
+from core.catalogue import distillable_teachers, get_teacher_info
+from core.refs import ModelRef, student_steps
 from core.specs import parse_seeds
 from storage import repo, studies
 from storage.db import session_scope
@@ -26,7 +27,7 @@ STUDY_COLUMNS = ["id", "name", "status", "variants", "pairs", "gold", "votes", "
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def image_teachers(ctx: Studio) -> list[str]:
-    return [t.name for t in list_teachers(ctx.data_dir) if t.kind != "analytic" and t.is_image]
+    return [t.name for t in distillable_teachers(ctx.data_dir) if t.is_image]
 
 
 def parse_classes(text: str, num_classes: int) -> list[int | None]:
@@ -71,17 +72,17 @@ def create_study(ctx: Studio, user: str, name: str, teacher: str, teacher_steps:
               "quota": _count(quota, "quota", 1, 100_000), "undo_s": DEFAULTS["undo_s"], "classes": classes,
               "seeds": seeds}
     anchor = max(steps)
-    variants = [{"model": f"teacher:{teacher}", "steps": s, "checkpoint": 0, "label": f"teacher {teacher} @ {s} steps",
-                 "is_teacher": s == anchor} for s in sorted(steps, reverse=True)]
+    variants = [{"model": ModelRef.teacher(teacher).text, "steps": s, "checkpoint": 0,
+                 "label": f"teacher {teacher} @ {s} steps", "is_teacher": s == anchor} for s in sorted(steps, reverse=True)]
     valid = {ref for _, ref in student_choices(ctx, teacher)}
     with session_scope(ctx.factory) as session:
         for ref in students or []:
             if ref not in valid:
                 raise ValueError(f"students: {ref} is not a distill run of {teacher} with weights")
-            run = repo.get_run(session=session, run_id=int(ref.removeprefix("run:")))
-            step = repo.checkpoint_steps(session=session, run_id=run.id)[-1]
-            variants.append({"model": ref, "steps": int(run.spec.get("student_steps") or 1), "checkpoint": step,
-                             "label": f"{run.spec['method']}-{run.spec.get('student_steps') or 1} run {run.id} @ step {step}",
+            run = repo.get_run(session=session, run_id=student_run_id(ref))
+            step, sampled = repo.checkpoint_steps(session=session, run_id=run.id)[-1], student_steps(run.spec)
+            variants.append({"model": ref, "steps": sampled, "checkpoint": step,
+                             "label": f"{run.spec['method']}-{sampled} run {run.id} @ step {step}",
                              "is_teacher": False})
         config["variants"] = [v["label"] for v in variants]
         if len(variants) < 2:

@@ -1,5 +1,5 @@
 """A study's votes for researchers: the frame core/study reads (variants named by their labels) and the FastChat
-clean-battle export (STUDY.md §2.6). Shared by the Study tab and `distill-studio study export`; no Gradio here."""
+clean-battle export (docs/study.md#export). Shared by the Study tab and `distill-studio study export`; no Gradio here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Building a study's pool (STUDY.md §2.1, §2.4): the images every variant needs, drawn by sample jobs, then blind
+"""Building a study's pool (docs/study.md#pair-design): the images every variant needs, drawn by sample jobs, then blind
 pairs. Every variant is paired with every other on the same (condition, seed); gold pairs use seeds reserved for them
 (so they never break the exposure rule) and look like normal pairs."""
 
@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from app.studio.compare import Variant, job_progress, matching_sample_run
 from app.studio.context import Studio
 from core.catalogue import get_teacher_info
+from core.refs import parse_ref
 from storage import repo, studies
 from storage.artifacts import resolve
 from storage.db import session_scope
@@ -54,7 +55,7 @@ def condition_text(teacher: str, class_id: int | None, data_dir: Path) -> str:
 
 def _row(variant: StudyVariant) -> Variant:
     """The Compare tab's row for a variant: students are always sampled at their recorded checkpoint step."""
-    return Variant(variant.model, variant.steps, variant.checkpoint, variant.model.startswith("teacher:"), variant.label)
+    return Variant(variant.model, variant.steps, variant.checkpoint, parse_ref(variant.model).is_teacher, variant.label)
 
 
 def needs(ctx: Studio, study_id: int) -> dict[str, Any]:

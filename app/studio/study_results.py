@@ -1,4 +1,4 @@
-"""The Study tab's results: the report of core/study (STUDY.md §3) as tables a researcher reads at a glance.
+"""The Study tab's results: the report of core/study (docs/study.md#statistics) as tables a researcher reads at a glance.
 
 Ratings are teacher-anchored Bradley-Terry points (the teacher is 1000; -50 means the teacher wins about 57 %) with
 condition-cluster bootstrap intervals; a rating stays provisional until its interval is narrow enough."""

@@ -1,4 +1,4 @@
-"""Adaptive pair sampling (STUDY.md §3.12): every ~50 answered pairs, re-weight the study's variant pairs toward the
+"""Adaptive pair sampling (docs/study.md#pair-design): every ~50 answered pairs, re-weight the study's variant pairs toward the
 widest rating-difference intervals, so new votes go where they narrow the results most.
 
 The weights come from the quality criterion's condition-cluster bootstrap (core/study: capped at 3:1, never 0, pairs

@@ -15,8 +15,8 @@ import gradio as gr
 from app.studio.compare import Variant, grid, request_missing
 from app.studio.context import Studio
 from app.studio.files import placeholder
-from core.catalogue import get_teacher_info, list_teachers
-from core.specs import BUILTIN_TEACHERS
+from core.catalogue import check_trainable, get_teacher_info, list_teachers, trainable_teachers
+from core.refs import ModelRef, default_steps
 from workers.submit import BrokerUnavailable
 
 GRID_SEEDS = list(range(16))
@@ -67,13 +67,14 @@ def import_teacher(ctx: Studio, path_text: str, name: str) -> str:
 
 
 def _recipe(name: str) -> int | None:
-    train = BUILTIN_TEACHERS[name].train
+    train = check_trainable(name).train
     return train.iterations if train else None
 
 
 def train_teacher(ctx: Studio, user: str, name: str, iterations) -> str:
     if iterations is None or (isinstance(iterations, float) and not iterations.is_integer()):
         raise ValueError(f"iterations: must be a whole number, got {iterations!r}")
+    check_trainable(name, field="name")
     ctx.throttle(user)
     spec = {"name": name, "iterations": int(iterations)}
     try:
@@ -84,24 +85,27 @@ def train_teacher(ctx: Studio, user: str, name: str, iterations) -> str:
 
 
 def sample_grid(ctx: Studio, user: str | None, name: str) -> tuple[list, str, bool]:
-    """(gallery cells, status, pending) of 16 fixed seeds at 50 DDIM steps, queueing a sample job when missing."""
+    """(gallery cells, status, pending) of 16 fixed seeds at the default DDIM steps, queueing a sample job when
+    missing."""
     info = get_teacher_info(name, ctx.data_dir)
     if info.kind == "analytic":
         return [], f"{name} is analytic (exact); sample it on the Compare tab's points view or the CLI.", False
-    rows = [Variant(f"teacher:{name}", 50, 0, True, f"teacher {name}")]
+    ref = ModelRef.teacher(name)
+    steps = default_steps(ref)
+    rows = [Variant(ref.text, steps, 0, True, f"teacher {name}")]
     got = grid(ctx, name, rows, GRID_SEEDS, None)
     if got["missing"] and user is not None:
         request_missing(ctx, user, rows, got["missing"], None)
     pending = bool(got["missing"] or got["pending"])
     cells = [(p or placeholder(ctx.data_dir), c) for p, c in got["cells"]]
-    return cells, "generating…" if pending else f"{name} · 50 DDIM steps · seeds 0-15", pending
+    return cells, "generating…" if pending else f"{name} · {steps} DDIM steps · seeds 0-15", pending
 
 
 # -- Layout and wiring ----------------------------------------------------------------------------------------
 
 def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
     names = [t.name for t in list_teachers(ctx.data_dir)]
-    trainable = [n for n, i in BUILTIN_TEACHERS.items() if i.trainable]
+    trainable = trainable_teachers()
     pending = gr.State("")
     with gr.Row():
         with gr.Column(scale=3):

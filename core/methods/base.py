@@ -1,4 +1,4 @@
-"""The method plug-in contract (METHODS.md §11) and the plumbing every method shares.
+"""The method plug-in contract (docs/methods.md#the-plug-in-contract) and the plumbing every method shares.
 
 A method is built from (teacher, config, total_steps, device); it copies the teacher into its own networks, owns
 its optimizers and LR schedules, and draws all randomness from `self.generator`, which the training loop
@@ -33,7 +33,7 @@ def clone_trainable(denoiser: Denoiser) -> Denoiser:
 
 
 def warmup_steps(config, total_steps: int) -> int:
-    """The configured warm-up, capped at 5% of the run [choice, METHODS.md §8]."""
+    """The configured warm-up, capped at 5% of the run [choice, docs/methods.md#networks]."""
     return min(config.warmup, max(1, total_steps // 20)) if config.warmup else 0
 
 
@@ -70,6 +70,7 @@ class Method:
     """Shared state handling; subclasses fill `self.nets`, `self.optims` (name -> (optimizer, scheduler))."""
 
     key: ClassVar[str] = ""
+    extra_inputs: ClassVar[tuple[str, ...]] = ()  # constructor inputs beyond teacher and config (see build_method)
 
     def __init__(self, teacher: Denoiser, config, *, total_steps: int, device="cpu"):
         if total_steps < 1:
@@ -78,7 +79,7 @@ class Method:
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        # Guidance touches the teacher only, in every method (§2.4).
+        # Guidance touches the teacher only, in every method (docs/methods.md#guidance).
         self.teacher_g = CFGDenoiser(self.teacher, config.guidance) if config.guidance != 1.0 else self.teacher
         self.teacher_hash = parameter_hash(self.teacher)
         # Noise in the networks' dtype: float32 normally, float64 when tests run a float64 teacher.
@@ -190,7 +191,8 @@ class Method:
 class OneStepMethod(Method):
     """One-step generators G(xi) = D_eta(xi, t_gen, c), xi ~ N(0, I) fed as the VP-normalised z at log-SNR lambda*.
 
-    Shared by EMD and Diff-Instruct (METHODS.md §2.6); the student and the auxiliary score start as the teacher.
+    Shared by EMD and Diff-Instruct (docs/methods.md#the-denoiser-and-its-conversions); the student and the auxiliary
+    score start as the teacher.
     """
 
     def __init__(self, teacher: Denoiser, config, *, total_steps: int, device="cpu", aux: Denoiser | None = None):

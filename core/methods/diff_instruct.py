@@ -1,7 +1,7 @@
 """Diff-Instruct / VSD (Luo et al., arXiv 2305.18455; Wang et al., arXiv 2305.16213): the reverse-KL baseline.
 
 With z_t = alpha_t G(xi) + sigma_t eps and t ~ U(t_lo, t_hi):
-  L_G = w(t) (alpha_t^2 / sigma_t^2) <G(xi), sg(A(z_t) - T_g(z_t))>     (METHODS.md §6)
+  L_G = w(t) (alpha_t^2 / sigma_t^2) <G(xi), sg(A(z_t) - T_g(z_t))>     (docs/methods.md#diff-instruct)
 It equals EMD with K = 1, gamma_eps = 1, gamma_z = 0 and exact noise cancellation; this file implements it
 directly, so that the test of that identity compares two independent code paths.
 """

@@ -3,7 +3,7 @@
 Generator G and fake score A start as copies of the teacher T; a GAN head H reads A's bottleneck. Iteration n:
 the fake score (+ H) is updated every iteration, the generator every `ttur_ratio`-th (TTUR), with the normalised
 distribution-matching gradient plus the non-saturating GAN loss; multistep students train on backward-simulated
-inputs (no-grad earlier steps, fresh noise). No regression loss. METHODS.md §7.
+inputs (no-grad earlier steps, fresh noise). No regression loss. docs/methods.md#dmd2.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ T_MIN_DSM = 1e-3  # why: the fake-score loss covers the full range; sigma = 0 ca
 
 class DMD2(Method):
     key = "dmd2"
+    extra_inputs = ("has_data",)  # without a dataset it refuses the settings that need real images
 
     def __init__(self, teacher: Denoiser, config: DMD2Config, *, total_steps: int, device="cpu",
                  has_data: bool = True, fake: Denoiser | None = None):
@@ -65,7 +66,8 @@ class DMD2(Method):
 
     @torch.no_grad()
     def backward_simulate(self, noise: torch.Tensor, cond, k: int) -> torch.Tensor:
-        """z_{t_k}: run the student for k no-grad steps from pure noise with fresh noise per re-noising [paper §4.4]."""
+        """z_{t_k}: run the student for k no-grad steps from pure noise with fresh noise per re-noising [paper;
+        docs/methods.md#backward-simulation]."""
         z = noise[0]
         for i in range(k):
             x0_hat = self.student(z, self.grid[i].expand(z.shape[0]), cond)

@@ -1,12 +1,12 @@
 """EM Distillation (Xie et al., "EM Distillation for One-step Diffusion Models", arXiv 2405.16852).
 
-Maximum-likelihood distillation of a one-step generator x = G(xi), as EM over xi (METHODS.md §5):
+Maximum-likelihood distillation of a one-step generator x = G(xi), as EM over xi (docs/methods.md#emd):
 - E-step: K steps of Langevin dynamics on (eps, xi) targeting pi_t(z_t, xi) = p_T,t(z_t) p_G,t(xi | z_t), with
   z_t = alpha_t G(xi) + sigma_t eps and Delta = (alpha_t / sigma_t^2)(T_g(z_t) - A(z_t)):
       grad_eps log pi = sigma_t Delta - eps,   grad_xi log pi = alpha_t J_G^T Delta - xi.
-- Noise cancellation: eps = d + zeta, the drift d and the noise zeta kept in separate buffers (§5.4).
+- Noise cancellation: eps = d + zeta, the drift d and the noise zeta kept in separate buffers (docs/methods.md#noise-cancellation).
 - M-step: L_G = -w(t) (alpha_t / sigma_t) <G(sg xi_K), sg eps_tilde>; A learns the student's score by DSM.
-No reference code exists; every numeric default is [choice] and covered by the tests of METHODS.md §10.
+No reference code exists; every numeric default is [choice] and covered by the tests of docs/methods.md#emd-tests.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def langevin(generate: Callable, teacher_g, aux, schedule, xi, eps0, t, cond, *,
         with torch.no_grad():
             x_real = teacher_g(z_t, t, cond)
             delta = coef * (x_real - aux(z_t, t, cond))
-        if weight is None:  # w(t) from the chain's initial state (METHODS.md §5.5)
+        if weight is None:  # w(t) from the chain's initial state (docs/methods.md#m-step)
             weight = vsd_weight(weighting, alpha, sigma, x.detach(), x_real)
         drift = (1 - gamma_eps) * drift + gamma_eps * s * delta
         noise = (1 - gamma_eps) * noise + math.sqrt(2 * gamma_eps) * randn(eps0.shape)
@@ -67,7 +67,8 @@ def langevin(generate: Callable, teacher_g, aux, schedule, xi, eps0, t, cond, *,
 
 
 def eps_tilde(chain: Chain, mode: str, gamma_eps: float, steps: int) -> torch.Tensor:
-    """What the M-step sees of eps (§5.4): "exact" d_K, "injected" d_K + (1 - gamma)^K eps_0, "none" eps_K."""
+    """What the M-step sees of eps (docs/methods.md#noise-cancellation): "exact" d_K, "injected" d_K + (1 - gamma)^K eps_0,
+    "none" eps_K."""
     if mode == "exact":
         return chain.drift
     if mode == "injected":

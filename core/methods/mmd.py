@@ -5,7 +5,7 @@ The student G is a k-step ancestral sampler whose prediction x~ = G(z_t) should 
 z_s ~ q(z_s | z_t, sg x~) its conditional mean, estimated by an auxiliary denoiser A, must match the teacher's:
   even iterations  L_A = w(s) (||sg x~ - A(z_s)||^2 + ||T_g(z_s) - A(z_s)||^2)
   odd iterations   L_G = w(s) <x~, sg(A(z_s) - T_g(z_s))>
-Continuous s ~ Karras, t = s + delta with delta ~ U[0, 1/k]; z_s detached (METHODS.md §3).
+Continuous s ~ Karras, t = s + delta with delta ~ U[0, 1/k]; z_s detached (docs/methods.md#mmd).
 """
 
 from __future__ import annotations

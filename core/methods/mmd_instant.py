@@ -4,9 +4,9 @@ No auxiliary network: the teacher's training-loss gradient should vanish on stud
 L_theta(x, z_s) = w(s) ||x - T(z_s)||^2 and a frozen diagonal preconditioner Lambda (Adam's 1/(sqrt(v) + eps)):
   batch B:  nu = Lambda * grad_theta mean_B L_theta(x~', z'_s)            (x~' without gradient to eta)
   batch A:  u = J_theta nu, a parameter-space JVP of theta -> T(z_s)
-            L_G = -w(s) <x~, sg u>                                        (sign derived, METHODS.md §4.3)
+            L_G = -w(s) <x~, sg u>                                        (sign derived, docs/methods.md#sign-of-the-update)
 Guidance is straight-through: values from T_g, gradients through the conditional teacher. Lambda is estimated
-from the teacher's own loss on real data during the first `precond_batches` steps (§4.2); the LR schedule
+from the teacher's own loss on real data during the first `precond_batches` steps (docs/methods.md#preconditioner); the LR schedule
 starts after that phase.
 """
 
@@ -51,7 +51,7 @@ class MMDInstant(Method):
         return functional_call(self.teacher, params, (z_s, s, cond))
 
     def straight_through(self, out_c, z_s, s, cond) -> torch.Tensor:
-        """T_st = T_c + sg(T_g - T_c): guided value, conditional gradient (§4.4)."""
+        """T_st = T_c + sg(T_g - T_c): guided value, conditional gradient (docs/methods.md#mmd-instant)."""
         if self.teacher_g is self.teacher:
             return out_c
         with torch.no_grad():
@@ -147,7 +147,7 @@ class MMDInstant(Method):
         w_a = mmd_weight(self.weighting, self.schedule, s_a, cfg.sigma_data, xt_a, out_c).to(x.dtype)
         loss = -(w_a * inner(xt_a, u)).mean()
         t_st = self.straight_through(out_c, z_sa, s_a, c_a)
-        # Unbiased estimate of Gamma_A^T Lambda Gamma_B, the (preconditioned) moment norm (§4.5).
+        # Unbiased estimate of Gamma_A^T Lambda Gamma_B, the (preconditioned) moment norm (docs/methods.md#moment-norm).
         moment = (-2.0 * w_a * inner(xt_a.detach() - t_st, u)).mean()
         opt, sched = self.optims["gen"]
         lr = sched.get_last_lr()[0]

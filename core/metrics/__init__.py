@@ -1,4 +1,4 @@
-"""Metrics (issue 5): a feature-extractor registry and the distances between feature sets.
+"""Metrics: a feature-extractor registry and the distances between feature sets.
 
 FID is computed by clean-fid with our extractor passed in; KID and precision/recall/density/coverage are pure
 functions of feature arrays. Features are kept apart from the mathematics (k-diffusion's evaluation.py).

@@ -1,5 +1,5 @@
 """Inter-rater agreement on units (pair, criterion), categories = canonical outcomes (a, b, tie, both bad)
-(STUDY.md §3.9): Cohen's kappa per rater pair with enough shared units (scikit-learn), Fleiss' kappa over the largest
+(docs/study.md#agreement): Cohen's kappa per rater pair with enough shared units (scikit-learn), Fleiss' kappa over the largest
 set of units rated equally often (statsmodels), Krippendorff's alpha, nominal, with missing ratings (krippendorff).
 Gold pairs and repeats are left out.
 """

@@ -1,4 +1,4 @@
-"""Cluster bootstrap intervals for anchored Bradley-Terry ratings, and ranks that respect them (STUDY.md §3.4-3.5).
+"""Cluster bootstrap intervals for anchored Bradley-Terry ratings, and ranks that respect them (docs/study.md#bootstrap-by-cluster).
 
 Votes on one condition (class/prompt) are correlated, and so are one rater's votes; resampling single votes, as
 FastChat and GenAI-Arena do, gives intervals that are too narrow. Here whole clusters are drawn with replacement and
@@ -31,11 +31,6 @@ class BootstrapCI:
     n_boot: int
     seed: int
     seat_samples: np.ndarray | None = None  # left-seat term per replicate, rating points
-
-    def as_dict(self) -> dict:
-        return {"cluster": self.cluster, "n_boot": self.n_boot, "seed": self.seed,
-                "lower": {v: float(x) for v, x in zip(self.variants, self.lower)},
-                "upper": {v: float(x) for v, x in zip(self.variants, self.upper)}}
 
 
 def replicate_weights(weights: np.ndarray, clusters: np.ndarray | None, n_boot: int,

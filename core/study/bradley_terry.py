@@ -1,4 +1,4 @@
-"""Bradley-Terry maximum likelihood anchored at the teacher (STUDY.md §3.2-3.3).
+"""Bradley-Terry maximum likelihood anchored at the teacher (docs/study.md#bradley-terry-anchored-at-the-teacher).
 
 P(i beats j) = 1 / (1 + 10^((R_j - R_i) / 400)). The fit works in natural-log units theta = R / SCALE, on unique
 (a, b, score) rows weighted by counts (or by bootstrap draw counts or sampling weights), with scipy's L-BFGS-B and an
@@ -39,13 +39,6 @@ class BTFit:
     n_votes: float  # total weight fitted
     seat: float | None = None  # left-seat advantage in rating points when fitted with a seat term
     unbounded: dict[str, str] = field(default_factory=dict)  # variant -> "+inf" (won everything) or "-inf"
-
-    def as_dict(self) -> dict:
-        out = {"teacher": self.teacher, "n_votes": float(self.n_votes),
-               "ratings": {v: float(r) for v, r in zip(self.variants, self.ratings)}, "unbounded": dict(self.unbounded)}
-        if self.seat is not None:
-            out["seat"] = float(self.seat)
-        return out
 
 
 def incidence(a: np.ndarray, b: np.ndarray, n_items: int, anchor: int, seat: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Votes as FastChat clean-battle rows (lm-sys/FastChat:fastchat/serve/monitor/clean_battle_data.py; STUDY.md §2.6),
+"""Votes as FastChat clean-battle rows (lm-sys/FastChat:fastchat/serve/monitor/clean_battle_data.py; docs/study.md#export),
 so FastChat-style and evalica analyses run unchanged: model_a is the left variant, model_b the right one."""
 
 from __future__ import annotations

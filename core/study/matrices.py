@@ -1,6 +1,7 @@
-"""Pairwise matrices of one criterion (STUDY.md §3.6): observed win rates across both seat orders, comparison counts,
-BT-predicted win probabilities and residuals (observed - predicted, which expose intransitive pairs), and tie and
-both-bad rates. Every matrix is variants x variants as nested lists, row i against column j, None where undefined.
+"""Pairwise matrices of one criterion (docs/study.md#ranks-and-matrices): observed win rates across both seat
+orders, comparison counts, BT-predicted win probabilities and residuals (observed - predicted, which expose
+intransitive pairs), and tie and both-bad rates. Every matrix is variants x variants as nested lists, row i against
+column j, None where undefined.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Planning: votes still needed, provisional marking and adaptive pair-sampling weights (STUDY.md §3.10-3.12).
+"""Planning: votes still needed, provisional marking and adaptive pair-sampling weights (docs/study.md#votes-needed).
 
 Votes needed for one student against the teacher (decisive votes, two-sided binomial test at level alpha with the
 given power, normal approximation): n = (z_{1-alpha/2} * 0.5 + z_power * sqrt(p (1 - p)))^2 / (p - 0.5)^2, divided by
@@ -23,11 +23,6 @@ def decisive_votes_needed(p: float, *, alpha: float = 0.05, power: float = 0.8) 
         raise ValueError(f"planning: preference p must be in (0, 1) and not 0.5, got {p}")
     z_a, z_b = norm.ppf(1 - alpha / 2), norm.ppf(power)
     return math.ceil((z_a * 0.5 + z_b * math.sqrt(p * (1 - p))) ** 2 / (p - 0.5) ** 2)
-
-
-def design_effect(votes_per_condition: float, rho: float) -> float:
-    """1 + (m - 1) * rho."""
-    return 1.0 + (votes_per_condition - 1.0) * rho
 
 
 def votes_needed(p: float, *, tie_rate: float = 0.0, deff: float = 1.0, alpha: float = 0.05, power: float = 0.8) -> int:

@@ -1,5 +1,6 @@
-"""Per-rater diagnostics (STUDY.md §3.8): votes, median latency, fast share, left rate with its p-value, tie and
-both-bad rates, gold accuracy, repeat consistency and agreement with the leave-one-out consensus.
+"""Per-rater diagnostics (docs/study.md#side-bias-latency-and-raters): votes, median latency, fast share, left rate
+with its p-value, tie and both-bad rates, gold accuracy, repeat consistency and agreement with the leave-one-out
+consensus.
 
 A rater is flagged (reviewed, and dropped only in a labelled sensitivity fit) when gold accuracy < `min_gold` or the
 left-rate p-value < `max_left_p`.

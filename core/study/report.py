@@ -1,4 +1,4 @@
-"""The study report (STUDY.md §3): per criterion, the primary anchored Bradley-Terry fit with condition- and
+"""The study report (docs/study.md#statistics): per criterion, the primary anchored Bradley-Terry fit with condition- and
 rater-cluster bootstrap intervals, sensitivity fits, ranks, matrices, per-pair tests, side bias, rater diagnostics,
 agreement, the votes-needed tables and provisional status, with every exclusion listed. JSON-serialisable.
 """

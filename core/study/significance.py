@@ -1,4 +1,4 @@
-"""Per-pair binomial tests with Wilson intervals, Holm-corrected, and side-bias tests (STUDY.md §3.7-3.8).
+"""Per-pair binomial tests with Wilson intervals, Holm-corrected, and side-bias tests (docs/study.md#per-pair-tests).
 
 For a variant pair with k wins of a among n decisive votes: `scipy.stats.binomtest(k, n, 0.5)`, and the Wilson
 interval of a's win rate. The test assumes independent votes, so when bootstrap replicates are given the

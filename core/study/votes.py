@@ -1,4 +1,4 @@
-"""The vote table the study statistics read, its validation, the exclusions and the canonical outcomes (STUDY.md §3.1).
+"""The vote table the study statistics read, its validation, the exclusions and the canonical outcomes (docs/study.md#preparation).
 
 One row per vote (rater x pair x criterion), retracted votes already removed by the caller:
 

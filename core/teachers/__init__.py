@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from core.catalogue import get_teacher_info, imported_dir
+from core.catalogue import check_trainable, get_teacher_info, imported_dir
 from core.data import get_benchmark
 from core.denoisers import Denoiser
-from core.specs import BUILTIN_TEACHERS, TrainConfig
+from core.specs import TrainConfig
 from core.teachers.builtin import build_network_denoiser, load_builtin
 from core.teachers.trainer import DenoiserTrainer
 from core.train import TrainResult, run_training
@@ -29,10 +29,7 @@ def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig
                           resume: bool = True, on_progress=None, should_stop=None, on_preview=None,
                           on_checkpoint=None) -> TrainResult:
     """Train a built-in teacher from scratch (or resume) with the studio's own loop."""
-    info = BUILTIN_TEACHERS.get(name)
-    if info is None or not info.trainable:
-        trainable = ", ".join(n for n, i in BUILTIN_TEACHERS.items() if i.trainable)
-        raise ValueError(f"teacher: {name!r} is not a trainable built-in teacher (trainable: {trainable})")
+    info = check_trainable(name)
     config = config or info.train
     torch.manual_seed(config.seed)  # network initialisation
     denoiser = build_network_denoiser(info)

@@ -8,6 +8,7 @@ marked; `--submit` on a real Redis (database 9 of 127.0.0.1:6379, or STUDIO_TEST
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,10 @@ def test_evaluate_stores_results_that_the_leaderboard_lists(cli, request, monkey
     result = _ok(cli("evaluate", *TOY, "--metrics", "fid,modes,speed", "--n", "256", "--seed", "1", "--json"))
     four, fifty = result["models"]
     assert (four["steps"], fifty["steps"], result["n"], result["seed"]) == (4, 50, 256, 1)
+    assert {k: four[k] for k in ("n", "extractor", "reference", "seed_first", "seed_last", "small_sample")} == {
+        "n": 256, "extractor": "toy2d", "reference": "toy2d-ring-toy2d-0-256", "seed_first": 1, "seed_last": 256,
+        "small_sample": True}
+    assert four["reference_hash"].startswith("sha256:") and fifty["reference_hash"] == four["reference_hash"]
     assert fifty["values"]["fid"] < four["values"]["fid"]
     stored = _evaluations()
     assert len(stored) == 2 * 5 and {(m, run_id) for m, _, _, run_id in stored} == {("teacher:toy2d-ring", None)}
@@ -95,17 +100,39 @@ def test_evaluate_stores_results_that_the_leaderboard_lists(cli, request, monkey
                                                                             ("teacher:toy2d-ring", 4, 4)]
     assert board["rows"][0]["metrics"]["fid"] == fifty["values"]["fid"]
     assert board["rows"][0]["reference"] == "toy2d-ring-toy2d-0-256"
+    assert (board["rows"][0]["reference_hash"], board["rows"][0]["seed_first"], board["rows"][0]["seed_last"]) == (
+        four["reference_hash"], 1, 256)
+    assert board["rows"][0]["small_sample"] is True and board["rows"][0]["provenance"]["fid"]["small_sample"] is True
     assert board["fid_vs_nfe"] == {"teacher:toy2d-ring": [[4, four["values"]["fid"]], [50, fifty["values"]["fid"]]]}
     text = cli("leaderboard")
     assert text.exit_code == 0 and text.stdout.splitlines()[0].split()[:5] == ["model", "steps", "nfe", "fid",
                                                                                  "modes_covered"]
     assert len(text.stdout.splitlines()) == 3
+    assert text.stdout.splitlines()[0].split()[-3:] == ["n", "seeds", "reference"]
+    assert all(line.endswith(f"256  1-256  toy2d-ring-toy2d-0-256 {four['reference_hash']}  "
+                             "(small-sample estimate: n < 2000)") for line in text.stdout.splitlines()[1:])
 
 
 def test_evaluate_prints_one_line_per_model(cli):
     result = cli("evaluate", "--model", "teacher:toy2d-ring-gmm@8", "--metrics", "fid", "--n", "64")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("teacher:toy2d-ring-gmm @8 (NFE 8, toy2d-ring-toy2d-0-64): fid ")
+    assert len(result.stdout.splitlines()) == 1
+    assert re.search(r"\): fid [0-9.e+-]+ \(n=64, extractor toy2d, reference toy2d-ring-toy2d-0-64 sha256:[0-9a-f]{12}, "
+                     r"seeds 0-63; small-sample estimate: n < 2000\)$", result.stdout.strip()), result.stdout
+
+
+def test_an_evaluation_of_at_least_2000_samples_is_not_labelled_a_small_sample_estimate(cli):
+    args = ["evaluate", "--model", "teacher:toy2d-ring-gmm@8", "--metrics", "fid,speed", "--n", "2000", "--seed", "5"]
+    (model,) = _ok(cli(*args, "--json"))["models"]
+    assert (model["n"], model["seed_first"], model["seed_last"], model["small_sample"]) == (2000, 5, 2004, False)
+    text = cli(*args).stdout.strip()
+    assert re.search(r"\): fid [0-9.e+-]+ \(n=2000, extractor toy2d, reference toy2d-ring-toy2d-0-2000 "
+                     rf"{model['reference_hash']}, seeds 5-2004\), ms_per_image ", text), text
+    assert "small-sample" not in text
+    (row,) = _ok(cli("leaderboard", "--json"))["rows"]
+    assert (row["small_sample"], row["n"], row["reference_hash"]) == (False, 2000, model["reference_hash"])
+    assert "small-sample" not in cli("leaderboard").stdout
 
 
 def test_an_empty_leaderboard(cli):
@@ -145,7 +172,7 @@ def queue(data_dir, monkeypatch):
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
-    except redis.ConnectionError as exc:  # a failure, not a skip (DESIGN.md §7)
+    except redis.ConnectionError as exc:  # a failure, not a skip (docs/architecture.md#set-up-and-tests)
         pytest.fail(f"these tests need Redis at {REDIS_URL} (set STUDIO_TEST_REDIS_URL): {exc}", pytrace=False)
     name = f"test-eval-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("STUDIO_BROKER_URL", REDIS_URL)
@@ -174,11 +201,12 @@ def test_fid_equals_core_metrics_folder_fid(cli, tmp_path):
     a, b = _digit_folder(tmp_path / "a", 0, 120), _digit_folder(tmp_path / "b", 120, 240)
     result = _ok(cli("fid", a, b, "--extractor", "digits", "--json"))
     assert result == {"fid": folder_fid(a, b, "digits"), "dir_a": str(a), "dir_b": str(b), "extractor": "digits",
-                      "n_a": 120, "n_b": 120}
+                      "n_a": 120, "n_b": 120, "small_sample": True}
     assert result["fid"] > 0
     assert _ok(cli("fid", a, a, "--extractor", "digits", "--json"))["fid"] == pytest.approx(0, abs=1e-6)
     text = cli("fid", a, b, "--extractor", "digits")
     assert text.exit_code == 0 and text.stdout.startswith("FID ") and "(digits; 120 vs 120 images)" in text.stdout
+    assert text.stdout.rstrip().endswith("(digits; 120 vs 120 images); small-sample estimate: n < 2000")
 
 
 def test_bad_fid_input_is_one_line_naming_the_field(cli, tmp_path):

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from app.rate.blind import blind_copy, blind_dir
 from app.rate.keys import HEAD, KEYS_HELP
-from app.rate.page import build_rate_page, gate, on_load, rater_name, submit, undo
+from app.rate.page import CSS, build_rate_page, gate, on_load, rater_name, submit, undo
 from app.studio.access import Account, Accounts
 from app.studio.context import Studio
 from storage.db import session_scope
@@ -169,6 +169,7 @@ def test_the_page_has_no_captions_share_buttons_or_names(ctx):
     images = [c["props"] for c in config["components"] if c.get("type") == "image"]
     assert [(p["label"], p["buttons"]) for p in images] == [("Left image", ["fullscreen"]), ("Right image", ["fullscreen"])]
     assert images[0]["height"] == images[1]["height"]
+    assert "image-rendering: pixelated" in CSS and "object-fit: contain" in CSS  # tiny samples drawn large, crisp
     text = json.dumps(config)
     for secret in ("secret", "987654", "424242", "run:", "teacher:"):
         assert secret not in text
@@ -176,12 +177,17 @@ def test_the_page_has_no_captions_share_buttons_or_names(ctx):
 
 
 def test_build_app_mounts_rate_before_the_studio_and_not_single_user(ctx):
+    from fastapi.testclient import TestClient
+
     from app.studio.server import build_app
 
     app, other = build_app(ctx.settings, ACCOUNTS, "127.0.0.1")
     paths = [getattr(route, "path", None) for route in app.routes]
     assert "/rate" in paths and paths.index("/rate") < paths.index("")  # "/" mounts as ""
+    moved = TestClient(app).get("/rate?x=1", follow_redirects=False)  # the address the README gives raters
+    assert moved.status_code == 307 and moved.headers["location"] == "/rate/?x=1"
     other.factory.kw["bind"].dispose()
     app, other = build_app(ctx.settings, Accounts(None), "127.0.0.1")
     assert "/rate" not in [getattr(route, "path", None) for route in app.routes]
+    assert TestClient(app).get("/rate", follow_redirects=False).status_code == 404  # single-user: no rating page
     other.factory.kw["bind"].dispose()

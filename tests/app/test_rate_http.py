@@ -126,6 +126,30 @@ def test_sign_in_rules_and_what_a_rater_may_fetch(served):
         ann.close()
 
 
+def test_the_readme_address_leads_to_the_page_signed_in_or_not(served):
+    """Raters are told to open /rate; the page lives at /rate/ (a mount), and Gradio's logout also sends them to /rate."""
+    studio, _, _ = served
+    base = studio.url.rstrip("/")
+    with httpx.Client(base_url=base, timeout=30) as anon:
+        moved = anon.get("/rate?lang=en&x=1")
+        assert moved.status_code == 307 and moved.headers["location"] == "/rate/?lang=en&x=1"
+        assert anon.head("/rate").status_code == 307
+        page = anon.get("/rate", follow_redirects=True)
+        assert page.status_code == 200 and page.url.path == "/rate/" and "<html" in page.text.lower()
+        assert anon.get("/rate/config").status_code == 401  # the redirect admits nobody: the page still asks to sign in
+    bob = Rater(base, "bob")
+    try:
+        page = bob.http.get("/rate", follow_redirects=True)
+        assert page.status_code == 200 and page.url.path == "/rate/"
+        assert bob.http.get("/rate/config").status_code == 200
+        assert bob.load()["prompt"].startswith("### Which image is better?")
+        out = bob.http.get("/rate/logout", follow_redirects=True)  # Gradio redirects to its root, /rate
+        assert out.status_code == 200 and out.url.path == "/rate/"
+        assert bob.http.get("/rate/config").status_code == 401
+    finally:
+        bob.close()
+
+
 def test_another_raters_token_is_refused(served):
     studio, url, _ = served
     ann, bob = Rater(studio.url, "ann"), Rater(studio.url, "bob")

@@ -1,4 +1,4 @@
-"""The Compare tab's handlers as plain functions (STUDY.md §5.6, "handlers first"): teacher steps, paging, the
+"""The Compare tab's handlers as plain functions (docs/study.md#handlers-first): teacher steps, paging, the
 students' variants and checkpoints, and the image grid with its sample requests, against a real migrated SQLite
 database and the embedded SQLite broker in a temporary data dir. Runs are put into each state through storage.repo."""
 

@@ -1,4 +1,4 @@
-"""What the studio's browser may fetch, as plain functions (STUDY.md §5.6, "handlers first"): the served-file copies
+"""What the studio's browser may fetch, as plain functions (docs/study.md#handlers-first): the served-file copies
 of PNGs under the data dir, and the mount's path rules, in a temporary data dir."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_mount_allows_only_served(ctx):
     kwargs = mount_kwargs(ctx.data_dir)
     assert kwargs["allowed_paths"] == [str(ctx.data_dir / "served")]
     blocked = set(kwargs["blocked_paths"])
-    for name in ("runs", "teachers", "teacher-runs", "references", "import", "studio.db", "broker.db"):
+    for name in ("runs", "teachers", "teacher-runs", "reference", "import", "studio.db", "broker.db"):
         assert str(ctx.data_dir / name) in blocked
     assert str(ctx.data_dir) not in blocked | set(kwargs["allowed_paths"])
     assert kwargs["mcp_server"] is False and kwargs["footer_links"] == [] and kwargs["enable_monitoring"] is False

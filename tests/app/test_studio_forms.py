@@ -1,35 +1,35 @@
-"""The New-run form's knobs (app/studio/forms.py): one per config field of core/method_specs.py with the preset's
-value and the field's why-comment, and the KEY=VALUE overrides the form turns them back into."""
+"""The New-run form's knobs (app/studio/forms.py): one per config field of core/method_configs.py with the preset's
+value and help text, dropdown choices and bounds read from the field's metadata, and the KEY=VALUE overrides the form
+turns them back into."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from app.studio.forms import SEPARATE, knob_sets, knobs, presets, why_comments
+from app.studio.forms import SEPARATE, help_text, knob_sets, knobs, presets
+from core.knobs import SOURCES, source, why
 from core.method_specs import METHOD_CONFIGS, PRESET_CHANGES, WEIGHTINGS_MMD, WEIGHTINGS_VSD, build_method_config
 
 CASES = [(m, p) for m in METHOD_CONFIGS for p in PRESET_CHANGES[m]]
 KINDS = {int: "int", float: "float", bool: "bool", str: "str"}
-TAGS = ("[paper]", "[code]", "[derived]", "[choice]")
+TAGS = tuple(f"[{s}]" for s in SOURCES)
 
 
-def _fields(method: str) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(METHOD_CONFIGS[method]) if f.name not in SEPARATE]
+def _fields(method: str) -> list[str]:
+    return [name for name in METHOD_CONFIGS[method].model_fields if name not in SEPARATE]
 
 
 @pytest.mark.parametrize("method, preset", CASES)
 def test_knobs_list_every_field_but_student_steps_with_the_presets_values(method, preset):
     expected = METHOD_CONFIGS[method](**PRESET_CHANGES[method][preset])  # the preset, built without forms
     got = knobs(method, preset)
-    assert [k.name for k in got] == [f.name for f in _fields(method)]
+    assert [k.name for k in got] == _fields(method)
     assert "student_steps" not in {k.name for k in got}
     for knob in got:
         value = getattr(expected, knob.name)
         assert knob.value == value and type(knob.value) is type(value), knob
         assert knob.kind == KINDS[type(value)], knob
-        assert knob.info == why_comments(method)[knob.name]
+        assert knob.info == help_text(METHOD_CONFIGS[method].model_fields[knob.name])
 
 
 def test_presets_change_the_knobs():
@@ -61,18 +61,25 @@ def test_knobs_name_a_bad_method_or_preset(method, preset, field):
 
 
 @pytest.mark.parametrize("method", list(METHOD_CONFIGS))
-def test_every_field_has_a_tagged_why_comment(method):
-    docs = why_comments(method)
-    names = [f.name for f in dataclasses.fields(METHOD_CONFIGS[method])]
-    assert sorted(docs) == sorted(names), f"fields without a why-comment: {sorted(set(names) - set(docs))}"
-    for name, text in docs.items():
-        assert text.startswith(TAGS), f"{method}.{name}: {text!r}"
+def test_every_field_has_a_provenance_and_its_help_says_it(method):
+    fields = METHOD_CONFIGS[method].model_fields
+    missing = [name for name, info in fields.items() if source(info) not in SOURCES]
+    assert missing == [], f"fields without a provenance: {missing}"
+    for name, info in fields.items():
+        assert help_text(info).startswith(TAGS), f"{method}.{name}: {help_text(info)!r}"
+    for knob in knobs(method, "default"):
+        assert knob.info.startswith(TAGS), knob
 
 
-def test_why_comments_are_the_text_after_why():
-    assert why_comments("dmd2")["ttur_ratio"] == "[paper] r = 1 unstable, r = 10 stable but slow"
-    assert why_comments("dmd2")["backward_simulation"] == "[paper] training on noised real images is worse (Table 4)"
-    assert why_comments("mmd")["renoise"].endswith('"marginal" is the ablation')
+def test_help_is_the_fields_description_and_provenance():
+    dmd2, mmd = METHOD_CONFIGS["dmd2"].model_fields, METHOD_CONFIGS["mmd"].model_fields
+    assert (why(dmd2["ttur_ratio"]), source(dmd2["ttur_ratio"])) == ("r = 1 unstable, r = 10 stable but slow", "paper")
+    assert why(dmd2["backward_simulation"]) == "training on noised real images is worse (Table 4)"
+    assert why(mmd["renoise"]).endswith('"marginal" is the ablation')
+    help_ = {k.name: k.info for k in knobs("dmd2", "default")}
+    assert help_["ttur_ratio"] == "[paper] r = 1 unstable, r = 10 stable but slow · an integer >= 1"  # and its bounds
+    assert help_["backward_simulation"] == "[paper] training on noised real images is worse (Table 4)"
+    assert help_["beta2"] == "[paper] · in [0, 1)"  # provenance without a why, still with its bounds
 
 
 # -- knob_sets -----------------------------------------------------------------------------------------------
@@ -115,16 +122,15 @@ def test_strings_and_separate_fields():
 
 def _changed(knob):
     """A different valid value for any knob: floats halved (or 0.25 from 0), ints + 1 as a float, bools flipped,
-    strings the next choice."""
+    strings the next choice (every string knob is a closed set)."""
     if knob.kind == "bool":
         return not knob.value
     if knob.kind == "int":
         return float(knob.value + 1)
     if knob.kind == "float":
         return knob.value / 2 if knob.value else 0.25
-    if knob.choices:
-        return knob.choices[(knob.choices.index(knob.value) + 1) % len(knob.choices)]
-    return {"fp32": "bf16", "bf16": "fp32"}[knob.value]  # dmd2's precision, the one free-text knob
+    assert knob.choices, f"{knob.name}: a free-text knob; give it choices or a way to change it here"
+    return knob.choices[(knob.choices.index(knob.value) + 1) % len(knob.choices)]
 
 
 @pytest.mark.parametrize("method, preset", CASES)

@@ -1,4 +1,4 @@
-"""The Leaderboard tab's handlers as plain functions (STUDY.md §5.6, "handlers first"): the board from recorded
+"""The Leaderboard tab's handlers as plain functions (docs/study.md#handlers-first): the board from recorded
 evaluations and queueing an evaluate run, against a real migrated SQLite database and the embedded SQLite broker in a
 temporary data dir."""
 
@@ -13,10 +13,12 @@ from tests.app.studio_ctx import all_runs, broker_messages, create
 
 # -- Leaderboard ----------------------------------------------------------------------------------------------
 
-def _evaluate(ctx, model: str, metric: str, value: float, steps: int, nfe: int, run_id: int | None = None) -> None:
+def _evaluate(ctx, model: str, metric: str, value: float, steps: int, nfe: int, run_id: int | None = None,
+              n: int = 1000, reference_hash: str | None = "sha256:0123456789ab") -> None:
     with session_scope(ctx.factory) as session:
-        repo.record_evaluation(session=session, model=model, metric=metric, value=value, n=1000, extractor="digits-cnn",
-                               reference="digits-train", seed=0, steps=steps, nfe=nfe, run_id=run_id)
+        repo.record_evaluation(session=session, model=model, metric=metric, value=value, n=n, extractor="digits-cnn",
+                               reference="digits-train", reference_hash=reference_hash, seed=0, seed_last=n - 1,
+                               steps=steps, nfe=nfe, run_id=run_id)
 
 
 def test_board_shapes_the_leaderboard(ctx):
@@ -36,9 +38,26 @@ def test_board_shapes_the_leaderboard(ctx):
     assert {k: row[k] for k in ("steps", "NFE", "FID", "KID", "ms/image", "n", "reference")} == {
         "steps": 1, "NFE": 1, "FID": 12.35, "KID": 0.01235, "ms/image": 0.5, "n": 1000, "reference": "digits-train"}
     assert row["precision"] is None or row["precision"] != row["precision"]  # missing: None or NaN
+    assert {k: row[k] for k in ("reference hash", "seeds", "note")} == {
+        "reference hash": "sha256:0123456789ab", "seeds": "0-999", "note": "† small-sample estimate: n < 2000"}
     assert sorted(plot.itertuples(index=False, name=None)) == sorted(
         [(4, 20.0, "teacher:digits"), (50, 3.21, "teacher:digits"), (1, 12.345678, name), (1, 30.0, f"run:{sample}")])
     assert [str(t) for t in plot.dtypes] == ["int64", "float64", "object"]
+
+
+def test_board_labels_small_sample_figures_and_shows_their_reference_hash(ctx):
+    _evaluate(ctx, "teacher:digits", "fid", 3.0, 50, 50, n=2000)
+    _evaluate(ctx, "teacher:digits", "kid", 0.01, 50, 50, n=500)  # a KID on fewer samples than the row's FID
+    _evaluate(ctx, "teacher:digits", "fid", 9.0, 4, 4, n=1999, reference_hash=None)  # a row whose hash is unknown
+    table, _ = leaderboard.board(ctx)
+    rows = {r["steps"]: r for r in table.to_dict("records")}
+    assert {k: rows[50][k] for k in ("n", "reference", "reference hash", "seeds")} == {
+        "n": 2000, "reference": "digits-train", "reference hash": "sha256:0123456789ab", "seeds": "0-1999"}
+    assert rows[50]["note"] == ("† kid: n=500, extractor digits-cnn, reference digits-train sha256:0123456789ab, seeds 0-499; "
+                                "small-sample estimate: n < 2000")  # the FID at n = 2000 carries no label
+    assert {k: rows[4][k] for k in ("n", "reference hash", "seeds", "note")} == {
+        "n": 1999, "reference hash": "hash unknown", "seeds": "0-1998", "note": "† small-sample estimate: n < 2000"}
+    assert leaderboard.MARKER in leaderboard.LEGEND and "small-sample estimate: n < 2000" in leaderboard.LEGEND
 
 
 def test_board_of_an_empty_store(ctx):

@@ -1,4 +1,4 @@
-"""The Runs tab's handlers as plain functions (STUDY.md §5.6, "handlers first"): the New-run form, and each run's
+"""The Runs tab's handlers as plain functions (docs/study.md#handlers-first): the New-run form, and each run's
 status, table row, log, previews and detail, cancel and resume, against a real migrated SQLite database and the
 embedded SQLite broker in a temporary data dir. Runs are put into each state through storage.repo, as workers do."""
 

@@ -1,4 +1,4 @@
-"""The Teachers tab's handlers as plain functions (STUDY.md §5.6, "handlers first"): which folders may be imported,
+"""The Teachers tab's handlers as plain functions (docs/study.md#handlers-first): which folders may be imported,
 the teacher table and queueing a teacher run, against a real migrated SQLite database in a temporary data dir."""
 
 from __future__ import annotations

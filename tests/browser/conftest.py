@@ -1,7 +1,7 @@
 """A live `distill-studio up` and Debian's Chromium (never `playwright install`) for the browser tests.
 
 The server runs in its own data dir on a free port with the embedded broker and its supervised local worker, exactly
-what `make run` starts. Chromium missing is a failure, not a skip (DESIGN.md §7)."""
+what `make run` starts. Chromium missing is a failure, not a skip (docs/architecture.md#set-up-and-tests)."""
 
 from __future__ import annotations
 

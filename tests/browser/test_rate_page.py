@@ -1,17 +1,21 @@
-"""The rating page in Chromium against a live `distill-studio up` with rater accounts.
+"""The rating page in Chromium against a live `distill-studio up` with rater accounts, opened at `/rate` as the README
+says.
 
-Blinding (STUDY.md §2.3): a rater rates a few pairs while every response body (HTML, JS config, JSON, the event
+Blinding (docs/study.md#blinding): a rater rates a few pairs while every response body (HTML, JS config, JSON, the event
 stream), every URL and every served PNG's chunks are captured; none may carry a variant label, model string, run id,
 teacher name or checkpoint step. Keyboard (§2.4): pairs are rated with 1..4, Q..R and Enter only, one is undone with U,
-and the counter follows."""
+and the counter follows. Size: a 16x16 sample fills its box, crisp, the same on both sides, in every view."""
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 from sqlalchemy import select
 
@@ -31,7 +35,8 @@ VARIANTS = [
     {"model": "run:876543", "steps": 1, "checkpoint": 313131, "label": "mmd-secret-label"},
 ]
 SECRETS = [TEACHER, "secret-label", "987654", "876543", "424242", "313131", "seed4242"]
-USERS = "rita:rita-pw:rater,kim:kim-pw:rater,res:res-pw:researcher"
+USERS = "rita:rita-pw:rater,kim:kim-pw:rater,lea:lea-pw:rater,res:res-pw:researcher"
+README_ADDRESS = "rate"  # "Raters sign in at `/rate`"; the page itself is served at /rate/
 # Event streams are read by the page through fetch and may stay open past the test; tee them as the page reads them.
 TEE_STREAMS = """
 window.__streams = [];
@@ -59,8 +64,9 @@ PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
 
 
 def source_png(folder: Path, label: str, condition: str) -> Path:
-    """A sample as a job writes it, with a telling name and text and EXIF metadata naming its model."""
-    from PIL import Image, PngImagePlugin
+    """A sample as a job writes it (one colour, 16x16 like a digit), with a telling name and text and EXIF metadata naming
+    its model."""
+    from PIL import PngImagePlugin
 
     path = folder / f"{label}_{TEACHER}_seed4242_{condition}.png"
     if not path.exists():
@@ -69,7 +75,7 @@ def source_png(folder: Path, label: str, condition: str) -> Path:
         info.add_text("model", f"run:987654 {label} step 424242")
         exif = Image.Exif()
         exif[0x010E] = f"{TEACHER} {label}"  # ImageDescription
-        Image.new("RGB", (28, 28), (shade, 40, 200 - shade)).save(path, pnginfo=info, exif=exif)
+        Image.new("RGB", (16, 16), (shade, 40, 200 - shade)).save(path, pnginfo=info, exif=exif)
     return path
 
 
@@ -97,7 +103,8 @@ def sign_in(browser, studio, user: str, password: str):
     context = browser.new_context(viewport={"width": 1300, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(studio.url + "rate/")
+    page.goto(studio.url + README_ADDRESS)
+    expect(page).to_have_url(re.compile(r"/rate/$"))
     page.get_by_label("username").fill(user)
     page.get_by_label("password").fill(password)
     page.get_by_role("button", name="Login").click()
@@ -144,7 +151,7 @@ def test_nothing_identifying_a_model_reaches_the_browser(browser, rate_server):
     context.add_init_script(TEE_STREAMS)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(rate_server.url + "rate/")
+    page.goto(rate_server.url + README_ADDRESS)
     page.get_by_label("username").fill("rita")
     page.get_by_label("password").fill("rita-pw")
     page.get_by_role("button", name="Login").click()
@@ -225,3 +232,98 @@ def test_a_rater_rates_by_keyboard_and_undoes_one(browser, rate_server):
     assert live[:4] == [("alignment", "left"), ("quality", "left"), ("alignment", "right"), ("quality", "right")]
     assert live[4:6] == [("alignment", "tie"), ("quality", "both_bad")] and len(live) == 10
     assert all(ms is not None and 0 <= ms < 60_000 for ms in timed)  # the browser timed every vote
+
+
+SIDES = ("left", "right")
+# The images' boxes unchanged over three polls (Gradio's fullscreen view grows in a transition): the layout a rater sees.
+SETTLED = """() => {
+  const now = [...document.querySelectorAll('#rate-left img, #rate-right img')]
+    .map((img) => JSON.stringify(img.getBoundingClientRect())).join();
+  window.__steady = now === window.__rects ? (window.__steady || 0) + 1 : 0;
+  window.__rects = now;
+  return window.__steady >= 3;
+}"""
+COVERS_VIEWPORT = """(selector) => { const r = document.querySelector(selector).getBoundingClientRect();
+  return r.width >= 0.95 * innerWidth && r.height >= 0.95 * innerHeight; }"""
+
+
+def settle(page) -> None:
+    page.wait_for_function(SETTLED, polling=150)
+
+
+def painted(box) -> tuple[int, int]:
+    """Width and height in CSS px of the sample as painted in `box`, read off a screenshot (samples are one colour), so
+    what a rater sees whatever the CSS says."""
+    shot = np.asarray(Image.open(io.BytesIO(box.screenshot())).convert("RGB")).astype(int)
+    colour = shot[shot.shape[0] // 2, shot.shape[1] // 2]  # the sample is centred in its box
+    ys, xs = np.nonzero(np.abs(shot - colour).max(axis=2) <= 8)
+    return int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def filled(page, sides, view: str) -> list[tuple[int, int]]:
+    """The painted sizes of `sides`, each checked to be square like its sample, to fill at least 90 % of its box's
+    smaller side and to be scaled nearest-neighbour."""
+    sizes = []
+    for side in sides:
+        box = page.locator(f"#rate-{side} .image-container")
+        bound = box.bounding_box()
+        width, height = painted(box)
+        assert abs(width - height) <= 1, f"{view}: the {side} image is {width}x{height}, its sample is square"
+        assert min(width, height) >= 0.9 * min(bound["width"], bound["height"]), f"{view}: {side} {width} px in {bound}"
+        sizes.append((width, height))
+    rendering = page.evaluate("() => [...document.querySelectorAll('#rate-left img, #rate-right img')]"
+                              ".map((img) => getComputedStyle(img).imageRendering)")
+    assert rendering == ["pixelated", "pixelated"], view
+    return sizes
+
+
+def same(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1
+
+
+def test_both_images_fill_their_boxes_crisply_and_alike_in_every_view(browser, rate_server):
+    """16x16 samples drawn at 16 px cannot be judged: each is scaled up to fill its box, the two alike, on the page, in
+    the `F` view of both and in the corner button's view of one; a vote after an enlarged view records it."""
+    context, page = sign_in(browser, rate_server, "lea", "lea-pw")
+    images_loaded(page)
+    settle(page)
+    on_page = filled(page, SIDES, "page")
+    assert same(*on_page) and on_page[0][0] >= 300
+    shoot(page, "rate-page-images")
+
+    page.keyboard.press("f")
+    page.wait_for_function("() => document.fullscreenElement?.id === 'rate-images'")
+    settle(page)
+    both = filled(page, SIDES, "F view")
+    assert same(*both) and both[0][0] > on_page[0][0]
+    shoot(page, "rate-page-fullscreen")
+    page.keyboard.press("f")
+    page.wait_for_function("() => !document.fullscreenElement")
+
+    alone = []
+    for side in SIDES:
+        page.locator(f"#rate-{side} .icon-button").click()
+        page.wait_for_function(COVERS_VIEWPORT, arg=f"#rate-{side} .image-container")
+        settle(page)
+        alone += filled(page, [side], f"corner view of the {side} image")
+        page.keyboard.press("Escape")
+        page.wait_for_function(f"() => !({COVERS_VIEWPORT})('#rate-{side} .image-container')")
+        settle(page)
+    assert same(*alone) and alone[0][0] > both[0][0]
+
+    counter = page.locator("#rate-progress")
+    for n in (1, 2):  # the first pair was seen enlarged, the second not
+        images_loaded(page)
+        page.keyboard.press("1")
+        page.keyboard.press("q")
+        expect(page.locator("#rate-submit")).to_be_enabled()
+        page.keyboard.press("Enter")
+        expect(counter).to_contain_text(f"{n} of 5")
+    page.get_by_role("link", name="log out").click()  # Gradio's logout sends raters to /rate: back to the sign-in form
+    expect(page.get_by_label("username")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/rate/$"))
+    context.close()
+
+    with session_scope(make_session_factory(rate_server.engine)) as s:
+        votes = s.scalars(select(Vote).where(Vote.rater == "lea").order_by(Vote.voted_at, Vote.criterion)).all()
+        assert [v.fullscreen_used for v in votes] == [True, True, False, False]

@@ -1,4 +1,4 @@
-"""The issue's flow in real Chromium against a live `distill-studio up`: start a digits (and a toy2d) run from the form,
+"""A researcher's whole flow in real Chromium against a live `distill-studio up`: start a digits (and a toy2d) run from the form,
 watch it succeed, compare it with the teacher on the same seeds, evaluate it onto the leaderboard; screenshots of each
 tab; no request leaves localhost. Then the error paths: invalid form values, a cancelled run, a failed run's message.
 
@@ -20,7 +20,7 @@ RUN_S = 240_000  # ms: a 60-iteration toy2d run, queued behind nothing, takes ~1
 
 
 def test_train_compare_and_rank_a_digits_student(page):
-    """The issue's "done when": train a digits student from the browser, compare it with the teacher at several step
+    """Train a digits student from the browser, compare it with the teacher at several step
     counts on the same seeds, and see it on the leaderboard."""
     # 1. Runs: start a run from the form; the table follows it to succeeded; its detail shows curves and previews.
     start_run(page, teacher="digits", method="dmd2", steps="1", iterations="24", preset="digits")

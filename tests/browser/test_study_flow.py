@@ -1,4 +1,4 @@
-"""The study issue's "done when" in real Chromium: a researcher trains two digits students and creates a study of the
+"""A whole study in real Chromium: a researcher trains two digits students and creates a study of the
 digits teacher against them, two raters rate it at /rate with the keyboard, and the researcher's results show
 teacher-anchored ratings with intervals and rater diagnostics; the exported votes load in pandas."""
 

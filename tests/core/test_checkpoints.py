@@ -13,7 +13,6 @@ from core.checkpoints import (
     checkpoint_path,
     flatten_state,
     list_checkpoints,
-    load_latest,
     load_state,
     save_state,
     unflatten_state,
@@ -109,9 +108,9 @@ def test_adam_state_round_trip(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_list_checkpoints_and_load_latest(tmp_path):
+def test_list_checkpoints_finds_the_latest_complete_one(tmp_path):
     d = tmp_path / "checkpoints"
-    assert list_checkpoints(d) == [] and load_latest(d) is None  # missing folder
+    assert list_checkpoints(d) == []  # missing folder
     for step in (5, 120, 30):
         save_state(checkpoint_path(d, step), {"step": step})
     # A newer .safetensors without its .json sidecar (an interrupted write) is ignored.
@@ -122,8 +121,9 @@ def test_list_checkpoints_and_load_latest(tmp_path):
     save_state(d / "step-12.safetensors", {"step": 12})
     save_state(d / "model.safetensors", {"step": 0})
     assert [s for s, _ in list_checkpoints(d)] == [5, 30, 120]
-    assert load_latest(d) == checkpoint_path(d, 120)
-    assert load_state(load_latest(d))[0] == {"step": 120}
+    latest = list_checkpoints(d)[-1][1]  # what resuming picks (core/train.py)
+    assert latest == checkpoint_path(d, 120)
+    assert load_state(latest)[0] == {"step": 120}
     assert checkpoint_path(d, 7).name == "step-0000007.safetensors"
     with pytest.raises(FileNotFoundError):
         load_state(orphan)

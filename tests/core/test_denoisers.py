@@ -1,4 +1,5 @@
-"""The denoiser interface and its adapters (METHODS.md §2.2, §2.4; tests T1 and T3 of §10)."""
+"""The denoiser interface and its adapters (docs/methods.md#the-denoiser-and-its-conversions,
+docs/methods.md#guidance; the tests are listed in docs/methods.md#shared-math-tests)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,12 @@ def _batch(n: int = 64, dim: int = 2, seed: int = 0, t_lo: float = 0.01, t_hi: f
 
 
 def class_ring() -> GaussianMixture:
-    """F1's class-conditional variant: 8 modes on the ring, alternately class 0 and class 1 (2 classes x 4 modes)."""
+    """The analytic ring's class-conditional variant: 8 modes on the ring, alternately class 0 and class 1 (2 classes x 4 modes)."""
     base = ring(8)
     return GaussianMixture(base.means, base.stds, base.weights, classes=torch.arange(8) % 2)
 
 
-# -- T1: parametrisation conversions ----------------------------------------------------------------------
+# -- Parametrisation conversions --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(32, 2), (8, 2, 3, 3)])
 def test_conversions_round_trip(shape):
@@ -99,7 +100,7 @@ def test_x_from_flow_recovers_x():
     torch.testing.assert_close(x_from_flow(z, eps - x, a, sg), x, rtol=0, atol=TOL)
 
 
-# -- T1: the analytic teacher wrapped in every parametrisation -------------------------------------------
+# -- The analytic teacher wrapped in every parametrisation -----------------------------------------------
 
 class NativeGMMNet(nn.Module):
     """A 'network' whose native output is the GMM's exact x0 converted to `prediction_type`."""
@@ -161,7 +162,7 @@ def test_score_matches_autograd(weights, stds):
     torch.testing.assert_close(score(gmm, z, t), grad, rtol=1e-8, atol=1e-8)
 
 
-# -- T3: classifier-free guidance -------------------------------------------------------------------------
+# -- Classifier-free guidance -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def cond_gmm() -> GMMDenoiser:

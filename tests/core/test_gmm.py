@@ -1,4 +1,4 @@
-"""Gaussian mixtures and their exact denoiser (METHODS.md §10, fixture F1)."""
+"""Gaussian mixtures and their exact denoiser (the analytic ring of docs/methods.md#fixtures)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from core.gmm import GaussianMixture, GMMDenoiser, grid, ring
 from core.schedules import CosineSchedule
 
 F64 = torch.float64
-SKEWED = [0.96 / 7] * 7 + [0.04]  # F1's variant: the eighth mode has 4 % of the mass
+SKEWED = [0.96 / 7] * 7 + [0.04]  # the ring's rare-mode variant: the eighth mode has 4 % of the mass
 
 
 def class_ring(weights=None) -> GaussianMixture:

@@ -1,4 +1,4 @@
-"""The forward-process posterior q(z_s | z_t, x) (METHODS.md §2.3; test T2 of §10)."""
+"""The forward-process posterior q(z_s | z_t, x) (docs/methods.md#posterior; tests in docs/methods.md#shared-math-tests)."""
 
 from __future__ import annotations
 

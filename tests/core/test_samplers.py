@@ -1,4 +1,4 @@
-"""Per-sample seeded noise and the samplers (DESIGN.md §2; METHODS.md §2.3)."""
+"""Per-sample seeded noise and the samplers (docs/architecture.md#the-ml-library, docs/methods.md#posterior)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VP schedules (METHODS.md §2.1): identities, monotonicity, inverses, endpoints, rounding, config round-trip."""
+"""VP schedules (docs/methods.md#schedules): identities, monotonicity, inverses, endpoints, rounding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from core.schedules import CosineSchedule, DiscreteSchedule, schedule_from_config, time_grid
+from core.schedules import CosineSchedule, DiscreteSchedule, time_grid
 
 F64 = torch.float64
 N_TRAIN = 1000
@@ -131,29 +131,6 @@ def test_discrete_rounds_to_nearest_index(discrete):
 
 
 # -- config round-trip and validation ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("make", [
-    lambda: CosineSchedule(),
-    lambda: CosineSchedule(t_max=0.999, timestep_scale=999.0),
-    lambda: DiscreteSchedule(_ddpm_alphas_cumprod("linear")),
-    lambda: DiscreteSchedule(_ddpm_alphas_cumprod("squaredcos_cap_v2")),
-])
-def test_schedule_from_config_round_trips(make):
-    s = make()
-    r = schedule_from_config(s.config())
-    assert type(r) is type(s)
-    assert r.config() == s.config()
-    assert r.t_max == s.t_max
-    t = _grid(1001)
-    assert torch.equal(r.alpha(t), s.alpha(t))
-    assert torch.equal(r.sigma(t), s.sigma(t))
-    assert torch.equal(r.model_time(t), s.model_time(t))
-
-
-def test_schedule_from_config_unknown_name():
-    with pytest.raises(ValueError):
-        schedule_from_config({"name": "sigmoid"})
-
 
 @pytest.mark.parametrize("acp", [
     [0.9, 0.95, 0.5],        # increases

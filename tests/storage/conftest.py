@@ -2,7 +2,8 @@
 
 PostgreSQL: one uniquely named database per test session on 127.0.0.1:5432 (user postgres), emptied before each
 test and dropped at the end; STUDIO_TEST_POSTGRES_URL names another server (the `postgres` fixture in
-tests/conftest.py). A missing server fails these tests with one clear message; it never skips them (DESIGN.md §7).
+tests/conftest.py). A missing server fails these tests with one clear message; it never skips them
+(docs/architecture.md#set-up-and-tests).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from storage.migrate import upgrade
 from storage.models import Base
 
 if TYPE_CHECKING:
-    from tests.conftest import PostgresServer  # the `postgres` fixture lives in tests/conftest.py
+    from tests.services import PostgresServer
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

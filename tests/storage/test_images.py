@@ -1,4 +1,4 @@
-"""The sample key includes the checkpoint step (STUDY.md §1.1): migration 0004, record_image, find_images and
+"""The sample key includes the checkpoint step (docs/study.md#the-sample-key): migration 0004, record_image, find_images and
 checkpoint_steps, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_0004_keys_existing_images_by_their_runs_final_step_and_downgrades(new_d
     _migrate(url, "0004")
     assert _rows(url, "SELECT id, checkpoint FROM images ORDER BY id") == [(1, 0), (2, 40), (3, 0), (4, 0)]
 
-    # The same sample at another checkpoint is a new row now; the downgrade keeps the newest of each old key.
+    # From 0004 the same sample at another checkpoint is a row of its own; the downgrade keeps the newest per 0003 key.
     _execute(url, "INSERT INTO images (id, model, seed, class_id, prompt, steps, path, checkpoint) VALUES "
                   "(5, 'run:1', 0, 3, '', 1, 'e.png', 20)")
     _migrate(url, "0003", downgrade=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from storage.db import make_engine
 from storage.migrate import alembic_config, upgrade
@@ -69,6 +70,29 @@ def test_upgrading_twice_is_a_no_op(new_database):
     result = upgrade(url)
     assert (result.before, result.after) == (HEAD, HEAD)
     assert schema(url) == before
+
+
+def test_0006_gives_existing_evaluations_their_seed_range_and_an_unknown_reference_hash(new_database):
+    url = new_database()
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0005")
+        connection.execute(text(
+            "INSERT INTO evaluations (model, metric, value, n, extractor, reference, seed, steps, nfe) VALUES "
+            "('teacher:digits', 'fid', 0.5, 500, 'digits', 'digits-digits-16-500', 7, 4, 4)"))
+        connection.execute(text("INSERT INTO reference_stats (dataset, extractor, resolution, n, path) VALUES "
+                                "('digits', 'digits', 16, 500, 'reference/digits-digits-16-500.npz')"))
+    engine.dispose()
+    result = upgrade(url)
+    assert (result.before, result.after) == ("0005", HEAD)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT model, value, n, seed, seed_last, reference, reference_hash "
+                                       "FROM evaluations")).all()
+        references = connection.execute(text("SELECT path, content_hash FROM reference_stats")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("teacher:digits", 0.5, 500, 7, 506, "digits-digits-16-500", None)]
+    assert [tuple(r) for r in references] == [("reference/digits-digits-16-500.npz", None)]
 
 
 @pytest.mark.postgres

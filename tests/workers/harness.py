@@ -4,7 +4,7 @@ Each test gets its own data dir (tmp_path), its own database (a SQLite file ther
 database) and its own uniquely named queue on Redis database 10 of 127.0.0.1:6379 (STUDIO_TEST_REDIS_URL names
 another); what the test leaves on Redis under that name is deleted afterwards. Workers start in a session of their
 own (start_new_session), so a test can kill -9 the whole worker (main process and pool) with one killpg, and teardown
-always does. A missing Redis or PostgreSQL fails these tests; it never skips them (DESIGN.md §7).
+always does. A missing Redis or PostgreSQL fails these tests; it never skips them (docs/architecture.md#set-up-and-tests).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sqlalchemy import func, select, text
 from storage import repo
 from storage.db import make_engine, make_session_factory, session_scope
 from storage.models import TERMINAL_STATUSES, Checkpoint, Metric, Run
+from tests.services import clean_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("STUDIO_TEST_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -273,17 +274,5 @@ class Studio:
 
     def _clean_redis(self) -> None:
         """Delete what this test's queues left on Redis: the lists, bindings, pidbox entries, unacked messages."""
-        r = self.redis
         for queue in self.queues:
-            for key in list(r.scan_iter(match=f"*{queue}*", count=1000)):
-                r.delete(key)
-            for binding in ("_kombu.binding.celery.pidbox", "_kombu.binding.celeryev"):
-                members = [m for m in r.smembers(binding) if queue.encode() in m]
-                if members:
-                    r.srem(binding, *members)
-            for tag, raw in r.hgetall("unacked").items():
-                with suppress(ValueError, TypeError, IndexError):
-                    _message, exchange, routing_key = json.loads(raw)
-                    if queue in (exchange, routing_key):
-                        r.hdel("unacked", tag)
-                        r.zrem("unacked_index", tag)
+            clean_redis(self.redis, queue)

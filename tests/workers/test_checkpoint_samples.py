@@ -1,5 +1,6 @@
-"""Sampling any saved checkpoint of a student (STUDY.md §1.1, §1.3): a distill job leaves a snapshot per checkpoint,
-a sample job draws the one it is asked for, a running run's too, and every image is keyed by the step it came from.
+"""Sampling any saved checkpoint of a student (docs/study.md#the-sample-key, docs/study.md#the-grid): a distill job
+leaves a snapshot per checkpoint, a sample job draws the one it is asked for, a running run's too, and every image is
+keyed by the step it came from.
 
 Jobs run in this process through workers.jobs.execute (claim, lease, job, terminal status) on a real SQLite or
 PostgreSQL database; no broker is involved. Runs are tiny: toy2d-ring for 40 iterations (about 2 s) and digits for 4

@@ -18,14 +18,15 @@ import torch
 from sqlalchemy import func, select
 
 from core.data import DIGITS_SIZE, digits_tensors
-from core.eval_specs import REFERENCE_DATA, check_metrics, parse_ref, stored_metrics
+from core.eval_specs import REFERENCE_DATA, check_metrics, stored_metrics
 from core.metrics import EXTRACTORS
+from core.refs import parse_ref
 from storage import repo
 from storage.db import make_engine, make_session_factory, session_scope
 from storage.migrate import upgrade
 from storage.models import Evaluation, ReferenceStats
 from workers.evaluate import evaluate
-from workers.reference import reference_samples, reference_stats
+from workers.reference import features_digest, reference_samples, reference_stats
 from workers.submit import _total, validate_spec
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -98,14 +99,19 @@ def test_a_second_evaluation_reuses_the_reference_statistics(db, data_dir):
     assert first.path == (data_dir / "reference" / "toy2d-ring-toy2d-0-256.npz").resolve()
     assert first.features.shape == (256, 2)
     np.testing.assert_allclose(first.mu, first.features.mean(0), rtol=1e-5)
+    assert first.digest == features_digest(first.features) and len(first.digest) == len("sha256:") + 12
     with session_scope(db) as session:
         row = repo.get_reference_stats(session=session, dataset="toy2d-ring", extractor="toy2d", resolution=0, n=256)
-        assert row.path == "reference/toy2d-ring-toy2d-0-256.npz"
+        assert (row.path, row.content_hash) == ("reference/toy2d-ring-toy2d-0-256.npz", first.digest)
+        row.content_hash = None  # a row whose hash is unknown is hashed when its file is next read
     written = first.path.stat().st_mtime_ns
 
     time.sleep(0.01)
     second = reference_stats("toy2d-ring", "toy2d", 256, data_dir=data_dir, session_factory=db)
-    assert second.cached and second.path.stat().st_mtime_ns == written
+    assert second.cached and second.path.stat().st_mtime_ns == written and second.digest == first.digest
+    with session_scope(db) as session:
+        assert repo.get_reference_stats(session=session, dataset="toy2d-ring", extractor="toy2d", resolution=0,
+                                        n=256).content_hash == first.digest
     np.testing.assert_array_equal(second.features, first.features)
     np.testing.assert_array_equal(second.sigma, first.sigma)
 
@@ -152,12 +158,18 @@ def test_more_teacher_steps_give_a_lower_fid_and_every_row_says_what_it_measured
     assert seen[-1] == (512, 512) and seen == sorted(seen)
     assert result["metrics"] == TOY_STORED
 
+    digest = reference_stats("toy2d-ring", None, 256, data_dir=data_dir).digest
+    for measured in (four, fifty):
+        assert {k: measured[k] for k in ("n", "reference_hash", "seed_first", "seed_last", "small_sample")} == \
+            {"n": 256, "reference_hash": digest, "seed_first": 3, "seed_last": 258, "small_sample": True}
+
     rows = _rows(db)
     assert sorted((r.steps, r.metric) for r in rows) == sorted((s, m) for s in (4, 50) for m in TOY_STORED)
     for row in rows:
         measured = four if row.steps == 4 else fifty
         assert (row.model, row.n, row.extractor, row.reference, row.seed, row.nfe, row.run_id) == \
             ("teacher:toy2d-ring", 256, "toy2d", "toy2d-ring-toy2d-0-256", 3, row.steps, None)
+        assert (row.seed_last, row.reference_hash) == (258, digest)  # seeds 3 .. 3 + 256 - 1
         assert row.value == pytest.approx(measured["values"][row.metric]) and row.created_at is not None
     with session_scope(db) as session:
         board = repo.leaderboard(session=session)
@@ -178,8 +190,10 @@ def test_guidance_doubles_the_nfe_and_names_the_model(db, data_dir):
     result = evaluate(["teacher:digits@4"], "accuracy", 20, guidance=2.0, data_dir=data_dir, session_factory=db)
     model = result["models"][0]
     assert (model["model"], model["steps"], model["nfe"], model["reference"]) == ("teacher:digits+cfg2", 4, 8, "")
+    assert (model["reference_hash"], model["small_sample"], model["seed_last"]) == (None, None, 19)  # no reference
     (row,) = _rows(db)
     assert (row.metric, row.nfe, row.extractor, row.reference) == ("accuracy", 8, "digits", "")
+    assert (row.seed, row.seed_last, row.reference_hash) == (0, 19, None)
 
 
 def test_a_resumed_evaluation_measures_only_what_is_missing(db, data_dir):
@@ -190,6 +204,9 @@ def test_a_resumed_evaluation_measures_only_what_is_missing(db, data_dir):
     result = evaluate(TOY, "fid,modes", 256, data_dir=data_dir, session_factory=db, run_id=run_id)
     assert [m.get("resumed", False) for m in result["models"]] == [True, False]
     assert result["models"][0]["values"]["fid"] == stored[("teacher:toy2d-ring", 4, "fid")]
+    resumed, measured = result["models"]
+    provenance = ("n", "extractor", "reference", "reference_hash", "seed_first", "seed_last", "small_sample")
+    assert {k: resumed[k] for k in provenance} == {k: measured[k] for k in provenance}  # read back from its rows
     rows = _rows(db)
     assert len(rows) == 6 and {r.run_id for r in rows} == {run_id}  # three values per model, none twice
 

@@ -1,4 +1,4 @@
-"""Jobs end to end (DESIGN.md §5): `distill-studio` worker, submit, cancel, resume and up as real processes on real
+"""Jobs end to end (docs/architecture.md#jobs): `distill-studio` worker, submit, cancel, resume and up as real processes on real
 Redis and real databases. Runs are tiny (toy2d-ring, DMD2, preset toy2d, a few hundred iterations, a checkpoint every
 50 steps); every wait polls the database or a log with a deadline and fails with the worker logs. See conftest.py.
 """

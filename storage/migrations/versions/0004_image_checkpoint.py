@@ -1,4 +1,4 @@
-"""images.checkpoint: the training step of the weights that drew a sample, part of the sample key (STUDY.md §1.1).
+"""images.checkpoint: the training step of the weights that drew a sample, part of the sample key (docs/study.md#the-sample-key).
 
 Teachers' images get 0; images of a succeeded distill run (sampled from its final model, the only one sampleable
 before this revision) get the run's final step.

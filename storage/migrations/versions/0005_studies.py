@@ -1,4 +1,4 @@
-"""Blind A/B studies (STUDY.md §2): studies, their variants, the pool of pairs, assignments (showings) and votes.
+"""Blind A/B studies (docs/study.md#blind-ab-study): studies, their variants, the pool of pairs, assignments (showings) and votes.
 
 One live vote per rater x pair x criterion is a partial unique index (retracted votes step aside), on SQLite and
 PostgreSQL alike.

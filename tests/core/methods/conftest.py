@@ -1,9 +1,11 @@
-"""Fixtures for the method tests (METHODS.md §10): F1 (analytic ring) and a small F2 (MLP regressed onto F1).
+"""Fixtures for the method tests (docs/methods.md#fixtures): the analytic ring and a small network teacher (an MLP
+regressed onto the ring's exact denoiser).
 
-F2 here is a cut-down version of the spec's fixture: an MLP(hidden=64, depth=2) regressed for a few hundred Adam
-steps onto the exact ring denoiser (`core.gmm.fit_to_mixture`). It is good enough for plumbing and bookkeeping tests
-(T5, T6, T15), and its RMS error is above the spec's 0.05 acceptance bound; `test_f2_fixture_quality` records it.
-The outcome tests (T13/T14, test_outcomes.py) use the shipped `toy2d-ring` teacher instead, which meets the bound.
+The network teacher here is cut down: an MLP(hidden=64, depth=2) regressed for a few hundred Adam steps onto the exact
+ring denoiser (`core.gmm.fit_to_mixture`). It is good enough for plumbing and bookkeeping tests (backward simulation,
+TTUR, the plug-in contract), and its RMS error is above the 0.05 bound a full-size one meets;
+`test_network_teacher_fixture_fits_the_ring` records it. The outcome tests (test_outcomes.py) use the shipped
+`toy2d-ring` teacher instead, which meets the bound.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from core.nets import MLP
 from core.posterior import marginal_sample
 from core.schedules import CosineSchedule
 
-F2_STEPS = 800      # ~2-3 s with OMP_NUM_THREADS=1; RMS ~0.08 per coordinate, plenty for plumbing tests
-F2_BATCH = 256
-F2_LR = 3e-3
-F2_T_LO = 1e-3      # METHODS.md §10: regressed over t in [0.001, 1]
+NET_STEPS = 800      # ~2-3 s with OMP_NUM_THREADS=1; RMS ~0.08 per coordinate, plenty for plumbing tests
+NET_BATCH = 256
+NET_LR = 3e-3
+NET_T_LO = 1e-3      # regressed over t in [0.001, 1] (docs/methods.md#fixtures)
 
 
 @dataclass
@@ -50,30 +52,30 @@ def ring_mixture() -> GaussianMixture:
 
 
 @pytest.fixture(scope="session")
-def f2(ring_mixture) -> NetworkTeacher:
-    """F2: the MLP's v-output regressed onto the v of the exact denoiser at noised ring samples (seeded)."""
+def network_teacher(ring_mixture) -> NetworkTeacher:
+    """The network teacher: the MLP's v-output regressed onto the v of the exact denoiser at noised ring samples (seeded)."""
     t0 = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         den = _f2_denoiser()
-    den = fit_to_mixture(den, ring_mixture, steps=F2_STEPS, lr=F2_LR, batch=F2_BATCH, t_lo=F2_T_LO, seed=0)
-    rms, rms_norm = rms_vs_exact(den, ring_mixture, t_lo=F2_T_LO)
+    den = fit_to_mixture(den, ring_mixture, steps=NET_STEPS, lr=NET_LR, batch=NET_BATCH, t_lo=NET_T_LO, seed=0)
+    rms, rms_norm = rms_vs_exact(den, ring_mixture, t_lo=NET_T_LO)
     return NetworkTeacher(den, rms, rms_norm, time.perf_counter() - t0)
 
 
 @pytest.fixture(scope="session")
-def mlp_teacher(f2) -> NetworkDenoiser:
-    """The frozen F2 denoiser. Methods keep a reference to it (not a copy): never modify it in a test."""
-    return f2.denoiser
+def mlp_teacher(network_teacher) -> NetworkDenoiser:
+    """The frozen network teacher. Methods keep a reference to it (not a copy): never modify it in a test."""
+    return network_teacher.denoiser
 
 
 @pytest.fixture(scope="session")
-def mlp_teacher64(f2) -> NetworkDenoiser:
-    """A frozen float64 copy of F2: methods built on it draw float64 noise (Method reads the teacher's dtype), for
+def mlp_teacher64(network_teacher) -> NetworkDenoiser:
+    """A frozen float64 copy of the network teacher: methods built on it draw float64 noise (Method reads the teacher's dtype), for
     the tight-tolerance EMD / Diff-Instruct tests. Shared, like `mlp_teacher`: never modify it in a test."""
     import copy
 
-    return copy.deepcopy(f2.denoiser).double().eval().requires_grad_(False)
+    return copy.deepcopy(network_teacher.denoiser).double().eval().requires_grad_(False)
 
 
 class LearnableMixtureDenoiser(GMMDenoiser):
@@ -95,9 +97,9 @@ _DSM_FITS: dict = {}
 
 
 def dsm_fitted_ring(delta, steps: int = 300, batch: int = 512) -> LearnableMixtureDenoiser:
-    """Statistical T4's A: a LearnableMixtureDenoiser, started from the same jittered ring for every delta, fitted by
-    EDM-weighted denoising score matching (sigma_d 1.42) on exact samples of the ring shifted by delta. Seeded and
-    cached per delta (frozen, eval): never modify the returned module."""
+    """The statistical gradient checks' A: a LearnableMixtureDenoiser, started from the same jittered ring for every
+    delta, fitted by EDM-weighted denoising score matching (sigma_d 1.42) on exact samples of the ring shifted by
+    delta. Seeded and cached per delta (frozen, eval): never modify the returned module."""
     from core.losses import fake_score_loss
     from core.time_sampling import edm_weight
 

@@ -1,5 +1,5 @@
 """Helpers shared by the method tests (DMD2, EMD, Diff-Instruct, MMD, MMD-instant): seeded toy batches, parameter
-snapshots, the T15 metric-key check, the state round trip and the exact-resume check through `run_training`."""
+snapshots, the metric-key check, the state round trip and the exact-resume check through `run_training`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ import torch
 from torch import nn
 
 from core.data import get_benchmark
+from core.method_specs import DMD2Config, EMDConfig, MMDConfig, MMDInstantConfig
+from core.methods.dmd2 import DMD2
+from core.methods.emd import EMD
+from core.methods.mmd import MMD
+from core.methods.mmd_instant import MMDInstant
 from core.nets import parameter_hash
+from core.posterior import posterior_coefficients
 from core.specs import TrainConfig
+from core.time_sampling import karras_t
 from core.train import run_training
 
 BENCH = get_benchmark("toy2d-ring")
@@ -137,6 +144,20 @@ def perturbed(den: nn.Module, scale: float = 0.05, seed: int = 0) -> nn.Module:
     return out
 
 
+def assert_ttur_round_trip(make: Callable[..., object], teacher: nn.Module) -> None:
+    """A TTUR method (ratio 3) saved after 4 steps and loaded into a fresh one takes the same next steps: 4 and 5 are
+    auxiliary-only turns, 6 a generator turn; its stored config reads back as the one it ran with."""
+    m1 = make(teacher, ttur_ratio=3)
+    state = state_after(m1, 4)
+    assert state["config"] == m1.config.to_dict() and type(m1.config).from_dict(state["config"]) == m1.config
+    m2 = make(teacher, ttur_ratio=3)
+    m2.load_state_dict(state)
+    assert m2.step == m1.step == 4
+    steps = (4, 5, 6)
+    for n, out in zip(steps, assert_same_next_steps(m1, m2, steps), strict=True):
+        assert ("loss/gen" in out) == (n % 3 == 0)
+
+
 def assert_rejects_other_teacher(make: Callable[[nn.Module], object], teacher: nn.Module) -> None:
     """A state saved with `teacher` does not load into a method built on a (slightly) different teacher."""
     state = make(teacher).state_dict()
@@ -192,21 +213,69 @@ def assert_one_step_sample(m, b: int = 16) -> None:
 
 
 def assert_update_toward_teacher(g: torch.Tensor, delta) -> None:
-    """T4 with samples at the teacher's ring + delta: the batch-mean descent direction -mean(g) points back, along
-    -delta (and nearly parallel to it)."""
+    """Samples at the teacher's ring + delta (docs/methods.md#emd-tests): the batch-mean descent direction -mean(g)
+    points back, along -delta (and nearly parallel to it)."""
     d = torch.tensor(delta, dtype=torch.float64)
     step = -g.mean(0)  # batch-mean descent direction on the samples
     assert float(step @ -d) > 0.0
     assert float(step @ -d) / (float(step.norm()) * float(d.norm())) > 0.9
 
 
-def assert_statistical_t4(grad: Callable[[tuple], torch.Tensor]) -> None:
-    """Spec's statistical T4 for EMD / Diff-Instruct, `grad(delta)` being g with A fitted by DSM on exact student
-    samples (conftest.dsm_fitted_ring(delta)): the batch-mean |g| at delta = 0 must stay below 20% of its value at
-    |delta| = 0.3 (measured ratio ~0.04 ("dmd") and ~0.03 ("unit")), and the shifted cases still point the update
-    toward the teacher."""
+def assert_small_gradient_with_dsm_fitted_aux(grad: Callable[[tuple], torch.Tensor]) -> None:
+    """The statistical check for EMD / Diff-Instruct (docs/methods.md#emd-tests), `grad(delta)` being g with A fitted
+    by DSM on exact student samples (conftest.dsm_fitted_ring(delta)): the batch-mean |g| at delta = 0 must stay below
+    20% of its value at |delta| = 0.3 (measured ratio ~0.04 ("dmd") and ~0.03 ("unit")), and the shifted cases still
+    point the update toward the teacher."""
     at_zero = float(grad((0.0, 0.0)).norm(dim=1).mean())
     for delta in ((0.3, 0.0), (0.0, -0.3)):
         g = grad(delta)
         assert at_zero < 0.2 * float(g.norm(dim=1).mean()), (at_zero, float(g.norm(dim=1).mean()), delta)
         assert float(-g.mean(0) @ -torch.tensor(delta, dtype=torch.float64)) > 0.0
+
+
+# -- builders shared by a method's test files -------------------------------------------------------------------
+TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}  # the ring's data std; lr 1e-3 moves short tests quickly
+MMD_INSTANT_TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "precond_batches": 2}  # and a short Lambda phase
+
+
+def make_dmd2(teacher, seed: int = 0, total_steps: int = 50, has_data: bool = True, **config) -> DMD2:
+    """A DMD2 whose randomly initialised GAN head depends only on `seed` (global RNG state is left untouched)."""
+    cfg = DMD2Config(**{**TOY, **config})
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return DMD2(teacher, cfg, total_steps=total_steps, has_data=has_data)
+
+
+def make_mmd(teacher, total_steps: int = 50, **config) -> MMD:
+    return MMD(teacher, MMDConfig(**{**TOY, **config}), total_steps=total_steps)
+
+
+def make_mmd_instant(teacher, total_steps: int = 20, shift: float = 0.0, **config) -> MMDInstant:
+    m = MMDInstant(teacher, MMDInstantConfig(**{**MMD_INSTANT_TOY, **config}), total_steps=total_steps)
+    if shift:
+        with torch.no_grad():
+            m.student.net.body[-1].bias.add_(shift)  # the output bias of the MLP inside the student
+    return m
+
+
+def make_emd(teacher, total_steps: int = 50, aux=None, **config) -> EMD:
+    return EMD(teacher, EMDConfig(**{**TOY, **config}), total_steps=total_steps, aux=aux)
+
+
+def replay_mmd_step(m: MMD, x: torch.Tensor, seed: int) -> dict:
+    """The draws of one MMD train_step after m.generator.manual_seed(seed), in the documented order s, delta, eps, n,
+    and everything that follows from them with the networks as they are *before* the step."""
+    cfg, b = m.config, x.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    s = karras_t(b, m.schedule, cfg.sigma_min, cfg.sigma_max, cfg.rho, g)
+    delta = torch.rand(b, generator=g, dtype=torch.float64) / cfg.student_steps
+    t = (s + delta).clamp(max=m.schedule.t_max)
+    eps = torch.randn(tuple(x.shape), generator=g, dtype=m.dtype)
+    n = torch.randn(tuple(x.shape), generator=g, dtype=m.dtype)
+    z_t = m.schedule.alpha(t)[:, None].to(x.dtype) * x + m.schedule.sigma(t)[:, None].to(x.dtype) * eps
+    with torch.no_grad():
+        x_tilde = m.student(z_t, t, None)
+    c_z, c_x, var = posterior_coefficients(m.schedule, s, t)
+    # The posterior draw written out (docs/methods.md#posterior): z_s = c_z z_t + c_x sg(x~) + sqrt(var) n.
+    z_s = c_z[:, None].to(x.dtype) * z_t + c_x[:, None].to(x.dtype) * x_tilde + var.sqrt()[:, None].to(x.dtype) * n
+    return {"s": s, "t": t, "eps": eps, "n": n, "z_t": z_t, "x_tilde": x_tilde, "z_s": z_s, "c_z": c_z}

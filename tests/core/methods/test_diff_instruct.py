@@ -1,7 +1,8 @@
-"""Diff-Instruct / VSD correctness tests (METHODS.md §6, §10: T4, T15; §11 plug-in contract).
+"""Diff-Instruct / VSD correctness tests (docs/methods.md#diff-instruct-tests) and its plug-in contract.
 
-T7 (EMD with K = 1 == Diff-Instruct) lives in test_emd.py. All seeded and CPU-only: the loss-formula test runs a
-float64 copy of F2 (`mlp_teacher64`); T4 uses the analytic ring F1 (float64); T15 uses the float32 F2 (`mlp_teacher`).
+The identity EMD with K = 1 == Diff-Instruct lives in test_emd.py. All seeded and CPU-only: the loss-formula test runs
+a float64 copy of the network teacher (`mlp_teacher64`); the gradient-direction tests use the analytic ring (float64);
+the plumbing tests the float32 network teacher (`mlp_teacher`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ def _x_grad(m: DiffInstruct, x: torch.Tensor, xi, eps, t) -> torch.Tensor:
 
 
 # ================================================================================================================
-# §6: the loss itself
+# The loss itself (docs/methods.md#diff-instruct)
 # ================================================================================================================
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS_VSD)
-def test_generator_loss_formula_and_x_gradient(mlp_teacher64, weighting):
+def test_diff_instruct_generator_loss_formula_and_x_gradient(mlp_teacher64, weighting):
     """L_G = mean_b w (alpha^2/sigma^2) <G(xi), sg(A(z_t) - T(z_t))>, z_t = alpha sg G(xi) + sigma eps with the injected
     eps; so dL/dx = w (alpha^2/sigma^2)(A - T) / B exactly (no path through z_t, A or T)."""
     m = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), weighting=weighting)
@@ -101,11 +102,12 @@ def test_generator_loss_formula_and_x_gradient(mlp_teacher64, weighting):
 
 
 # ================================================================================================================
-# T4: zero gradient at equality, the right direction away from it
+# Zero gradient at equality, the right direction away from it
 # ================================================================================================================
 
-def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=None, **config) -> torch.Tensor:
-    """dL_G/dx for x = exact samples of the ring shifted by delta; T = F1, A = the exact shifted denoiser (or `aux`)."""
+def _shifted_ring_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=None, **config) -> torch.Tensor:
+    """dL_G/dx for x = exact samples of the ring shifted by delta; T = the analytic ring, A = the exact shifted
+    denoiser (or `aux`)."""
     moved = shifted_mixture(mixture, delta)
     m = DiffInstruct(_ParamGMM(mixture), DiffInstructConfig(**config), total_steps=10, aux=_ParamGMM(moved) if aux is None else aux)
     assert m.dtype == F64
@@ -114,26 +116,28 @@ def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=
 
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS_VSD)
-def test_t4_zero_gradient_at_equality(ring_mixture, weighting):
-    g = _t4_grad(ring_mixture, (0.0, 0.0), weighting=weighting)
+def test_diff_instruct_gradient_zero_at_equality(ring_mixture, weighting):
+    g = _shifted_ring_grad(ring_mixture, (0.0, 0.0), weighting=weighting)
     assert float(g.abs().max()) <= 1e-12
 
 
 @pytest.mark.parametrize("delta", [(0.3, 0.0), (0.0, -0.3), (-0.2, 0.2)])
 @pytest.mark.parametrize("weighting", WEIGHTINGS_VSD)
-def test_t4_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
-    g = _t4_grad(ring_mixture, delta, weighting=weighting)
+def test_diff_instruct_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
+    g = _shifted_ring_grad(ring_mixture, delta, weighting=weighting)
     h.assert_update_toward_teacher(g, delta)  # samples at the teacher's ring + delta: the update points back
 
 
 @pytest.mark.parametrize("weighting", ["dmd", "unit"])
-def test_t4_statistical_dsm_trained_aux(ring_mixture, weighting):
-    """Spec's statistical T4 with A fitted by DSM on exact student samples: see helpers.assert_statistical_t4."""
-    h.assert_statistical_t4(lambda delta: _t4_grad(ring_mixture, delta, aux=dsm_fitted_ring(delta), weighting=weighting))
+def test_diff_instruct_gradient_small_with_dsm_trained_aux(ring_mixture, weighting):
+    """The statistical check with A fitted by DSM on exact student samples: see
+    helpers.assert_small_gradient_with_dsm_fitted_aux."""
+    h.assert_small_gradient_with_dsm_fitted_aux(lambda delta: _shifted_ring_grad(
+        ring_mixture, delta, aux=dsm_fitted_ring(delta), weighting=weighting))
 
 
-def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
-    """G = A = T (copies of F2), guidance 1: A(z_t) - T(z_t) = 0, so the first G gradient is exactly zero; with a
+def test_diff_instruct_generator_gradient_zero_at_initialisation(mlp_teacher):
+    """G = A = T (copies of the network teacher), guidance 1: A(z_t) - T(z_t) = 0, so the first G gradient is exactly zero; with a
     perturbed A it is not (the zero comes from A = T, not from a dead code path)."""
     for aux in (None, h.perturbed(mlp_teacher)):
         m = _make(mlp_teacher, ttur_ratio=1, aux=aux)
@@ -150,26 +154,18 @@ def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
 
 
 # ================================================================================================================
-# T15: plumbing
+# The plug-in contract (docs/methods.md#plumbing-tests)
 # ================================================================================================================
 
-def test_t15_state_round_trip_gives_identical_next_step(mlp_teacher):
-    m1 = _make(mlp_teacher, ttur_ratio=3)
-    state = h.state_after(m1, 4)
-    assert DiffInstructConfig.from_dict(state["config"]) == m1.config
-    m2 = _make(mlp_teacher, ttur_ratio=3)
-    m2.load_state_dict(state)
-    assert m2.step == m1.step == 4
-    steps = (4, 5, 6)  # 4, 5: aux-only turns; 6: a generator turn
-    for n, out in zip(steps, h.assert_same_next_steps(m1, m2, steps), strict=True):
-        assert ("loss/gen" in out) == (n % 3 == 0)
+def test_diff_instruct_state_round_trip_gives_identical_next_step(mlp_teacher):
+    h.assert_ttur_round_trip(_make, mlp_teacher)
 
 
-def test_t15_load_rejects_other_teacher(mlp_teacher):
+def test_diff_instruct_load_rejects_other_teacher(mlp_teacher):
     h.assert_rejects_other_teacher(_make, mlp_teacher)
 
 
-def test_t15_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
+def test_diff_instruct_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
     """G changes only when step % r == 0, A every step; the generator pass leaves A (and its .grad) alone; the
     teacher never changes. A starts perturbed so that the very first G gradient is non-zero."""
     h.assert_ttur_bookkeeping(lambda: _make(mlp_teacher, aux=h.perturbed(mlp_teacher), ttur_ratio=3), mlp_teacher, r=3)
@@ -186,12 +182,12 @@ def test_t15_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
     ({"lr_aux": 0.0}, "lr_aux"),
     ({"sigma_data": -1.0}, "sigma_data"),
 ])
-def test_t15_config_validation_names_the_field(changes, field):
+def test_diff_instruct_config_validation_names_the_field(changes, field):
     with pytest.raises(ValueError, match=field):
         DiffInstructConfig(**changes)
 
 
-def test_t15_config_has_no_langevin_knobs():
+def test_diff_instruct_config_has_no_langevin_knobs():
     """Diff-Instruct is EMD's K = 1 limit with the Langevin knobs fixed: they are not fields, and setting one fails."""
     with pytest.raises(ValueError, match="gamma_eps"):
         DiffInstructConfig.from_dict({"gamma_eps": 1.0})
@@ -199,7 +195,7 @@ def test_t15_config_has_no_langevin_knobs():
         build_method_config("diff-instruct", sets=["langevin_steps=1"])
 
 
-def test_t15_one_step_only(mlp_teacher):
+def test_diff_instruct_is_one_step_only(mlp_teacher):
     for kwargs in ({"student_steps": 2}, {"sets": ["student_steps=4"]}):
         with pytest.raises(ValueError, match="student_steps"):
             build_method_config("diff-instruct", **kwargs)
@@ -210,12 +206,12 @@ def test_t15_one_step_only(mlp_teacher):
         DiffInstruct(mlp_teacher, DiffInstructConfig(student_steps=2), total_steps=10)
 
 
-def test_t15_sample_is_one_step(mlp_teacher):
+def test_diff_instruct_sample_is_one_step(mlp_teacher):
     m = _make(mlp_teacher)
     h.assert_one_step_sample(m)
 
 
-def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
+def test_diff_instruct_metric_keys_namespaced_and_finite(mlp_teacher):
     m = _make(mlp_teacher, ttur_ratio=2)
     steps = h.train_steps(m, range(4))
     h.check_metrics(steps, required=h.TWO_NET_KEYS)
@@ -223,7 +219,7 @@ def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
         assert ("loss/gen" in metrics) == (n % 2 == 0), n
 
 
-def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
+def test_diff_instruct_run_training_resume_is_exact(mlp_teacher, tmp_path):
     teacher_hash = parameter_hash(mlp_teacher)
     full, _, resumed = h.assert_exact_resume(lambda: _make(mlp_teacher, ttur_ratio=2, total_steps=h.TRAIN.iterations),
                                              tmp_path, {"name": "diff-instruct-test", "kind": "student"})

@@ -1,7 +1,9 @@
-"""EMD correctness tests (METHODS.md §5, §10: T4, T7, T8, T9, T15; §11 plug-in contract).
+"""EMD correctness tests (docs/methods.md#emd-tests); the Langevin target is checked in test_emd_langevin.py and the
+plug-in contract in test_emd_plumbing.py.
 
-All seeded and CPU-only. T7/T8 and the Langevin bookkeeping test run a float64 copy of F2 (`mlp_teacher64`), so the
-method draws float64 noise; T4 and T9 use the analytic ring F1 (float64); T15 uses the float32 F2 (`mlp_teacher`).
+All seeded and CPU-only. The K = 1 identity, the variance tests and the Langevin bookkeeping test run a float64 copy
+of the network teacher (`mlp_teacher64`), so the method draws float64 noise; the gradient-direction tests use the
+analytic ring (float64).
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from torch import nn
 
 from core.denoisers import Denoiser
 from core.gmm import GaussianMixture, GMMDenoiser
-from core.method_specs import WEIGHTINGS_VSD, DiffInstructConfig, EMDConfig, build_method_config
+from core.method_specs import WEIGHTINGS_VSD, DiffInstructConfig, EMDConfig
 from core.methods.diff_instruct import DiffInstruct
 from core.methods.emd import EMD, eps_tilde
-from core.nets import parameter_hash
 from core.schedules import CosineSchedule
 
 from . import helpers as h
@@ -26,16 +27,6 @@ from .conftest import dsm_fitted_ring, shifted_mixture
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "lr_aux": 1e-3}  # the toy2d preset's knobs
-
-
-# ================================================================================================================
-# helpers
-# ================================================================================================================
-
-
-def _make(teacher, total_steps: int = 50, aux=None, **config) -> EMD:
-    return EMD(teacher, EMDConfig(**{**TOY, **config}), total_steps=total_steps, aux=aux)
 
 
 def _flat_grad(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -88,15 +79,15 @@ class _FixedSamples(Denoiser):
 
 
 # ================================================================================================================
-# §5.3/§5.4: the E-step against the spec's update written out directly
+# The E-step against its update written out directly (docs/methods.md#e-step)
 # ================================================================================================================
 
 def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
     """drift + noise == eps_K of the plain recursion eps <- eps + g_e (sigma Delta - eps) + sqrt(2 g_e) n_eps,
     xi <- xi + g_z (alpha J^T Delta - xi) + sqrt(2 g_z) n_xi (draw order n_eps, n_xi per step), and each buffer
-    follows its own recursion; then the three noise_cancel modes read the buffers as §5.4 says."""
+    follows its own recursion; then the three noise_cancel modes read the buffers as docs/methods.md#noise-cancellation says."""
     k, ge, gz = 3, 0.1, 0.02
-    m = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=k, gamma_eps=ge, gamma_z=gz)
+    m = h.make_emd(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=k, gamma_eps=ge, gamma_z=gz)
     m.student = m.nets["student"] = h.perturbed(mlp_teacher64, scale=0.02, seed=1)  # G != T, so J_G is not T's
     xi0, eps0, t = _inputs(32, seed=3)
     m.generator.manual_seed(11)
@@ -123,7 +114,7 @@ def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
     torch.testing.assert_close(chain.noise, noise, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(chain.xi, xi, rtol=1e-12, atol=1e-12)
     assert torch.equal(chain.eps0, eps0)
-    # w(t) ("dmd") from the chain's initial state: (sigma^2/alpha^2) / mean|G(xi_0) - T(z_t^(0))| (§5.5).
+    # w(t) ("dmd") from the chain's initial state: (sigma^2/alpha^2) / mean|G(xi_0) - T(z_t^(0))| (docs/methods.md#m-step).
     with torch.no_grad():
         x0 = m.student(xi0, m.t_gen.expand(32), None)
         w0 = (s / a).pow(2)[:, 0] / (x0 - mlp_teacher64(a * x0 + s * eps0, t)).abs().mean(1)
@@ -139,7 +130,7 @@ def test_langevin_matches_direct_recursion_and_eps_tilde_modes(mlp_teacher64):
 
 def test_generator_loss_is_the_m_step_formula(mlp_teacher64):
     """L_G = -mean_b w_b (alpha/sigma) <G(sg xi_K), sg eps_tilde>, w from the chain's initial state."""
-    m = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=2, gamma_eps=0.1, gamma_z=0.01,
+    m = h.make_emd(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=2, gamma_eps=0.1, gamma_z=0.01,
               weighting="unit")
     xi, eps0, t = _inputs(16, seed=4)
     m.generator.manual_seed(0)
@@ -152,11 +143,12 @@ def test_generator_loss_is_the_m_step_formula(mlp_teacher64):
 
 
 # ================================================================================================================
-# T4: zero gradient at equality, the right direction away from it (emd with "exact")
+# Zero gradient at equality, the right direction away from it (emd with "exact")
 # ================================================================================================================
 
-def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=None, **config) -> torch.Tensor:
-    """dL_G/dx for x = exact samples of the ring shifted by delta; T = F1, A = the exact shifted denoiser (or `aux`)."""
+def _shifted_ring_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=None, **config) -> torch.Tensor:
+    """dL_G/dx for x = exact samples of the ring shifted by delta; T = the analytic ring, A = the exact shifted
+    denoiser (or `aux`)."""
     moved = shifted_mixture(mixture, delta)
     m = EMD(_ParamGMM(mixture), EMDConfig(**config), total_steps=10, aux=_ParamGMM(moved) if aux is None else aux)
     assert m.dtype == F64
@@ -174,32 +166,33 @@ def _t4_grad(mixture: GaussianMixture, delta, n: int = 4096, seed: int = 0, aux=
 
 @pytest.mark.parametrize("config", [{}, {"langevin_steps": 1, "gamma_eps": 1.0, "gamma_z": 0.0},
                                     {"weighting": "unit", "gamma_z": 0.0}])
-def test_t4_zero_gradient_at_equality(ring_mixture, config):
-    g = _t4_grad(ring_mixture, (0.0, 0.0), noise_cancel="exact", **config)
+def test_emd_gradient_zero_at_equality(ring_mixture, config):
+    g = _shifted_ring_grad(ring_mixture, (0.0, 0.0), noise_cancel="exact", **config)
     assert float(g.abs().max()) <= 1e-12
 
 
 @pytest.mark.parametrize("delta", [(0.3, 0.0), (0.0, -0.3), (-0.2, 0.2)])
 @pytest.mark.parametrize("weighting", ["dmd", "unit"])
-def test_t4_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
-    g = _t4_grad(ring_mixture, delta, noise_cancel="exact", weighting=weighting)
+def test_emd_update_moves_samples_toward_teacher(ring_mixture, delta, weighting):
+    g = _shifted_ring_grad(ring_mixture, delta, noise_cancel="exact", weighting=weighting)
     h.assert_update_toward_teacher(g, delta)  # samples at the teacher's ring + delta: the update points back
 
 
 @pytest.mark.parametrize("weighting", ["dmd", "unit"])
-def test_t4_statistical_dsm_trained_aux(ring_mixture, weighting):
-    """Spec's statistical T4 with A fitted by DSM on exact student samples: see helpers.assert_statistical_t4."""
-    h.assert_statistical_t4(lambda delta: _t4_grad(ring_mixture, delta, aux=dsm_fitted_ring(delta), noise_cancel="exact",
-                                                   weighting=weighting))
+def test_emd_gradient_small_with_dsm_trained_aux(ring_mixture, weighting):
+    """The statistical check with A fitted by DSM on exact student samples: see
+    helpers.assert_small_gradient_with_dsm_fitted_aux."""
+    h.assert_small_gradient_with_dsm_fitted_aux(lambda delta: _shifted_ring_grad(
+        ring_mixture, delta, aux=dsm_fitted_ring(delta), noise_cancel="exact", weighting=weighting))
 
 
-def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
-    """G = A = T (copies of F2), guidance 1: Delta = 0, so the first G gradient is exactly zero under "exact" (§5.6);
+def test_emd_generator_gradient_zero_at_initialisation(mlp_teacher):
+    """G = A = T (network teacher copies), guidance 1: Delta = 0, so the first G gradient is exactly zero under "exact";
     under "none" the chain's noise alone gives a non-zero gradient (the zero is the cancellation's doing)."""
     for cancel in ("exact", "none"):
-        m = _make(mlp_teacher, ttur_ratio=1, noise_cancel=cancel)
+        m = h.make_emd(mlp_teacher, ttur_ratio=1, noise_cancel=cancel)
         xi, eps0, t = _inputs(64, seed=2)
-        xi, eps0 = xi.float(), eps0.float()  # F2 is float32
+        xi, eps0 = xi.float(), eps0.float()  # the network teacher is float32
         m.generator.manual_seed(0)
         chain = m.e_step(xi, eps0, t, None)
         loss, _, _ = m.generator_loss(chain, t, None)
@@ -215,11 +208,11 @@ def test_t4_zero_generator_gradient_at_initialisation(mlp_teacher):
 
 
 # ================================================================================================================
-# T7: EMD with K = 1, gamma_eps = 1, gamma_z = 0, "exact" == Diff-Instruct
+# EMD with K = 1, gamma_eps = 1, gamma_z = 0, "exact" == Diff-Instruct
 # ================================================================================================================
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS_VSD)
-def test_t7_emd_k1_equals_diff_instruct(mlp_teacher64, weighting):
+def test_emd_k1_equals_diff_instruct(mlp_teacher64, weighting):
     aux = h.perturbed(mlp_teacher64)  # the same A for all three; nothing is stepped here
     di = DiffInstruct(mlp_teacher64, DiffInstructConfig(weighting=weighting), total_steps=10, aux=aux)
     xi, eps0, t = _inputs(64, seed=5)
@@ -229,7 +222,7 @@ def test_t7_emd_k1_equals_diff_instruct(mlp_teacher64, weighting):
 
     out = {}
     for gamma in (1.0, 0.5):
-        m = _make(mlp_teacher64, aux=aux, langevin_steps=1, gamma_eps=gamma, gamma_z=0.0, noise_cancel="exact",
+        m = h.make_emd(mlp_teacher64, aux=aux, langevin_steps=1, gamma_eps=gamma, gamma_z=0.0, noise_cancel="exact",
                   weighting=weighting)
         m.generator.manual_seed(123)  # the chain's one noise draw; "exact" must not depend on it
         chain = m.e_step(xi, eps0, t, None)
@@ -243,12 +236,12 @@ def test_t7_emd_k1_equals_diff_instruct(mlp_teacher64, weighting):
     torch.testing.assert_close(out[0.5][0], 0.5 * loss_di, rtol=1e-8, atol=0)
 
 
-def test_t7_through_train_step(mlp_teacher64):
+def test_emd_k1_equals_diff_instruct_through_train_step(mlp_teacher64):
     """Same identity through train_step: both methods draw xi, t, eps_0 in the same order, so with the same seed the
     first generator update sees the same inputs and gives the same loss, grad norm and updated student."""
-    common = {"ttur_ratio": 1, "warmup": 0, "weighting": "dmd", **TOY}
+    common = {"ttur_ratio": 1, "warmup": 0, "weighting": "dmd", **h.TOY}
     di = DiffInstruct(mlp_teacher64, DiffInstructConfig(**common), total_steps=10, aux=h.perturbed(mlp_teacher64))
-    emd = _make(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=1, gamma_eps=1.0, gamma_z=0.0,
+    emd = h.make_emd(mlp_teacher64, aux=h.perturbed(mlp_teacher64), langevin_steps=1, gamma_eps=1.0, gamma_z=0.0,
                 noise_cancel="exact", **common)
     metrics = []
     for m in (di, emd):
@@ -262,13 +255,13 @@ def test_t7_through_train_step(mlp_teacher64):
 
 
 # ================================================================================================================
-# T8: noise cancellation cuts the gradient variance
+# Noise cancellation cuts the gradient variance
 # ================================================================================================================
 
-def _t8_gradients(teacher, cancel: str, weighting: str, b: int, t_value: float, draws: int = 64) -> torch.Tensor:
+def _gradients_over_draws(teacher, cancel: str, weighting: str, b: int, t_value: float, draws: int = 64) -> torch.Tensor:
     """[draws, n_params] G gradients with xi and t fixed, over draws of (eps_0, injected Langevin noise)."""
     aux = _OutputShift(copy.deepcopy(teacher).requires_grad_(True), 0.05)
-    m = _make(teacher, aux=aux, langevin_steps=4, gamma_eps=0.1, gamma_z=0.0, noise_cancel=cancel, weighting=weighting)
+    m = h.make_emd(teacher, aux=aux, langevin_steps=4, gamma_eps=0.1, gamma_z=0.0, noise_cancel=cancel, weighting=weighting)
     xi = torch.randn(b, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     t = torch.full((b,), t_value, dtype=F64)
     rows = []
@@ -282,7 +275,7 @@ def _t8_gradients(teacher, cancel: str, weighting: str, b: int, t_value: float, 
     return torch.stack(rows)
 
 
-def test_t8_cancellation_cuts_variance_and_keeps_the_mean(mlp_teacher64):
+def test_emd_noise_cancellation_cuts_variance_and_keeps_the_mean(mlp_teacher64):
     """Weighting "unit": w does not depend on eps_0, so with gamma_z = 0 the M-step gradient is linear in eps_tilde and
     "none" - "exact" = a linear map of zeta_K, which has mean zero: the means must agree. (Here Delta is the constant
     -0.05 alpha/sigma^2, so the "exact" gradient is deterministic up to rounding.)
@@ -292,7 +285,7 @@ def test_t8_cancellation_cuts_variance_and_keeps_the_mean(mlp_teacher64):
     chance, while 8 near-Gaussian projections give a small, seed-fixed family-wise false-alarm rate. The signal
     (the "exact" mean) is 3-11 SE in these projections, so a biased cancellation (e.g. a rescaled drift) fails."""
     draws = 64
-    g = {c: _t8_gradients(mlp_teacher64, c, "unit", b=512, t_value=0.2, draws=draws) for c in ("none", "exact")}
+    g = {c: _gradients_over_draws(mlp_teacher64, c, "unit", b=512, t_value=0.2, draws=draws) for c in ("none", "exact")}
     var = {c: float(v.var(0).sum()) for c, v in g.items()}
     assert var["none"] > 10 * var["exact"], var
     proj = torch.randn(g["none"].shape[1], 8, generator=torch.Generator().manual_seed(7), dtype=F64)
@@ -303,100 +296,11 @@ def test_t8_cancellation_cuts_variance_and_keeps_the_mean(mlp_teacher64):
     assert float(signal.abs().max()) > 5, signal  # the check has power: the mean is resolved
 
 
-def test_t8_cancellation_cuts_variance_dmd_weighting(mlp_teacher64):
+def test_emd_noise_cancellation_cuts_variance_with_dmd_weighting(mlp_teacher64):
     """The default "dmd" weighting: variance ratio only. Its w is computed from the chain's initial z_t, i.e. from
     eps_0, so E[w zeta_K] != 0 and "none" is not an unbiased twin of "exact" here (measured: up to ~6 SE over 1024
-    draws); the spec's mean claim is tested with the eps_0-free weighting above."""
-    g = {c: _t8_gradients(mlp_teacher64, c, "dmd", b=256, t_value=0.3) for c in ("none", "exact")}
+    draws); the mean claim is tested with the eps_0-free weighting above."""
+    g = {c: _gradients_over_draws(mlp_teacher64, c, "dmd", b=256, t_value=0.3) for c in ("none", "exact")}
     var = {c: float(v.var(0).sum()) for c, v in g.items()}
     assert var["exact"] > 0.0  # non-degenerate here: w varies with eps_0
     assert var["none"] > 10 * var["exact"], var
-
-
-# ================================================================================================================
-# T15: plumbing
-# ================================================================================================================
-
-def test_t15_state_round_trip_gives_identical_next_step(mlp_teacher):
-    m1 = _make(mlp_teacher, ttur_ratio=3)
-    state = h.state_after(m1, 4)
-    assert state["config"] == m1.config.to_dict() and EMDConfig.from_dict(state["config"]) == m1.config
-    m2 = _make(mlp_teacher, ttur_ratio=3)
-    m2.load_state_dict(state)
-    assert m2.step == m1.step == 4
-    steps = (4, 5, 6)  # 4, 5: aux-only turns; 6: a generator turn
-    for n, out in zip(steps, h.assert_same_next_steps(m1, m2, steps), strict=True):
-        assert ("loss/gen" in out) == (n % 3 == 0)
-
-
-def test_t15_load_rejects_other_teacher(mlp_teacher):
-    h.assert_rejects_other_teacher(_make, mlp_teacher)
-
-
-def test_t15_ttur_bookkeeping_and_frozen_teacher(mlp_teacher):
-    """G changes only when step % r == 0, A every step; the generator pass leaves A (and its .grad) alone; the
-    teacher's parameters never change. A starts perturbed so that the very first G gradient is non-zero."""
-    h.assert_ttur_bookkeeping(lambda: _make(mlp_teacher, aux=h.perturbed(mlp_teacher), ttur_ratio=3), mlp_teacher, r=3)
-
-
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"gamma_eps": 0.0}, "gamma_eps"),
-    ({"gamma_eps": -0.1}, "gamma_eps"),
-    ({"gamma_eps": 1.5}, "gamma_eps"),  # |1 - gamma| > 1 diverges
-    ({"gamma_z": -1e-3}, "gamma_z"),
-    ({"langevin_steps": 0}, "langevin_steps"),
-    ({"langevin_steps": 2.0}, "langevin_steps"),
-    ({"ttur_ratio": 0}, "ttur_ratio"),
-    ({"t_lo": 0.5, "t_hi": 0.5}, "t_lo"),
-    ({"t_lo": 0.9, "t_hi": 0.1}, "t_hi"),
-    ({"noise_cancel": "partial"}, "noise_cancel"),
-    ({"weighting": "edm"}, "weighting"),
-    ({"student_steps": 0}, "student_steps"),
-    ({"lr_aux": 0.0}, "lr_aux"),
-])
-def test_t15_config_validation_names_the_field(changes, field):
-    with pytest.raises(ValueError, match=field):
-        EMDConfig(**changes)
-
-
-def test_t15_config_accepts_edges():
-    EMDConfig(gamma_z=0.0, langevin_steps=1, ttur_ratio=1, gamma_eps=1.0)  # the Diff-Instruct limit is legal
-
-
-def test_t15_one_step_only(mlp_teacher):
-    for kwargs in ({"student_steps": 2}, {"sets": ["student_steps=4"]}):
-        with pytest.raises(ValueError, match="student_steps"):
-            build_method_config("emd", **kwargs)
-    with pytest.raises(ValueError, match="gamma_eps"):
-        build_method_config("emd", sets=["gamma_eps=0"])
-    with pytest.raises(ValueError, match="langevin_steps"):
-        build_method_config("emd", preset="toy2d", sets=["langevin_steps=0"])
-    assert build_method_config("emd", preset="k8").langevin_steps == 8
-    with pytest.raises(ValueError, match="student_steps"):
-        EMD(mlp_teacher, EMDConfig(student_steps=2), total_steps=10)
-
-
-def test_t15_sample_is_one_step(mlp_teacher):
-    m = _make(mlp_teacher)
-    h.assert_one_step_sample(m)
-    assert float(m.t_gen) == pytest.approx(float(SCHED.t_from_log_snr(torch.tensor(-6.0, dtype=F64))))
-
-
-def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
-    m = _make(mlp_teacher, ttur_ratio=2)
-    steps = h.train_steps(m, range(4))
-    h.check_metrics(steps, required=h.TWO_NET_KEYS | {"emd/eps_tilde_norm", "emd/xi_drift_norm"})
-    for n, metrics in enumerate(steps):
-        gen_turn = n % 2 == 0
-        assert {"loss/gen", "emd/eps_tilde_norm", "emd/xi_drift_norm"} <= set(metrics) if gen_turn \
-            else not ({"loss/gen", "emd/eps_tilde_norm", "emd/xi_drift_norm"} & set(metrics)), n
-        if gen_turn:
-            assert metrics["emd/xi_drift_norm"] > 0.0  # gamma_z = 0.01 > 0: xi moves
-
-
-def test_t15_run_training_resume_is_exact(mlp_teacher, tmp_path):
-    teacher_hash = parameter_hash(mlp_teacher)
-    full, _, resumed = h.assert_exact_resume(lambda: _make(mlp_teacher, ttur_ratio=2, total_steps=h.TRAIN.iterations),
-                                             tmp_path, {"name": "emd-test", "kind": "student"})
-    assert not torch.equal(full.student.net.body[0].weight, mlp_teacher.net.body[0].weight)  # it did train
-    assert parameter_hash(mlp_teacher) == teacher_hash == full.teacher_hash == resumed.teacher_hash

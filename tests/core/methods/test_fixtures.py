@@ -1,4 +1,4 @@
-"""The method-test fixtures themselves: F2's fit to the exact ring denoiser (METHODS.md §10, F2)."""
+"""The method-test fixtures themselves: the network teacher's fit to the exact ring denoiser (docs/methods.md#fixtures)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import torch
 from core.nets import parameter_hash
 
 
-def test_f2_fixture_quality(f2, capsys):
-    """F2 here is cut down for speed: per-coordinate RMS ~0.086 over t ~ U(0.001, 1) (spec acceptance for the full
-    F2 is < 0.05). Enough for plumbing tests; this bound only catches a broken fit."""
+def test_network_teacher_fixture_fits_the_ring(network_teacher, capsys):
+    """The network teacher here is cut down for speed: per-coordinate RMS ~0.086 over t ~ U(0.001, 1) (a full-size
+    one must reach < 0.05). Enough for plumbing tests; this bound only catches a broken fit."""
+    net = network_teacher
     with capsys.disabled():
-        print(f"\nF2 fixture: RMS {f2.rms:.4f} per coordinate ({f2.rms_norm:.4f} as a 2-D norm), {f2.seconds:.1f} s")
-    assert math.isfinite(f2.rms) and f2.rms < 0.15
-    den = f2.denoiser
+        print(f"\nnetwork teacher: RMS {net.rms:.4f} per coordinate ({net.rms_norm:.4f} as a 2-D norm), {net.seconds:.1f} s")
+    assert math.isfinite(net.rms) and net.rms < 0.15
+    den = net.denoiser
     assert not den.training and not any(p.requires_grad for p in den.parameters())
     assert all(p.dtype == torch.float32 for p in den.parameters())
     assert len(parameter_hash(den)) == 64

@@ -1,6 +1,7 @@
-"""MMD instant (parameter-space) correctness tests (METHODS.md §4, §10: T10, T15; §11 plug-in contract).
+"""MMD instant (parameter-space) correctness tests (docs/methods.md#mmd-instant-tests).
 
-All seeded and CPU-only, with the F2 teacher (conftest.py) in float64. T10 feeds one fixed batch as both halves A
+All seeded and CPU-only, with the network teacher (conftest.py) in float64. The sign tests feed one fixed batch as both
+halves A
 and B through the method's own distill step (a test-only switch: `half`, `draw` and `randn` are replaced on the
 instance, and optimizer_step is replaced by a spy that records the gradient), and compares with an explicit
 M(eta) = 1/2 ||mean grad_theta L_theta(x~(eta), z_s)||^2_Lambda differentiated by autograd (create_graph).
@@ -8,16 +9,11 @@ M(eta) = 1/2 ||mean grad_theta L_theta(x~(eta), z_s)||^2_Lambda differentiated b
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import replace
-
 import pytest
 import torch
 from torch.func import functional_call
 
 import core.methods.mmd_instant as mi_module
-from core.method_specs import MMDInstantConfig
 from core.methods.mmd_instant import MMDInstant
 from core.nets import parameter_hash
 from core.posterior import posterior_coefficients, posterior_sample
@@ -28,22 +24,7 @@ from . import helpers as h
 
 F64 = torch.float64
 SCHED = CosineSchedule()
-TOY = {"sigma_data": 1.42, "lr_gen": 1e-3, "precond_batches": 2}  # ring data std, a quick lr, a short Lambda phase
 BIAS_SHIFT = 0.2
-
-
-@pytest.fixture(scope="module")
-def teacher64(mlp_teacher):
-    """F2 in float64 (a copy: the session fixture itself is never modified)."""
-    return copy.deepcopy(mlp_teacher).double().eval().requires_grad_(False)
-
-
-def _make(teacher, total_steps: int = 20, shift: float = 0.0, **config) -> MMDInstant:
-    m = MMDInstant(teacher, MMDInstantConfig(**{**TOY, **config}), total_steps=total_steps)
-    if shift:
-        with torch.no_grad():
-            m.student.net.body[-1].bias.add_(shift)  # the output bias of the MLP inside the student
-    return m
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -74,7 +55,7 @@ def _lam_dot(lam: dict, a: list, b: list) -> torch.Tensor:
 
 
 # ================================================================================================================
-# T10: the sign of the instant update, u = J_theta nu, the moment estimate
+# The sign of the instant update, u = J_theta nu, the moment estimate
 # ================================================================================================================
 
 class _FixedBatch:
@@ -119,18 +100,18 @@ class _FixedBatch:
 
 
 @pytest.fixture
-def t10(teacher64, monkeypatch):
-    m = _make(teacher64, shift=BIAS_SHIFT, student_steps=8)
-    m.precond = _random_precond(teacher64)
-    fb = _FixedBatch(teacher64, m)
+def fixed_batch_step(mlp_teacher64, monkeypatch):
+    m = h.make_mmd_instant(mlp_teacher64, shift=BIAS_SHIFT, student_steps=8)
+    m.precond = _random_precond(mlp_teacher64)
+    fb = _FixedBatch(mlp_teacher64, m)
     seen = fb.install(m, monkeypatch)
     metrics = m.train_step({"x": fb.x})
     assert len(seen) == 1 and m.precond is not None
     return m, fb, seen[0], metrics
 
 
-def test_t10_generator_gradient_is_half_the_moment_gradient(t10):
-    m, fb, (loss, grads), metrics = t10
+def test_mmd_instant_generator_gradient_is_half_the_moment_gradient(fixed_batch_step):
+    m, fb, (loss, grads), metrics = fixed_batch_step
     eta = {k: v.clone().requires_grad_(True) for k, v in fb.eta0.items()}
     grad_m = torch.autograd.grad(fb.moment(eta, m.precond, create_graph=True), list(eta.values()))
     g_l, g_m = _flat(grads), _flat(grad_m)
@@ -138,14 +119,14 @@ def test_t10_generator_gradient_is_half_the_moment_gradient(t10):
     cosine = float(g_l @ g_m / (g_l.norm() * g_m.norm()))
     c = float(g_l @ g_m / (g_m @ g_m))
     assert cosine > 0.999, cosine
-    assert c == pytest.approx(0.5, rel=1e-9), c         # c = 1/2 with the batch means of §4.3
+    assert c == pytest.approx(0.5, rel=1e-9), c         # c = 1/2 with the batch means (docs/methods.md#sign-of-the-update)
     torch.testing.assert_close(g_l, 0.5 * g_m, rtol=1e-8, atol=1e-12 * float(g_m.abs().max()))
     # With A = B the logged moment estimate is Gamma^T Lambda Gamma = 2 M(eta0).
     assert metrics["mmd/moment_norm"] == pytest.approx(2.0 * float(fb.moment(fb.eta0, m.precond)), rel=1e-10)
 
 
-def test_t10_plain_sgd_step_lowers_the_moment_and_flipped_sign_raises_it(t10):
-    m, fb, (_, grads), _ = t10
+def test_mmd_instant_sgd_step_lowers_the_moment_and_flipped_sign_raises_it(fixed_batch_step):
+    m, fb, (_, grads), _ = fixed_batch_step
     lam = m.precond
     m0 = float(fb.moment(fb.eta0, lam))
     sq = float(_flat(grads) @ _flat(grads))
@@ -159,8 +140,8 @@ def test_t10_plain_sgd_step_lowers_the_moment_and_flipped_sign_raises_it(t10):
     assert (m_up - m0) == pytest.approx(2 * lr * sq, rel=0.05)
 
 
-def test_t10_teacher_loss_grad_and_jvp_match_explicit_and_central_difference(t10):
-    m, fb, _, _ = t10
+def test_mmd_instant_teacher_loss_grad_and_jvp_match_explicit_and_central_difference(fixed_batch_step):
+    m, fb, _, _ = fixed_batch_step
     x0 = fb.x_tilde(fb.eta0).detach()
     grads, loss = m.teacher_loss_grad(x0, fb.z_s, fb.s, None)
     explicit = _teacher_grad(fb.teacher, x0, fb.z_s, fb.s, fb.w)
@@ -187,8 +168,8 @@ def test_t10_teacher_loss_grad_and_jvp_match_explicit_and_central_difference(t10
     torch.testing.assert_close(u_half, 0.5 * u, rtol=1e-12, atol=1e-14 * scale)
 
 
-def test_t10_double_vjp_fallback_gives_the_same_u(t10, monkeypatch):
-    m, fb, _, _ = t10
+def test_mmd_instant_double_vjp_fallback_gives_the_same_u(fixed_batch_step, monkeypatch):
+    m, fb, _, _ = fixed_batch_step
     x0 = fb.x_tilde(fb.eta0).detach()
     grads, _ = m.teacher_loss_grad(x0, fb.z_s, fb.s, None)
     nu = {n: m.precond[n] * g for n, g in grads.items()}
@@ -229,17 +210,17 @@ def _replay_halves(m: MMDInstant, x: torch.Tensor, seed: int) -> dict:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_t10_moment_estimate_equals_explicit_gamma_a_lambda_gamma_b(teacher64, seed):
+def test_mmd_instant_moment_estimate_equals_explicit_gamma_a_lambda_gamma_b(mlp_teacher64, seed):
     """With independent halves the logged m = mean_A[-2 w <x~ - T(z_s), u>] equals Gamma_A^T Lambda Gamma_B."""
-    m = _make(teacher64, shift=BIAS_SHIFT, student_steps=8)
-    m.precond = _random_precond(teacher64, seed=seed + 10)
+    m = h.make_mmd_instant(mlp_teacher64, shift=BIAS_SHIFT, student_steps=8)
+    m.precond = _random_precond(mlp_teacher64, seed=seed + 10)
     m.step = 5
     batch = h.batch(seed, 32, dtype=F64)
     rep = _replay_halves(m, batch["x"], seed=100 + seed)
     gammas = {}
     for name, r in rep.items():
         w = edm_weight(SCHED.log_snr(r["s"]), m.config.sigma_data)
-        gammas[name] = _teacher_grad(teacher64, r["x_tilde"], r["z_s"], r["s"], w)
+        gammas[name] = _teacher_grad(mlp_teacher64, r["x_tilde"], r["z_s"], r["s"], w)
     explicit = float(_lam_dot(m.precond, gammas["A"], gammas["B"]))
     same_batch = float(_lam_dot(m.precond, gammas["A"], gammas["A"]))
     m.generator.manual_seed(100 + seed)
@@ -249,13 +230,13 @@ def test_t10_moment_estimate_equals_explicit_gamma_a_lambda_gamma_b(teacher64, s
 
 
 # ================================================================================================================
-# The preconditioner phase (§4.2)
+# The preconditioner phase (docs/methods.md#preconditioner)
 # ================================================================================================================
 
-def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
+def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(mlp_teacher64):
     beta2, eps, nb = 0.9, 1e-8, 3  # beta2 well below 1 so the per-batch weights differ
-    m = _make(teacher64, total_steps=6, precond_batches=nb, precond_beta2=beta2, precond_eps=eps)
-    teacher_hash, student0 = parameter_hash(teacher64), h.snapshot(m.student)
+    m = h.make_mmd_instant(mlp_teacher64, total_steps=6, precond_batches=nb, precond_beta2=beta2, precond_eps=eps)
+    teacher_hash, student0 = parameter_hash(mlp_teacher64), h.snapshot(m.student)
     grads = []
     for n in range(nb):
         x = h.batch(n, 32, dtype=F64)["x"]
@@ -265,15 +246,15 @@ def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
         torch.randn(32, 2, generator=g, dtype=F64)
         z_s = SCHED.alpha(s)[:, None] * x + SCHED.sigma(s)[:, None] * torch.randn(32, 2, generator=g, dtype=F64)
         w = edm_weight(SCHED.log_snr(s), m.config.sigma_data)
-        grads.append(_teacher_grad(teacher64, x, z_s, s, w))
-        loss = float((w * (x - teacher64(z_s, s)).pow(2).sum(1)).mean())
+        grads.append(_teacher_grad(mlp_teacher64, x, z_s, s, w))
+        loss = float((w * (x - mlp_teacher64(z_s, s)).pow(2).sum(1)).mean())
         m.generator.manual_seed(200 + n)
         metrics = m.train_step({"x": x})
         assert metrics["loss/teacher"] == pytest.approx(loss, rel=1e-12)
         assert metrics["mmd/precond_progress"] == pytest.approx((n + 1) / nb)
         assert "loss/gen" not in metrics
         assert not any(h.changed(m.student, student0)), n
-        assert parameter_hash(teacher64) == teacher_hash
+        assert parameter_hash(mlp_teacher64) == teacher_hash
         assert all(p.grad is None and not p.requires_grad for p in m.teacher.parameters())
         assert (m.precond is None) == (n < nb - 1), n
     assert m.optims["gen"][1].last_epoch == 0  # the LR schedule starts after the phase
@@ -291,23 +272,23 @@ def test_preconditioner_phase_matches_explicit_bias_corrected_adam_v(teacher64):
         metrics = m.train_step(h.batch(n, 32, dtype=F64))
         assert "loss/gen" in metrics and "loss/teacher" not in metrics
         assert all(h.changed(m.student, before)), n
-        assert parameter_hash(teacher64) == teacher_hash
+        assert parameter_hash(mlp_teacher64) == teacher_hash
         assert all(torch.equal(m.precond[k], frozen[k]) for k in frozen)
 
 
 @pytest.mark.parametrize(("steps", "kind"), [(2, "unit"), (4, "edm"), (8, "edm")])
 def test_auto_weighting_follows_student_steps(mlp_teacher, steps, kind):
-    assert _make(mlp_teacher, student_steps=steps).weighting == kind
+    assert h.make_mmd_instant(mlp_teacher, student_steps=steps).weighting == kind
 
 
 @pytest.mark.parametrize("total", [3, 2])
 def test_iterations_must_exceed_precond_batches(mlp_teacher, total):
     with pytest.raises(ValueError, match="precond_batches"):
-        _make(mlp_teacher, total_steps=total, precond_batches=3)
+        h.make_mmd_instant(mlp_teacher, total_steps=total, precond_batches=3)
 
 
 def test_distill_phase_rejects_batch_size_one(mlp_teacher):
-    m = _make(mlp_teacher, total_steps=5, precond_batches=1)
+    m = h.make_mmd_instant(mlp_teacher, total_steps=5, precond_batches=1)
     m.generator.manual_seed(0)
     m.train_step(h.batch(0, 1))               # the preconditioner phase works on any batch
     assert m.precond is not None
@@ -317,89 +298,3 @@ def test_distill_phase_rejects_batch_size_one(mlp_teacher):
     assert m.step == 1 and not any(h.changed(m.student, before))
     m.train_step(h.batch(1, 2))               # two examples are enough: one per half
     assert m.step == 2
-
-
-# ================================================================================================================
-# T15: plumbing
-# ================================================================================================================
-
-@pytest.mark.parametrize("cut", [2, 4])  # mid-phase (v accumulating, no Lambda yet) and in the distill phase
-def test_t15_state_round_trip_gives_identical_next_steps(mlp_teacher, cut):
-    kwargs = {"total_steps": 10, "precond_batches": 3, "student_steps": 4}
-    m1 = _make(mlp_teacher, **kwargs)
-    state = h.state_after(m1, cut)
-    assert set(state["extra"]) == {"v", "precond"}
-    assert (state["extra"]["precond"] is None) == (cut < 3)
-    assert state["teacher_hash"] == parameter_hash(mlp_teacher)
-    m2 = _make(mlp_teacher, **kwargs)
-    m2.load_state_dict(state)
-    assert m2.step == m1.step == cut
-    h.assert_same_next_steps(m1, m2, range(cut, cut + 3), nets=("student",))
-    for k in m1.v:
-        assert torch.equal(m1.v[k], m2.v[k]) and torch.equal(m1.precond[k], m2.precond[k]), k
-
-
-def test_t15_load_rejects_other_teacher(mlp_teacher):
-    h.assert_rejects_other_teacher(lambda teacher: _make(teacher, precond_batches=2), mlp_teacher)
-
-
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"lr_gen": 0.0}, "lr_gen"),
-    ({"sigma_min": 80.0, "sigma_max": 80.0}, "sigma_min"),
-    ({"sigma_min": 100.0}, "sigma_min"),
-    ({"weighting": "edm2"}, "weighting"),
-    ({"precond_batches": 0}, "precond_batches"),
-    ({"precond_batches": 2.5}, "precond_batches"),
-    ({"precond_beta2": 1.0}, "precond_beta2"),
-    ({"precond_beta2": -0.1}, "precond_beta2"),
-    ({"precond_eps": 0.0}, "precond_eps"),
-    ({"student_steps": 0}, "student_steps"),
-])
-def test_t15_config_validation_names_the_field(changes, field):
-    with pytest.raises(ValueError, match=f"^mmd-instant: {field}"):
-        MMDInstantConfig(**changes)
-
-
-def test_t15_metric_keys_namespaced_and_finite(mlp_teacher):
-    m = _make(mlp_teacher, total_steps=6, precond_batches=2)
-    required = {"loss/gen", "loss/teacher", "grad_norm/gen", "lr/gen", "stats/x_mean", "stats/x_std", "time/step_s",
-                "mmd/moment_norm", "mmd/precond_progress"}
-    h.check_metrics(h.train_steps(m, range(4)), required=required)
-
-
-TRAIN = replace(h.TRAIN, iterations=10, checkpoint_every=4, preview_every=5, preview_seeds=tuple(range(8)))
-
-
-@pytest.mark.parametrize("stop", [2, 5])  # inside the preconditioner phase, and after it
-def test_t15_run_training_resume_is_exact_across_the_phase_boundary(mlp_teacher, tmp_path, stop):
-    kwargs = {"precond_batches": 3, "student_steps": 4, "total_steps": TRAIN.iterations}
-    full, part, resumed = h.assert_exact_resume(lambda: _make(mlp_teacher, **kwargs), tmp_path,
-                                                {"name": "mmd-instant-test", "kind": "student"}, nets=("student",),
-                                                stop_after=stop, train=TRAIN, log_steps=None)
-    assert (part.precond is None) == (stop < 3)
-    assert any(not torch.equal(p, q) for p, q in zip(full.student.parameters(), mlp_teacher.parameters()))
-    for k in full.precond:
-        assert torch.equal(full.precond[k], resumed.precond[k]) and torch.equal(full.v[k], resumed.v[k]), k
-    assert parameter_hash(mlp_teacher) == full.teacher_hash
-
-
-def test_runs_on_a_diffusers_unet_with_attention():
-    """Fused attention kernels lack forward-mode AD and double backward; the JVP must still work on a real UNet."""
-    from core.denoisers import diffusers_denoiser
-    from core.method_specs import MMDInstantConfig
-    from core.methods.mmd_instant import MMDInstant
-    from core.nets import build_unet
-    from core.schedules import CosineSchedule
-
-    torch.manual_seed(0)
-    unet = build_unet(8, 1, num_classes=3, block_out_channels=(8, 16), attention=True)
-    teacher = diffusers_denoiser(unet, CosineSchedule(), "v_prediction", num_classes=3).eval()
-    m = MMDInstant(teacher, MMDInstantConfig(student_steps=2, precond_batches=1, warmup=0), total_steps=3)
-    batch = {"x": torch.rand(4, 1, 8, 8) * 2 - 1, "cond": torch.tensor([0, 1, 2, 0])}
-    before = [p.detach().clone() for p in m.student.parameters()]
-    m.generator.manual_seed(0)
-    m.train_step(batch)  # preconditioner phase
-    m.generator.manual_seed(1)
-    metrics = m.train_step(batch)  # distill phase: parameter-space JVP through attention
-    assert all(math.isfinite(v) for v in metrics.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.student.parameters()))

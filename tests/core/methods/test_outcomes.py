@@ -1,13 +1,14 @@
-"""Outcome tests T13 and T14 (METHODS.md §10), marked slow: `make test-slow` runs them (minutes each).
+"""The outcome tests (docs/methods.md#outcome-tests), marked slow: `make test-slow` runs them (minutes each).
 
-Each case distils the shipped `toy2d-ring` MLP teacher (the spec's F2: its RMS error against the exact ring denoiser is
-0.018 per coordinate, under the 0.05 acceptance bound; `test_shipped_teacher_is_an_f2` checks it) through the same path
-as `distill-studio distill`, for 2,000 generator steps, with three seeds, and samples 8,192 points with fixed seeds.
-- T13: every 1-step student is closer to the mixture (energy distance and sliced W2) than the teacher's one-step
-  prediction D_T(z_1, 1); the k-step mmd / mmd-instant students and the 4-step dmd2 student beat the teacher's ancestral
-  sampler at the same number of steps.
-- T14 (hard part): every student covers at least 6 of the 8 ring modes. The 4 %-mode comparison is a report, not a
-  test: `benchmarks/quality.py rare-mode`.
+Each case distils the shipped `toy2d-ring` MLP teacher (a full-size network teacher: its RMS error against the exact
+ring denoiser is 0.018 per coordinate, under the 0.05 acceptance bound;
+`test_shipped_ring_teacher_fits_the_exact_denoiser` checks it) through the same path as `distill-studio distill`, for
+2,000 generator steps, with three seeds, and samples 8,192 points with fixed seeds.
+- Beat the teacher: every 1-step student is closer to the mixture (energy distance and sliced W2) than the teacher's
+  one-step prediction D_T(z_1, 1); the k-step mmd / mmd-instant students and the 4-step dmd2 student beat the
+  teacher's ancestral sampler at the same number of steps.
+- Mode coverage (hard part): every student covers at least 6 of the 8 ring modes. The 4 %-mode comparison is a report,
+  not a test: `benchmarks/quality.py rare-mode`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def student_scores(method: str, steps: int, preset: str, seed: int, tmp_path) ->
     return toy_scores(x, get_benchmark("toy2d-ring").mixture)
 
 
-def test_shipped_teacher_is_an_f2():
+def test_shipped_ring_teacher_fits_the_exact_denoiser():
     teacher = load_teacher("toy2d-ring")
     mixture = get_benchmark("toy2d-ring").mixture
     rms, _ = rms_vs_exact(teacher, mixture)
@@ -73,7 +74,7 @@ def test_shipped_teacher_is_an_f2():
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("method", "steps", "preset"), CASES, ids=IDS)
-def test_t13_t14_student_beats_teacher_at_same_steps_and_covers_modes(method, steps, preset, seed, tmp_path):
+def test_student_beats_teacher_at_same_steps_and_covers_modes(method, steps, preset, seed, tmp_path):
     got, ref = student_scores(method, steps, preset, seed, tmp_path), teacher_scores(steps)
     assert got["energy"] < ref["energy"] and got["sliced_w2"] < ref["sliced_w2"], (got, ref)
     assert got["covered"] >= 6, got

@@ -5,7 +5,6 @@ import pytest
 
 from core.study.planning import (
     decisive_votes_needed,
-    design_effect,
     half_width,
     rating_status,
     sampling_weights,
@@ -15,14 +14,13 @@ from core.study.planning import (
 
 
 def test_votes_needed_table_of_study_md():
-    # STUDY.md §3.10.
+    # docs/study.md#votes-needed.
     assert [decisive_votes_needed(p) for p in (0.55, 0.60, 0.65, 0.70, 0.75)] == [783, 194, 85, 47, 29]
     assert [round(100 * half_width(n), 1) for n in (50, 100, 200, 400, 1000)] == [13.9, 9.8, 6.9, 4.9, 3.1]
 
 
 def test_ties_and_design_effect_scale_the_total():
     assert votes_needed(0.6, tie_rate=0.2) == 243  # 194 / 0.8 = 242.5: 20 % ties need 25 % more votes
-    assert design_effect(11, 0.1) == pytest.approx(2.0)
     assert votes_needed(0.6, deff=2.0) == 388
     table = votes_needed_table(tie_rate=0.2)
     assert table["needed"][1] == {"p": 0.6, "decisive": 194, "total": 243}
