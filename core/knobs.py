@@ -15,20 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 SOURCES = ("paper", "code", "derived", "choice")
-_BOUNDS = ("gt", "ge", "lt", "le", "min_length")
+_BOUNDS = ("gt", "ge", "lt", "le", "min_length", "max_length")
 
 
 def knob(default: Any, source: str, why: str = "", *, ge: float | None = None, gt: float | None = None,
          le: float | None = None, lt: float | None = None, choices: tuple[str, ...] = (),
-         min_length: int | None = None, strict: bool | None = None) -> Any:
+         min_length: int | None = None, max_length: int | None = None, strict: bool | None = None) -> Any:
     """A config field: its default, where that default comes from (one of SOURCES), why, and the values it accepts."""
     if source not in SOURCES:
         raise ValueError(f"knob: source must be one of {', '.join(SOURCES)}, got {source!r}")
     extra: dict[str, Any] = {"source": source}
     if choices:
         extra["enum"] = list(choices)
-    return Field(default, description=why, ge=ge, gt=gt, le=le, lt=lt, min_length=min_length, strict=strict,
-                 json_schema_extra=extra)
+    return Field(default, description=why, ge=ge, gt=gt, le=le, lt=lt, min_length=min_length, max_length=max_length,
+                 strict=strict, json_schema_extra=extra)
 
 
 # -- Reading the metadata -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_specs
 from core.catalogue import check_distillable, check_trainable, get_teacher_info
+from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
 from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
@@ -28,54 +29,65 @@ from storage.settings import Settings, get_settings
 
 
 class _Spec(BaseModel):
+    """A job's spec: fields declared with core.knobs.knob (description, provenance, bounds) like the method configs,
+    read leniently from JSON; a refused value is reported by pydantic's own text after the field's dotted path."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class TeacherSpec(_Spec):
     """Train a built-in teacher."""
 
-    name: str
-    iterations: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    seed: Annotated[int, Field(ge=0)] | None = None
+    name: str = knob(..., "choice", "a trainable built-in teacher (distill-studio teachers list)")
+    iterations: int | None = knob(None, "choice", "training steps; none: the teacher's shipped recipe", ge=1,
+                                  le=10_000_000)
+    seed: int | None = knob(None, "choice", "none: the recipe's seed", ge=0)
 
 
 class DistillSpec(_Spec):
     """Distil a teacher into a student; the same fields as `distill-studio distill`."""
 
-    teacher: str
-    method: str
-    preset: str = "default"
-    student_steps: Annotated[int, Field(ge=1, le=1000)] | None = None
-    sets: tuple[str, ...] = ()
-    iterations: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
-    batch_size: Annotated[int, Field(ge=1, le=65536)] | None = None
-    seed: Annotated[int, Field(ge=0)] = 0
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = None  # default: a quarter of the run, at most 500 steps
+    teacher: str = knob(..., "choice", "a distillable teacher: a network, built in or imported")
+    method: str = knob(..., "choice", f"one of {', '.join(METHOD_CONFIGS)}")
+    preset: str = knob("default", "choice", "a preset of the method, or several joined with +")
+    student_steps: int | None = knob(None, "choice", "none: the preset's", ge=1, le=1000)
+    sets: tuple[str, ...] = knob((), "choice", "KEY=VALUE overrides of the method's knobs (distill --help-knobs)")
+    iterations: int = knob(2000, "choice", "enough for the toy benchmarks' students on a CPU", ge=1, le=10_000_000)
+    batch_size: int | None = knob(None, "choice", "none: the teacher's recipe batch", ge=1, le=65536)
+    seed: int = knob(0, "choice", "every run is reproducible", ge=0)
+    checkpoint_every: int | None = knob(None, "choice", "none: a quarter of the run, at most 500 steps", ge=1)
 
 
 class SampleSpec(_Spec):
     """Sample a teacher (teacher:NAME) or a distill run (run:ID) at fixed seeds: its final model once it has
     succeeded, or with `checkpoint` the weights of one of its recorded checkpoint steps (a running run's too)."""
 
-    model: str
-    seeds: Annotated[tuple[Annotated[int, Field(ge=0, lt=2**63)], ...], Field(min_length=1, max_length=100_000)]
-    steps: Annotated[int, Field(ge=1, le=1000)] | None = None  # default: teacher 50, a student its own
-    class_id: Annotated[int, Field(ge=0)] | None = None
-    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
-    sampler: Literal[SAMPLER_NAMES] = "ddim"  # type: ignore[valid-type]
-    eta: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    checkpoint: Annotated[int, Field(ge=0)] | None = None  # run:ID only: a training step (repo.checkpoint_steps)
+    model: str = knob(..., "choice", "teacher:NAME or run:ID")
+    seeds: tuple[Seed, ...] = knob(..., "choice", "one image per seed; seed i's noise never depends on the batch",
+                                   min_length=1, max_length=100_000)
+    steps: int | None = knob(None, "choice", "none: a teacher's 50, a student's own", ge=1, le=1000)
+    class_id: int | None = knob(None, "choice", "class-conditional teachers only", ge=0)
+    guidance: float = knob(1.0, "choice", "CFG weight, teacher only", ge=0.0, le=20.0)
+    sampler: Literal[SAMPLER_NAMES] = knob("ddim", "choice", "the teacher's sampler")  # type: ignore[valid-type]
+    eta: float = knob(0.0, "choice", "DDIM's stochasticity (0: deterministic)", ge=0.0, le=1.0)
+    checkpoint: int | None = knob(None, "choice", "run:ID only: a recorded training step (repo.checkpoint_steps)",
+                                  ge=0)
 
 
 class EvaluateSpec(_Spec):
     """Measure models at fixed seeds: the same fields as `distill-studio evaluate` (REF syntax: core/refs.py)."""
 
-    models: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
-    metrics: Annotated[tuple[str, ...], Field(min_length=1, max_length=32)]
-    n: Annotated[int, Field(ge=eval_specs.MIN_N, le=eval_specs.MAX_N)] = 1000
-    seed: Annotated[int, Field(ge=0, lt=2**62)] = 0  # seeds seed .. seed + n - 1; class-conditional: class seed % 10
-    extractor: str | None = None                     # default: the dataset's own (digits, toy2d)
-    guidance: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0  # CFG weight for class-conditional teachers
+    models: tuple[str, ...] = knob(..., "choice", "model references", min_length=1, max_length=64)
+    metrics: tuple[str, ...] = knob(..., "choice", f"of {', '.join(eval_specs.METRICS)}", min_length=1,
+                                    max_length=32)
+    n: int = knob(1000, "choice", "samples per model; below 2,000 figures are small-sample estimates",
+                  ge=eval_specs.MIN_N, le=eval_specs.MAX_N)
+    seed: int = knob(0, "choice", "seeds seed .. seed + n - 1; class-conditional: class seed % 10", ge=0, lt=2**62)
+    extractor: str | None = knob(None, "choice", "none: the dataset's own (digits, toy2d)")
+    guidance: float = knob(1.0, "choice", "CFG weight for class-conditional teachers", ge=0.0, le=20.0)
 
 
 SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec,

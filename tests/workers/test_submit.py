@@ -294,3 +294,18 @@ def test_unknown_run_ids(jobs, broker, env):
         with pytest.raises(ValueError, match="^run: no run with id 999$"):
             action(999)
     assert broker.llen(env) == 0
+
+
+def test_job_spec_fields_carry_their_help_like_the_method_knobs(tmp_path):
+    """Job specs declare their fields with core.knobs.knob, as the method configs do: every field says why and where
+    its default comes from, and the bounds the help shows are the ones validation enforces."""
+    from core.knobs import SOURCES, knob_rows
+    from workers.submit import SPECS, DistillSpec
+
+    for kind, cls in SPECS.items():
+        for row in knob_rows(cls):
+            assert row["why"] and row["source"] in SOURCES, (kind, row)
+    iterations = next(r for r in knob_rows(DistillSpec) if r["name"] == "iterations")
+    assert iterations["accepts"] == "an integer >= 1" and iterations["default"] == 2000
+    with pytest.raises(ValueError, match=r"^iterations: Input should be greater than or equal to 1$"):
+        validate_spec("distill", {"teacher": "digits", "method": "dmd2", "iterations": 0}, data_dir=tmp_path)
