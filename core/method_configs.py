@@ -22,6 +22,8 @@ LR_SCHEDULES = ("constant", "linear")
 
 _TIME_RANGE = "0 <= t_lo < t_hi <= 1"
 _SIGMA_ORDER = "sigma_min < sigma_max"
+_GAMMA_EPS = "gamma_eps <= 1"
+_RULE_CHECKS = {_TIME_RANGE: "_check_time_range", _SIGMA_ORDER: "_check_sigma_order", _GAMMA_EPS: "_check_gamma_eps"}
 
 
 class MethodConfig(KnobModel):
@@ -39,10 +41,21 @@ class MethodConfig(KnobModel):
         """Whether a student of this method samples with `steps` steps."""
         return steps == 1 if cls.one_step_only else steps >= 1
 
+    @model_validator(mode="after")
+    def _cross_field(self):
+        """The rules that tie fields together, each named in `rules` (which the help prints)."""
+        for rule in self.rules:
+            getattr(self, _RULE_CHECKS[rule])()
+        return self
+
     def _check_time_range(self) -> None:
         a, b = self.t_lo, self.t_hi
         if not 0 <= a < b <= 1:
             raise ValueError(f"{self.key}: t_lo and t_hi must satisfy {_TIME_RANGE}, got {a!r}, {b!r}")
+
+    def _check_gamma_eps(self) -> None:
+        if self.gamma_eps > 1:  # |1 - gamma_eps| > 1 makes the eps recursion diverge; 1 is the Diff-Instruct limit
+            raise ValueError(f"{self.key}: gamma_eps must be in (0, 1], got {self.gamma_eps!r}")
 
     def _check_sigma_order(self) -> None:
         if self.sigma_min >= self.sigma_max:
@@ -75,10 +88,6 @@ class MMDConfig(MethodConfig):
     def needs_data(self) -> bool:
         return True  # the student's input z_t is a noised real data batch
 
-    @model_validator(mode="after")
-    def _cross_field(self):
-        self._check_sigma_order()
-        return self
 
 
 class MMDInstantConfig(MethodConfig):
@@ -107,16 +116,12 @@ class MMDInstantConfig(MethodConfig):
     def needs_data(self) -> bool:
         return True  # the preconditioner's teacher loss and the student's input both noise real data
 
-    @model_validator(mode="after")
-    def _cross_field(self):
-        self._check_sigma_order()
-        return self
 
 
 class EMDConfig(MethodConfig):
     key: ClassVar[str] = "emd"
     one_step_only: ClassVar[bool] = True
-    rules: ClassVar[tuple[str, ...]] = ("gamma_eps <= 1", _TIME_RANGE)
+    rules: ClassVar[tuple[str, ...]] = (_GAMMA_EPS, _TIME_RANGE)
     student_steps: int = knob(1, "paper", "EMD distils a one-step generator", ge=1)
     lr_gen: float = knob(1e-4, "choice", gt=0)
     lr_aux: float = knob(1e-4, "choice", gt=0)
@@ -140,12 +145,6 @@ class EMDConfig(MethodConfig):
     weighting: str = knob("dmd", "choice", "K = 1 then equals DMD's normalised gradient", choices=WEIGHTINGS_VSD)
     sigma_data: float = knob(0.5, "code", "w_edm for the score network's loss", gt=0)
 
-    @model_validator(mode="after")
-    def _cross_field(self):
-        if self.gamma_eps > 1:  # |1 - gamma_eps| > 1 makes the eps recursion diverge; 1 is the Diff-Instruct limit
-            raise ValueError(f"{self.key}: gamma_eps must be in (0, 1], got {self.gamma_eps!r}")
-        self._check_time_range()
-        return self
 
 
 class DiffInstructConfig(MethodConfig):
@@ -170,10 +169,6 @@ class DiffInstructConfig(MethodConfig):
     weighting: str = knob("dmd", "choice", choices=WEIGHTINGS_VSD)
     sigma_data: float = knob(0.5, "code", gt=0)
 
-    @model_validator(mode="after")
-    def _cross_field(self):
-        self._check_time_range()
-        return self
 
 
 class DMD2Config(MethodConfig):
@@ -207,10 +202,6 @@ class DMD2Config(MethodConfig):
     def needs_data(self) -> bool:
         return self.gan or not self.backward_simulation  # the GAN's real images, or noised real inputs
 
-    @model_validator(mode="after")
-    def _cross_field(self):
-        self._check_time_range()
-        return self
 
 
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
