@@ -79,17 +79,29 @@ def teachers_train(
 @teachers_app.command("import")
 @cli_errors
 def teachers_import(
-    path: Path = typer.Argument(..., help="A local diffusers folder (UNet2DModel + scheduler config)."),
+    path: Path = typer.Argument(..., help="A local diffusers folder: a DDPM-style UNet2DModel folder, or a "
+                                "StableDiffusionPipeline / StableDiffusionXLPipeline folder (safetensors only)."),
     name: str = typer.Option(..., help="Name to register it under."),
+    null_class: int = typer.Option(None, "--null-class", min=0, help="Class-conditional UNet2DModel folders: the label "
+                                   "the model was trained to treat as unconditional (0 <= K < num_class_embeds)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Check a local diffusers DDPM-style folder and register it as a teacher."""
+    """Check a local diffusers folder end to end and register it as a teacher."""
     from workers.local import import_teacher
 
     check_name(name, "name")
-    info = import_teacher(path, name, get_settings().data_dir)
-    emit(as_json, info, f"imported {info['name']}: {info['prediction_type']}, "
-          f"{'x'.join(map(str, info['data_shape']))}, classes={info['num_classes']}")
+    info = import_teacher(path, name, get_settings().data_dir, null_class)
+    emit(as_json, info, import_summary(info))
+
+
+def import_summary(info: dict) -> str:
+    """One line about an imported teacher's manifest (text-to-image teachers: class, resolution, latents)."""
+    shape = "x".join(map(str, info["data_shape"]))
+    if "pipeline_class" in info:
+        return (f"imported {info['name']}: {info['pipeline_class']}, {info['prediction_type']}, "
+                f"{info['resolution']}x{info['resolution']} px, latents {shape}")
+    null = f", null class {info['null_class']}" if info.get("null_class") is not None else ""
+    return f"imported {info['name']}: {info['prediction_type']}, {shape}, classes={info['num_classes']}{null}"
 
 
 # -- db ------------------------------------------------------------------------------------------------------

@@ -18,10 +18,14 @@ def imported_dir(data_dir: Path | str) -> Path:
 
 
 def read_manifest(folder: Path) -> TeacherInfo:
+    """An imported teacher's catalogue entry; manifests written before `kind` existed are DDPM folders."""
     doc = json.loads((folder / MANIFEST).read_text())
-    return TeacherInfo(name=doc["name"], benchmark="imported", kind="diffusers", data_shape=tuple(doc["data_shape"]),
-                       num_classes=int(doc.get("num_classes", 0)), prediction_type=doc["prediction_type"],
-                       description=doc.get("description", ""), builtin=False, source=doc.get("source", ""))
+    null_class = doc.get("null_class")
+    return TeacherInfo(name=doc["name"], benchmark="imported", kind=doc.get("kind", "diffusers"),
+                       data_shape=tuple(doc["data_shape"]), num_classes=int(doc.get("num_classes", 0)),
+                       prediction_type=doc["prediction_type"], description=doc.get("description", ""), builtin=False,
+                       source=doc.get("source", ""), null_class=None if null_class is None else int(null_class),
+                       resolution=int(doc.get("resolution", 0)))
 
 
 def list_teachers(data_dir: Path | str | None) -> list[TeacherInfo]:
@@ -60,8 +64,21 @@ def check_trainable(name: str, field: str = "teacher") -> TeacherInfo:
 
 
 def is_distillable(info: TeacherInfo) -> bool:
-    """A student copies the teacher's network at the start; an analytic teacher has none."""
-    return info.kind != "analytic"
+    """A student copies the teacher's network at the start; an analytic teacher has none, and a text-to-image
+    teacher needs prompts, which the engine does not carry yet."""
+    return info.kind != "analytic" and not info.is_text_to_image
+
+
+def text_to_image_refusal(name: str) -> str:
+    return (f"teacher: {name!r} is a text-to-image teacher; distilling and sampling it need prompts, "
+            "which this version does not pass through the engine yet")
+
+
+def check_prompt_free(info: TeacherInfo) -> TeacherInfo:
+    """Refuse a text-to-image teacher wherever the engine would run it (distilling, sampling, evaluating)."""
+    if info.is_text_to_image:
+        raise ValueError(text_to_image_refusal(info.name))
+    return info
 
 
 def distillable_teachers(data_dir: Path | str | None) -> list[TeacherInfo]:
@@ -70,7 +87,7 @@ def distillable_teachers(data_dir: Path | str | None) -> list[TeacherInfo]:
 
 def check_distillable(name: str, data_dir: Path | str | None) -> TeacherInfo:
     """The teacher `name` if a student can be distilled from it; ValueError naming `teacher` otherwise."""
-    info = get_teacher_info(name, data_dir)
+    info = check_prompt_free(get_teacher_info(name, data_dir))
     if not is_distillable(info):
         raise ValueError(f"teacher: {name!r} is analytic and has no network to copy; use a network teacher "
                          f"such as {info.benchmark}")

@@ -137,22 +137,37 @@ class NetworkDenoiser(Denoiser):
 
 
 class UNetCall(nn.Module):
-    """Adapts a diffusers UNet2DModel to net(z, time, cond): class labels only if it has a class embedding."""
+    """Adapts a diffusers UNet2DModel to net(z, time, cond): class labels only if it has a class embedding.
 
-    def __init__(self, unet: nn.Module):
+    The studio's own UNets keep their null class last (id num_classes). An imported UNet may reserve another label
+    `null_class` for it; the studio then numbers the model's other labels 0..n-1 in order and its null id n maps to
+    `null_class`, so every caller keeps using num_classes as the null condition.
+    """
+
+    def __init__(self, unet: nn.Module, null_class: int | None = None):
         super().__init__()
         self.unet = unet
+        self.null_class = null_class
+
+    def labels(self, cond: torch.Tensor) -> torch.Tensor:
+        """Studio class ids -> the model's labels (identity unless the null label is not the last one)."""
+        if self.null_class is None:
+            return cond
+        null_id = self.unet.config.num_class_embeds - 1
+        return torch.where(cond >= null_id, torch.full_like(cond, self.null_class), cond + (cond >= self.null_class).long())
 
     def forward(self, z, time, cond):
-        labels = cond if getattr(self.unet.config, "num_class_embeds", None) else None
+        labels = self.labels(cond) if getattr(self.unet.config, "num_class_embeds", None) else None
         return self.unet(z, time, class_labels=labels).sample
 
 
-def diffusers_denoiser(unet: nn.Module, schedule: VPSchedule, prediction_type: str, num_classes: int = 0) -> NetworkDenoiser:
+def diffusers_denoiser(unet: nn.Module, schedule: VPSchedule, prediction_type: str, num_classes: int = 0,
+                       null_class: int | None = None) -> NetworkDenoiser:
     cfg = unet.config
     shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size) if isinstance(cfg.sample_size, int) \
         else (cfg.in_channels, *cfg.sample_size)
-    return NetworkDenoiser(UNetCall(unet), schedule, prediction_type, shape, num_classes, time_input="model_time")
+    return NetworkDenoiser(UNetCall(unet, null_class), schedule, prediction_type, shape, num_classes,
+                           time_input="model_time")
 
 
 class VEDenoiser(Denoiser):

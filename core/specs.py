@@ -55,13 +55,16 @@ class TrainConfig(KnobModel):
         return d
 
 
+TEXT_TO_IMAGE_KINDS = ("sd", "sdxl")
+
+
 @dataclass(frozen=True)
 class TeacherInfo:
     """What the UI and CLI need to know about a teacher without loading it."""
 
     name: str
     benchmark: str                  # data it models: toy2d-ring, toy2d-grid, digits, or "imported"
-    kind: str                       # analytic | mlp | unet | diffusers
+    kind: str                       # analytic | mlp | unet | diffusers | sd | sdxl (text-to-image, latent)
     data_shape: tuple[int, ...]
     num_classes: int = 0
     prediction_type: str = "sample"
@@ -70,10 +73,16 @@ class TeacherInfo:
     train: TrainConfig | None = None
     builtin: bool = True
     source: str = ""                # imported teachers: the folder they came from
+    null_class: int | None = None   # imported class-conditional UNets: the model's own null label
+    resolution: int = 0             # text-to-image teachers: image side in pixels (data_shape is the latent)
 
     @property
     def is_image(self) -> bool:
         return len(self.data_shape) == 3
+
+    @property
+    def is_text_to_image(self) -> bool:
+        return self.kind in TEXT_TO_IMAGE_KINDS
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

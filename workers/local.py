@@ -191,11 +191,12 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     return summary
 
 
-def import_teacher(path: Path, name: str, data_dir: Path) -> dict:
-    """Check a local diffusers folder and register it under DATA_DIR/teachers/NAME."""
+def import_teacher(path: Path, name: str, data_dir: Path, null_class: int | None = None) -> dict:
+    """Check a local diffusers folder and register it under DATA_DIR/teachers/NAME (`null_class`: the label a
+    class-conditional UNet2DModel treats as unconditional)."""
     from core.teachers.imported import import_folder
 
-    return import_folder(path, name, data_dir)
+    return import_folder(path, name, data_dir, null_class)
 
 
 def _distill_batches(info):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_specs
-from core.catalogue import check_distillable, check_trainable, get_teacher_info
+from core.catalogue import check_distillable, check_prompt_free, check_trainable, get_teacher_info
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
@@ -130,7 +130,7 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
 def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:
     ref = _sample_ref(spec.model)
     if ref.is_teacher:
-        info = _teacher_info(ref.name, data_dir)
+        info = check_prompt_free(_teacher_info(ref.name, data_dir))
     else:
         if session is None:
             raise ValueError("model: run references need the database")
@@ -219,7 +219,7 @@ def check_evaluate(spec: dict[str, Any], *, data_dir: Path, session: Session | N
 def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | None) -> EvalTarget:
     parsed = parse_ref(ref)
     if parsed.is_teacher:
-        info = _teacher_info(parsed.name, data_dir)
+        info = check_prompt_free(_teacher_info(parsed.name, data_dir))
         if guidance != 1.0 and not info.num_classes:
             raise ValueError(f"guidance: {parsed.name!r} is unconditional; guidance needs a class-conditional teacher")
         return EvalTarget(ref, eval_specs.guided_model(parsed.at(None).text, guidance), "teacher", parsed.name,

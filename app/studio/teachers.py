@@ -15,7 +15,7 @@ import gradio as gr
 from app.studio.compare import Variant, grid, request_missing
 from app.studio.context import Studio
 from app.studio.files import placeholder
-from core.catalogue import check_trainable, get_teacher_info, list_teachers, trainable_teachers
+from core.catalogue import check_trainable, get_teacher_info, list_teachers, text_to_image_refusal, trainable_teachers
 from core.refs import ModelRef, default_steps
 from workers.submit import BrokerUnavailable
 
@@ -25,8 +25,14 @@ IMPORT_TIMEOUT_S = 300
 
 # -- Handlers --------------------------------------------------------------------------------------------------
 
+def shape_text(info) -> str:
+    """Data shape; text-to-image teachers are shown by image size, with the latent shape the methods would see."""
+    shape = "×".join(map(str, info.data_shape))
+    return f"{info.resolution}×{info.resolution} px (latent {shape})" if info.is_text_to_image else shape
+
+
 def teacher_rows(ctx: Studio) -> list[list]:
-    return [[t.name, "built-in" if t.builtin else "imported", t.kind, t.benchmark, "×".join(map(str, t.data_shape)),
+    return [[t.name, "built-in" if t.builtin else "imported", t.kind, t.benchmark, shape_text(t),
              t.num_classes or "", t.description or t.source] for t in list_teachers(ctx.data_dir)]
 
 
@@ -52,18 +58,33 @@ def check_import_path(ctx: Studio, text: str) -> Path:
     return path
 
 
-def import_teacher(ctx: Studio, path_text: str, name: str) -> str:
+def _null_class_args(null_class) -> list[str]:
+    if null_class is None or null_class == "":
+        return []
+    if (isinstance(null_class, float) and not null_class.is_integer()) or int(null_class) < 0:
+        raise ValueError(f"null_class: must be a whole number >= 0, got {null_class!r}")
+    return ["--null-class", str(int(null_class))]
+
+
+def import_teacher(ctx: Studio, path_text: str, name: str, null_class=None) -> str:
     path = check_import_path(ctx, path_text)
     if not name or not name.strip():
         raise ValueError("name: give the teacher a name")
-    cmd = [sys.executable, "-m", "app.cli", "teachers", "import", str(path), "--name", name.strip(), "--json"]
+    cmd = [sys.executable, "-m", "app.cli", "teachers", "import", str(path), "--name", name.strip(), "--json",
+           *_null_class_args(null_class)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S)
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or ["import failed"])[-1].removeprefix("error: ")
         raise ValueError(message)
-    info = json.loads(done.stdout)
-    return f"Imported **{info['name']}**: {info['prediction_type']}, {'×'.join(map(str, info['data_shape']))}, " \
-           f"classes {info['num_classes']}."
+    return import_message(json.loads(done.stdout))
+
+
+def import_message(info: dict) -> str:
+    shape = "×".join(map(str, info["data_shape"]))
+    if "pipeline_class" in info:
+        return f"Imported **{info['name']}**: {info['pipeline_class']}, {info['prediction_type']}, " \
+               f"{info['resolution']}×{info['resolution']} px (latent {shape})."
+    return f"Imported **{info['name']}**: {info['prediction_type']}, {shape}, classes {info['num_classes']}."
 
 
 def _recipe(name: str) -> int | None:
@@ -90,6 +111,8 @@ def sample_grid(ctx: Studio, user: str | None, name: str) -> tuple[list, str, bo
     info = get_teacher_info(name, ctx.data_dir)
     if info.kind == "analytic":
         return [], f"{name} is analytic (exact); sample it on the Compare tab's points view or the CLI.", False
+    if info.is_text_to_image:
+        return [], text_to_image_refusal(name).removeprefix("teacher: ") + ".", False
     ref = ModelRef.teacher(name)
     steps = default_steps(ref)
     rows = [Variant(ref.text, steps, 0, True, f"teacher {name}")]
@@ -128,6 +151,8 @@ def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
             path = gr.Textbox(label="Folder path", elem_id="t-import-path",
                               info="absolute; only under STUDIO_IMPORT_ROOTS (default DATA_DIR/import)")
             name = gr.Textbox(label="Name", elem_id="t-import-name")
+            null_class = gr.Number(None, precision=0, minimum=0, label="Null class", elem_id="t-import-null",
+                                   info="class-conditional UNet2DModel folders only: the label meaning 'no class'")
             do_import = gr.Button("Import", elem_id="t-import")
             import_status = gr.Markdown(elem_id="t-import-status")
 
@@ -159,13 +184,13 @@ def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     train.click(on_train, [train_name, train_iters], train_status)
 
-    def on_import(folder, teacher, request: gr.Request):
+    def on_import(folder, teacher, null, request: gr.Request):
         try:
             ctx.require_researcher(request)
-            message = import_teacher(ctx, folder, teacher)
+            message = import_teacher(ctx, folder, teacher, null)
         except (ValueError, PermissionError, subprocess.TimeoutExpired) as exc:
             return f"**Error** — {exc}", gr.skip(), gr.skip()
         all_names = [t.name for t in list_teachers(ctx.data_dir)]
         return message, teacher_rows(ctx), gr.Dropdown(choices=all_names)
 
-    do_import.click(on_import, [path, name], [import_status, table, pick], concurrency_limit=1)
+    do_import.click(on_import, [path, name, null_class], [import_status, table, pick], concurrency_limit=1)

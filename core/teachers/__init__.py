@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core.catalogue import check_trainable, get_teacher_info, imported_dir
+from core.catalogue import check_prompt_free, check_trainable, get_teacher_info, imported_dir
 from core.data import get_benchmark
 from core.denoisers import Denoiser
 from core.specs import TrainConfig
@@ -18,7 +18,7 @@ from core.train import TrainResult, run_training
 
 def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") -> Denoiser:
     """The teacher's denoiser in eval mode with frozen parameters."""
-    info = get_teacher_info(name, data_dir)
+    info = check_prompt_free(get_teacher_info(name, data_dir))
     if info.builtin:
         return load_builtin(info, device)
     from core.teachers.imported import load_imported

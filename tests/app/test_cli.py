@@ -11,61 +11,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from app.cli import app
-from storage.settings import get_settings
+from tests.app.cli_helpers import ok, one_error_line
 
 BUILTINS = {"toy2d-ring-gmm": ([2], 0), "toy2d-grid-gmm": ([2], 0), "toy2d-ring": ([2], 0), "toy2d-grid": ([2], 0),
             "digits": ([1, 16, 16], 10)}
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
-    data = tmp_path / "data"
-    monkeypatch.setenv("STUDIO_DATA_DIR", str(data))
-    get_settings.cache_clear()  # settings are read once per process
-    yield data
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def cli(data_dir):
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(app, [str(a) for a in args])
-    return invoke
-
-
-def _ok(result) -> dict | list:
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return json.loads(result.stdout)
-
-
-def _one_error_line(result) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 # -- teachers list / import --------------------------------------------------------------------------------
 
 def test_teachers_list_json_has_the_builtins_then_imports(cli, tmp_path, data_dir):
-    rows = _ok(cli("teachers", "list", "--json"))
+    rows = ok(cli("teachers", "list", "--json"))
     assert {r["name"]: (r["data_shape"], r["num_classes"]) for r in rows} == BUILTINS
     assert all(r["builtin"] for r in rows)
 
     from tests.tiny_pipelines import save_tiny_ddpm
     folder = save_tiny_ddpm(tmp_path / "pipe", "v_prediction")
-    info = _ok(cli("teachers", "import", folder, "--name", "tiny-v", "--json"))
+    info = ok(cli("teachers", "import", folder, "--name", "tiny-v", "--json"))
     assert (info["name"], info["prediction_type"], info["data_shape"]) == ("tiny-v", "v_prediction", [3, 8, 8])
     assert (data_dir / "teachers" / "tiny-v" / "teacher.json").is_file()
 
-    rows = _ok(cli("teachers", "list", "--json"))
+    rows = ok(cli("teachers", "list", "--json"))
     assert [r["name"] for r in rows] == [*BUILTINS, "tiny-v"]
     tiny = rows[-1]
     assert (tiny["data_shape"], tiny["num_classes"], tiny["builtin"], tiny["kind"]) == ([3, 8, 8], 0, False, "diffusers")
@@ -77,7 +43,7 @@ def test_teachers_list_json_has_the_builtins_then_imports(cli, tmp_path, data_di
 # -- sample ------------------------------------------------------------------------------------------------
 
 def _sample(cli, out: Path, seed: int, n: int) -> tuple[dict, np.ndarray]:
-    summary = _ok(cli("sample", "--model", "teacher:toy2d-ring-gmm", "--n", n, "--seed", seed, "--steps", 10,
+    summary = ok(cli("sample", "--model", "teacher:toy2d-ring-gmm", "--n", n, "--seed", seed, "--steps", 10,
                       "--out", out, "--json"))
     return summary, np.load(out / "samples.npy")
 
@@ -102,13 +68,13 @@ def test_sample_gmm_is_deterministic_per_seed(cli, tmp_path):
 def test_sample_a_students_checkpoint(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     student = tmp_path / "student"
-    _ok(cli("distill", "--teacher", "toy2d-ring", "--method", "dmd2", "--preset", "toy2d", "--iterations", 20,
+    ok(cli("distill", "--teacher", "toy2d-ring", "--method", "dmd2", "--preset", "toy2d", "--iterations", 20,
             "--checkpoint-every", 10, "--out", student, "--json"))
-    early = _ok(cli("sample", "--model", student, "--n", 32, "--checkpoint", 10, "--out", tmp_path / "a", "--json"))
-    final = _ok(cli("sample", "--model", student, "--n", 32, "--out", tmp_path / "b", "--json"))
+    early = ok(cli("sample", "--model", student, "--n", 32, "--checkpoint", 10, "--out", tmp_path / "a", "--json"))
+    final = ok(cli("sample", "--model", student, "--n", 32, "--out", tmp_path / "b", "--json"))
     assert (early["checkpoint"], final["checkpoint"], early["steps"]) == (10, 20, 1)
     assert not np.allclose(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
-    line = _one_error_line(cli("sample", "--model", student, "--checkpoint", 15, "--out", tmp_path / "c"))
+    line = one_error_line(cli("sample", "--model", student, "--checkpoint", 15, "--out", tmp_path / "c"))
     assert line == "error: checkpoint: run has no snapshot at step 15; saved: 10, 20"
     assert not (tmp_path / "c").exists()
 
@@ -130,7 +96,7 @@ SAMPLE_ERRORS = {
 def test_sample_errors(cli, tmp_path, case):
     args, words = SAMPLE_ERRORS[case]
     out = tmp_path / "out"
-    line = _one_error_line(cli(*SAMPLE, *args, "--out", out))
+    line = one_error_line(cli(*SAMPLE, *args, "--out", out))
     for word in words:
         assert word in line
     assert not out.exists()  # refused before any work
@@ -139,25 +105,25 @@ def test_sample_errors(cli, tmp_path, case):
 def test_sample_unwritable_out(cli, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    line = _one_error_line(cli(*SAMPLE, "--model", "teacher:toy2d-ring-gmm", "--out", blocker / "out"))
+    line = one_error_line(cli(*SAMPLE, "--model", "teacher:toy2d-ring-gmm", "--out", blocker / "out"))
     assert line.startswith("error: out: cannot write to")
     assert str(blocker / "out") in line
 
 
 def test_teacher_command_errors(cli, tmp_path):
-    line = _one_error_line(cli("teachers", "train", "nope"))
+    line = one_error_line(cli("teachers", "train", "nope"))
     assert "teacher: 'nope' is not a trainable built-in teacher" in line and "toy2d-ring" in line
-    line = _one_error_line(cli("teachers", "train", "toy2d-ring-gmm", "--out", tmp_path / "run"))
+    line = one_error_line(cli("teachers", "train", "toy2d-ring-gmm", "--out", tmp_path / "run"))
     assert "'toy2d-ring-gmm' is not a trainable" in line
     assert not (tmp_path / "run").exists()
 
-    line = _one_error_line(cli("teachers", "import", "/nonexistent-distill-studio", "--name", "x"))
+    line = one_error_line(cli("teachers", "import", "/nonexistent-distill-studio", "--name", "x"))
     assert "path:" in line and "/nonexistent-distill-studio does not exist" in line
-    line = _one_error_line(cli("teachers", "import", tmp_path, "--name", "Bad Name!"))
+    line = one_error_line(cli("teachers", "import", tmp_path, "--name", "Bad Name!"))
     assert "name: 'Bad Name!' is not a valid name" in line
-    line = _one_error_line(cli("teachers", "import", tmp_path, "--name", "digits"))
+    line = one_error_line(cli("teachers", "import", tmp_path, "--name", "digits"))
     assert "'digits' is a built-in teacher" in line
-    line = _one_error_line(cli("teachers", "import", tmp_path, "--name", "empty"))
+    line = one_error_line(cli("teachers", "import", tmp_path, "--name", "empty"))
     assert "unet config is missing" in line
 
 
@@ -165,7 +131,7 @@ def test_teacher_command_errors(cli, tmp_path):
 
 def test_train_toy2d_ring_runs_the_loop(cli, tmp_path):
     out = tmp_path / "run"
-    result = _ok(cli("teachers", "train", "toy2d-ring", "--iterations", 30, "--out", out, "--json"))
+    result = ok(cli("teachers", "train", "toy2d-ring", "--iterations", 30, "--out", out, "--json"))
     assert (result["name"], result["status"], result["step"]) == ("toy2d-ring", "completed", 30)
     assert "installed" not in result
     assert result["model"] == str(out / "model.safetensors")

@@ -7,58 +7,23 @@ marked; `--submit` on a real Redis (database 9 of 127.0.0.1:6379, or STUDIO_TEST
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from pathlib import Path
 
 import pytest
 import redis
-from typer.testing import CliRunner
 
-from app.cli import app
 from core.data import digits_tensors
 from core.images import save_png, to_uint8
 from core.metrics import folder_fid
 from storage import repo
 from storage.db import make_engine, make_session_factory, session_scope
 from storage.settings import get_settings
+from tests.app.cli_helpers import ok, one_error_line
 from tests.services import REDIS_URL, clear_studio_caches
 
 TOY = ["--model", "teacher:toy2d-ring@4", "--model", "teacher:toy2d-ring@50"]
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Path:
-    data = tmp_path / "data"
-    monkeypatch.setenv("STUDIO_DATA_DIR", str(data))
-    monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
-    clear_studio_caches()
-    yield data
-    clear_studio_caches()
-
-
-@pytest.fixture
-def cli(data_dir):
-    def invoke(*args: str):
-        result = CliRunner().invoke(app, [str(a) for a in args])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception  # a traceback is a bug: show it
-        return result
-    return invoke
-
-
-def _ok(result) -> dict:
-    assert result.exit_code == 0, (result.exit_code, result.output)
-    return json.loads(result.stdout)
-
-
-def _one_error_line(result) -> str:
-    assert (result.exit_code, result.stdout) == (2, ""), result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def _evaluations(url: str | None = None):
@@ -84,7 +49,7 @@ def test_evaluate_stores_results_that_the_leaderboard_lists(cli, request, monkey
     if database == "postgres":
         monkeypatch.setenv("STUDIO_DATABASE_URL", request.getfixturevalue("postgres").create())
         clear_studio_caches()
-    result = _ok(cli("evaluate", *TOY, "--metrics", "fid,modes,speed", "--n", "256", "--seed", "1", "--json"))
+    result = ok(cli("evaluate", *TOY, "--metrics", "fid,modes,speed", "--n", "256", "--seed", "1", "--json"))
     four, fifty = result["models"]
     assert (four["steps"], fifty["steps"], result["n"], result["seed"]) == (4, 50, 256, 1)
     assert {k: four[k] for k in ("n", "extractor", "reference", "seed_first", "seed_last", "small_sample")} == {
@@ -95,7 +60,7 @@ def test_evaluate_stores_results_that_the_leaderboard_lists(cli, request, monkey
     stored = _evaluations()
     assert len(stored) == 2 * 5 and {(m, run_id) for m, _, _, run_id in stored} == {("teacher:toy2d-ring", None)}
 
-    board = _ok(cli("leaderboard", "--json"))
+    board = ok(cli("leaderboard", "--json"))
     assert [(r["model"], r["steps"], r["nfe"]) for r in board["rows"]] == [("teacher:toy2d-ring", 50, 50),
                                                                             ("teacher:toy2d-ring", 4, 4)]
     assert board["rows"][0]["metrics"]["fid"] == fifty["values"]["fid"]
@@ -124,19 +89,19 @@ def test_evaluate_prints_one_line_per_model(cli):
 
 def test_an_evaluation_of_at_least_2000_samples_is_not_labelled_a_small_sample_estimate(cli):
     args = ["evaluate", "--model", "teacher:toy2d-ring-gmm@8", "--metrics", "fid,speed", "--n", "2000", "--seed", "5"]
-    (model,) = _ok(cli(*args, "--json"))["models"]
+    (model,) = ok(cli(*args, "--json"))["models"]
     assert (model["n"], model["seed_first"], model["seed_last"], model["small_sample"]) == (2000, 5, 2004, False)
     text = cli(*args).stdout.strip()
     assert re.search(r"\): fid [0-9.e+-]+ \(n=2000, extractor toy2d, reference toy2d-ring-toy2d-0-2000 "
                      rf"{model['reference_hash']}, seeds 5-2004\), ms_per_image ", text), text
     assert "small-sample" not in text
-    (row,) = _ok(cli("leaderboard", "--json"))["rows"]
+    (row,) = ok(cli("leaderboard", "--json"))["rows"]
     assert (row["small_sample"], row["n"], row["reference_hash"]) == (False, 2000, model["reference_hash"])
     assert "small-sample" not in cli("leaderboard").stdout
 
 
 def test_an_empty_leaderboard(cli):
-    assert _ok(cli("leaderboard", "--json")) == {"rows": [], "fid_vs_nfe": {}}
+    assert ok(cli("leaderboard", "--json")) == {"rows": [], "fid_vs_nfe": {}}
     assert cli("leaderboard").stdout.startswith("no evaluations yet")
 
 
@@ -158,7 +123,7 @@ def test_bad_evaluate_input_is_one_line_naming_the_field(cli, data_dir, args, me
     defaults = {"--model": "teacher:toy2d-ring", "--metrics": "fid", "--n": "256"}
     given = {args[i] for i in range(0, len(args), 2)}
     base = [x for k, v in defaults.items() if k not in given for x in (k, v)]
-    line = _one_error_line(cli("evaluate", *base, *args, *(["--submit"] if submit else [])))
+    line = one_error_line(cli("evaluate", *base, *args, *(["--submit"] if submit else [])))
     assert line.startswith(message), line
     assert not (data_dir / "reference").exists()
     if (data_dir / "studio.db").exists():
@@ -184,10 +149,10 @@ def queue(data_dir, monkeypatch):
 
 
 def test_evaluate_submit_queues_one_run(cli, queue):
-    out = _ok(cli("evaluate", *TOY, "--metrics", "fid,kid", "--n", "128", "--submit", "--json"))
+    out = ok(cli("evaluate", *TOY, "--metrics", "fid,kid", "--n", "128", "--submit", "--json"))
     assert out == {"id": 1, "kind": "evaluate", "status": "queued"}
     assert queue() == 1
-    (run,) = _ok(cli("runs", "list", "--json"))
+    (run,) = ok(cli("runs", "list", "--json"))
     assert (run["kind"], run["status"], run["total"]) == ("evaluate", "queued", 256)
     assert run["spec"] == {"models": ["teacher:toy2d-ring@4", "teacher:toy2d-ring@50"], "metrics": ["fid", "kid"],
                            "n": 128, "seed": 0, "extractor": None, "guidance": 1.0}
@@ -199,11 +164,11 @@ def test_evaluate_submit_queues_one_run(cli, queue):
 
 def test_fid_equals_core_metrics_folder_fid(cli, tmp_path):
     a, b = _digit_folder(tmp_path / "a", 0, 120), _digit_folder(tmp_path / "b", 120, 240)
-    result = _ok(cli("fid", a, b, "--extractor", "digits", "--json"))
+    result = ok(cli("fid", a, b, "--extractor", "digits", "--json"))
     assert result == {"fid": folder_fid(a, b, "digits"), "dir_a": str(a), "dir_b": str(b), "extractor": "digits",
                       "n_a": 120, "n_b": 120, "small_sample": True}
     assert result["fid"] > 0
-    assert _ok(cli("fid", a, a, "--extractor", "digits", "--json"))["fid"] == pytest.approx(0, abs=1e-6)
+    assert ok(cli("fid", a, a, "--extractor", "digits", "--json"))["fid"] == pytest.approx(0, abs=1e-6)
     text = cli("fid", a, b, "--extractor", "digits")
     assert text.exit_code == 0 and text.stdout.startswith("FID ") and "(digits; 120 vs 120 images)" in text.stdout
     assert text.stdout.rstrip().endswith("(digits; 120 vs 120 images); small-sample estimate: n < 2000")
@@ -216,15 +181,15 @@ def test_bad_fid_input_is_one_line_naming_the_field(cli, tmp_path):
     mixed = _digit_folder(tmp_path / "mixed", 0, 5)
     save_png(to_uint8(digits_tensors(8)[0][:1])[0], mixed / "small.png")
 
-    assert _one_error_line(cli("fid", good, empty, "--extractor", "digits")).startswith(
+    assert one_error_line(cli("fid", good, empty, "--extractor", "digits")).startswith(
         f"error: folder: {empty} holds no images")
-    line = _one_error_line(cli("fid", mixed, good, "--extractor", "digits"))
+    line = one_error_line(cli("fid", mixed, good, "--extractor", "digits"))
     assert line.startswith(f"error: folder: {mixed} mixes image sizes: 16x16 (5 files"), line
-    assert _one_error_line(cli("fid", good, tmp_path / "nowhere", "--extractor", "digits")).startswith(
+    assert one_error_line(cli("fid", good, tmp_path / "nowhere", "--extractor", "digits")).startswith(
         f"error: folder: {tmp_path / 'nowhere'} does not exist")
-    assert _one_error_line(cli("fid", good, good, "--extractor", "clip")).startswith(
+    assert one_error_line(cli("fid", good, good, "--extractor", "clip")).startswith(
         "error: extractor: unknown name 'clip' (known: inception, digits, toy2d)")
-    assert _one_error_line(cli("fid", good, good, "--extractor", "toy2d")).startswith(
+    assert one_error_line(cli("fid", good, good, "--extractor", "toy2d")).startswith(
         "error: extractor: 'toy2d' works on points, not on images")
 
 
@@ -232,7 +197,7 @@ def test_a_missing_inception_file_fails_before_any_sampling(cli, data_dir, tmp_p
     import core.metrics.extractors as extractors
 
     monkeypatch.setattr(extractors, "inception_dirs", lambda weights_dir=None: [tmp_path / "weights"])
-    line = _one_error_line(cli("evaluate", "--model", "teacher:digits@50", "--extractor", "inception", "--metrics", "fid",
+    line = one_error_line(cli("evaluate", "--model", "teacher:digits@50", "--extractor", "inception", "--metrics", "fid",
                                "--n", "1000"))
     assert line.startswith("error: extractor 'inception': weights file inception-2015-12-05.pt not found in "), line
     assert _evaluations() == [] and not (data_dir / "reference").exists()

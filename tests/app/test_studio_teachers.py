@@ -53,3 +53,39 @@ def test_teacher_rows_and_training(ctx):
     assert all_runs(ctx) == []
     assert teachers.train_teacher(ctx, "local", "digits", 10.0).startswith("Teacher run 1 queued")
     assert get(ctx, 1).spec["iterations"] == 10
+
+
+# -- Imported teachers: text-to-image pipelines and class-conditional folders --------------------------------
+
+def test_an_sd_teacher_is_listed_and_its_preview_explains_why_it_cannot_be_sampled(ctx, tmp_path):
+    from core.teachers.imported import import_folder
+    from tests.tiny_pipelines import save_tiny_sd
+
+    manifest = import_folder(save_tiny_sd(tmp_path / "sdxl", xl=True), "sd-tiny", ctx.data_dir)
+    rows = {r[0]: r for r in teachers.teacher_rows(ctx)}
+    assert rows["sd-tiny"][1:6] == ["imported", "sdxl", "imported", "64×64 px (latent 4×32×32)", ""]
+    assert "StableDiffusionXLPipeline (64 px)" in rows["sd-tiny"][6]
+
+    cells, status, pending = teachers.sample_grid(ctx, "local", "sd-tiny")
+    assert (cells, pending) == ([], False)
+    assert status == ("'sd-tiny' is a text-to-image teacher; distilling and sampling it need prompts, which this "
+                      "version does not pass through the engine yet.")
+    assert all_runs(ctx) == []  # nothing queued
+    assert teachers.import_message(manifest) == \
+        "Imported **sd-tiny**: StableDiffusionXLPipeline, epsilon, 64×64 px (latent 4×32×32)."
+
+
+def test_import_passes_the_null_class_to_the_cli(make_ctx, tmp_path):
+    from tests.tiny_pipelines import save_tiny_ddpm
+
+    root = tmp_path / "imports"
+    folder = save_tiny_ddpm(root / "cond", num_class_embeds=5)
+    ctx = make_ctx(import_roots=str(root))
+    with pytest.raises(ValueError, match=r"^null_class: must be a whole number"):
+        teachers.import_teacher(ctx, str(folder), "cond", 1.5)
+    with pytest.raises(ValueError, match=r"class-conditional.*--null-class"):
+        teachers.import_teacher(ctx, str(folder), "cond")
+    assert teachers.import_teacher(ctx, str(folder), "cond", 4.0) == \
+        "Imported **cond**: epsilon, 3×8×8, classes 4."
+    rows = {r[0]: r for r in teachers.teacher_rows(ctx)}
+    assert rows["cond"][1:6] == ["imported", "diffusers", "imported", "3×8×8", 4]

@@ -169,7 +169,7 @@ REFUSALS = {
                           TeacherImportError, r"unsupported model class 'VQModel'"),
     "flow prediction": (lambda src: (_edit_json(src / "scheduler" / "scheduler_config.json", prediction_type="flow"),
                                      src)[1], TeacherImportError, r"unsupported prediction_type 'flow'"),
-    "class-conditional": (_rebuild(num_class_embeds=10), TeacherImportError, r"class-conditional"),
+    "class-conditional": (_rebuild(num_class_embeds=10), TeacherImportError, r"class-conditional.*pass --null-class K"),
     "pickled weights only": (_only_bin, TeacherImportError, r"no safetensors weights"),
     "learned variance": (_rebuild(out_channels=6), TeacherImportError,
                          r"out_channels \(6\) must equal in_channels \(3\)"),
@@ -186,6 +186,17 @@ def test_bad_folders_are_refused_and_register_nothing(src, data_dir, case):
     assert [i.name for i in list_teachers(data_dir) if not i.builtin] == []
     with pytest.raises(ValueError, match="unknown name 'tiny'"):
         get_teacher_info("tiny", data_dir)
+
+
+@pytest.mark.parametrize("null_class, unet_overrides, message", [
+    (10, {"num_class_embeds": 10}, r"^null_class: must be in \[0, 9\] \(num_class_embeds 10\), got 10"),
+    (0, {}, r"^null_class: the UNet is unconditional"),
+])
+def test_bad_null_classes_are_refused(tmp_path, data_dir, null_class, unet_overrides, message):
+    src = save_tiny_ddpm(tmp_path / "src", **unet_overrides)
+    with pytest.raises(TeacherImportError, match=message):
+        import_folder(src, "tiny", data_dir, null_class=null_class)
+    assert _entries(data_dir) == []
 
 
 @pytest.mark.parametrize("name, message", [
@@ -237,3 +248,46 @@ def test_sample_model_writes_a_png_per_seed_and_a_grid(src, data_dir, tmp_path):
     with Image.open(alone / "seed-000001.png") as img:
         diff = np.abs(np.asarray(img).astype(int) - pixels[1].astype(int))
     assert diff.max() <= 1
+
+
+# -- Class-conditional UNet2DModel folders with a named null class ---------------------------------------------
+
+@pytest.mark.parametrize("null_class", [10, 3])
+def test_class_conditional_folder_uses_the_named_null_class(tiny, tmp_path, data_dir, null_class):
+    """Studio classes 0..9 are the model's labels in order without the null one, and the studio's null id (10,
+    num_classes, as for the digits teacher) reaches the model as `null_class`."""
+    unet = tiny_unet(seed=1, num_class_embeds=11)
+    src = save_tiny_ddpm(tmp_path / "src", "v_prediction", unet=unet)
+    manifest = import_folder(src, "tiny-cond", data_dir, null_class=null_class)
+    assert (manifest["num_classes"], manifest["null_class"], manifest["num_class_embeds"]) == (10, null_class, 11)
+    info = get_teacher_info("tiny-cond", data_dir)
+    assert (info.num_classes, info.null_class) == (10, null_class)
+
+    denoiser = load_teacher("tiny-cond", data_dir)
+    assert denoiser.num_classes == 10
+    z = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.full((3,), 0.5, dtype=F64)
+    acp = tiny["acp"]
+    a, s = acp[500].sqrt(), (1 - acp[500]).sqrt()
+    studio = torch.tensor([0, 5, 10])  # two classes and the null id
+    model = [0, 5 + (5 >= null_class), null_class]
+    with torch.no_grad():
+        got = denoiser(z, t, studio).to(F64)
+        unconditional = denoiser(z, t).to(F64)
+        out = unet(z, torch.full((3,), 500), class_labels=torch.tensor(model)).sample.to(F64)
+    expected = a * z.to(F64) - s * out
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unconditional[2], expected[2], rtol=1e-5, atol=1e-5)
+
+
+def test_class_conditional_teacher_samples_like_the_digits_teacher(tmp_path, data_dir):
+    from workers.local import sample_model
+
+    src = save_tiny_ddpm(tmp_path / "src", num_class_embeds=4)
+    import_folder(src, "tiny-cond", data_dir, null_class=0)
+    request = SampleRequest(model="teacher:tiny-cond", seeds=(0, 1), steps=2, class_id=2, guidance=3.0)
+    summary = sample_model(request, tmp_path / "out", data_dir=data_dir)
+    assert (summary["n"], summary["nfe"], summary["class"]) == (2, 4, 2)  # a guided step costs 2
+    with pytest.raises(ValueError, match=r"class: must be in \[0, 2\]"):
+        sample_model(SampleRequest(model="teacher:tiny-cond", seeds=(0,), steps=2, class_id=3), tmp_path / "x",
+                     data_dir=data_dir)
