@@ -128,6 +128,9 @@ def sample_cmd(
                               "50 and students their own)."),
     class_id: int = typer.Option(None, "--class", min=0, help="Class to sample (class-conditional teachers)."),
     guidance: float = typer.Option(1.0, help="CFG weight w (1 = plain conditional)."),
+    prompt: str = typer.Option(None, "--prompt", help="Text-to-image teachers: the prompt to sample."),
+    prompts_file: Path = typer.Option(None, "--prompts", help="Text-to-image teachers: a prompt file (one prompt a "
+                                      "line); N images per prompt."),
     sampler: str = typer.Option("ddim", help=f"One of {', '.join(SAMPLER_NAMES)}."),
     eta: float = typer.Option(0.0, help="DDIM eta (0 deterministic, 1 ancestral)."),
     checkpoint: int = typer.Option(None, "--checkpoint", min=0,
@@ -139,8 +142,9 @@ def sample_cmd(
     from workers.local import default_steps, sample_model
 
     steps = steps or default_steps(model, checkpoint)
-    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps,
-                            class_id=class_id, guidance=guidance, sampler=sampler, eta=eta, checkpoint=checkpoint)
+    request = SampleRequest(model=model, seeds=tuple(range(seed, seed + n)), steps=steps, class_id=class_id,
+                            guidance=guidance, sampler=sampler, eta=eta, checkpoint=checkpoint,
+                            prompts=_sample_prompts(prompt, prompts_file))
     bar = Bar("sample", enabled=not as_json)
     try:
         summary = sample_model(request, out, data_dir=get_settings().data_dir, device=get_settings().device,
@@ -149,6 +153,15 @@ def sample_cmd(
         bar.close()
     emit(as_json, summary, f"{summary['n']} samples, NFE {summary['nfe']}, "
           f"{summary['ms_per_sample']} ms/sample -> {summary['grid']}")
+
+
+def _sample_prompts(prompt: str | None, prompts_file: Path | None) -> tuple[str, ...]:
+    if prompt is not None and prompts_file is not None:
+        raise ValueError("prompt: give --prompt or --prompts, not both")
+    if prompts_file is not None:
+        from core.prompts import read_prompt_file
+        return read_prompt_file(prompts_file).prompts
+    return () if prompt is None else (prompt,)
 
 
 # -- distill -------------------------------------------------------------------------------------------------

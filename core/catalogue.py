@@ -64,18 +64,19 @@ def check_trainable(name: str, field: str = "teacher") -> TeacherInfo:
 
 
 def is_distillable(info: TeacherInfo) -> bool:
-    """A student copies the teacher's network at the start; an analytic teacher has none, and a text-to-image
-    teacher needs prompts, which the engine does not carry yet."""
+    """A student copies the teacher's network at the start; an analytic teacher has none, and the methods do not
+    carry prompts to a text-to-image teacher yet."""
     return info.kind != "analytic" and not info.is_text_to_image
 
 
 def text_to_image_refusal(name: str) -> str:
-    return (f"teacher: {name!r} is a text-to-image teacher; distilling and sampling it need prompts, "
-            "which this version does not pass through the engine yet")
+    return (f"teacher: {name!r} is a text-to-image teacher; distilling, evaluating and queued sampling do not take "
+            "prompts yet (sample it with `distill-studio sample --prompt`)")
 
 
 def check_prompt_free(info: TeacherInfo) -> TeacherInfo:
-    """Refuse a text-to-image teacher wherever the engine would run it (distilling, sampling, evaluating)."""
+    """Refuse a text-to-image teacher where prompts do not reach it yet: distilling, evaluating and queued jobs (the
+    foreground `sample` command loads it through core.teachers.load_text_to_image_teacher instead)."""
     if info.is_text_to_image:
         raise ValueError(text_to_image_refusal(info.name))
     return info

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from core.schedules import VPSchedule
+from core.text_cond import cat_cond
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -80,6 +81,8 @@ def score(denoiser: Denoiser, z_t, t, cond=None):
 
 class Denoiser(nn.Module):
     """Base class: x-prediction D(z_t, t, cond) on a VP schedule."""
+
+    takes_prompts = False  # True: cond is a core.text_cond.TextCond and null_cond the empty prompt's encoding
 
     def __init__(self, schedule: VPSchedule, data_shape: tuple[int, ...], num_classes: int = 0):
         super().__init__()
@@ -196,7 +199,7 @@ class CFGDenoiser(Denoiser):
 
     def __init__(self, base: Denoiser, w: float):
         super().__init__(base.schedule, base.data_shape, base.num_classes)
-        if base.num_classes == 0 and w != 1.0:
+        if base.num_classes == 0 and not base.takes_prompts and w != 1.0:
             raise ValueError(f"guidance: w = {w} needs a class-conditional model")
         self.base = base
         self.w = float(w)
@@ -207,7 +210,7 @@ class CFGDenoiser(Denoiser):
         b = z_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float64).expand(b)
         # One batched call for both branches.
-        both = self.base(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, self.null_cond(b, cond.device)]))
+        both = self.base(torch.cat([z_t, z_t]), torch.cat([t, t]), cat_cond([cond, self.base.null_cond(b, cond.device)]))
         x_c, x_u = both[:b], both[b:]
         return x_u + self.w * (x_c - x_u)
 

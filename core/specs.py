@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from core.knobs import KnobModel, knob
+from core.prompts import prompt_problem
 from core.refs import parse_ref
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -125,10 +126,17 @@ class SampleRequest:
     sampler: str = "ddim"
     eta: float = 0.0
     checkpoint: int | None = None  # a student's training step to sample (its snapshot); None: the final model
+    prompts: tuple[str, ...] = ()  # text-to-image teachers: each prompt is sampled at every seed
 
     def __post_init__(self):
         if not self.seeds:
             raise ValueError("seeds: give at least one seed")
+        for i, text in enumerate(self.prompts):
+            problem = prompt_problem(text) if isinstance(text, str) else "is not text"
+            if problem is not None or not text.strip():
+                raise ValueError(f"prompt: prompt {i + 1} {problem or 'is empty'}")
+        if self.prompts and self.class_id is not None:
+            raise ValueError("prompt: a prompt and a class cannot be combined; give one of them")
         if self.checkpoint is not None:
             if isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int) or self.checkpoint < 0:
                 raise ValueError(f"checkpoint: must be a training step (an integer >= 0), got {self.checkpoint!r}")

@@ -94,6 +94,8 @@ def _teacher_sampler(request: SampleRequest, data_dir, device):
     """(info, run(noise_bank, cond), draws, NFE, title) for a teacher reference."""
     name = parse_ref(request.model).name
     info = get_teacher_info(name, data_dir)
+    if request.prompts:
+        raise ValueError(f"prompt: {name!r} is not a text-to-image teacher; leave --prompt/--prompts out")
     if request.class_id is None and request.guidance != 1.0:
         raise ValueError("guidance: needs --class (guidance only applies to class-conditional sampling)")
     _check_class(request, info.num_classes, name)
@@ -113,6 +115,8 @@ def _student_sampler(request: SampleRequest, data_dir, device):
     """The same for a student folder: its method's own sampler, unguided, at request.steps; plus the training step
     of the weights sampled."""
     step, path, spec = student_weights(parse_ref(request.model).path, request.checkpoint)
+    if request.prompts:
+        raise ValueError("prompt: students are not prompt-conditioned; leave --prompt/--prompts out")
     task = _load_weights(path, spec, data_dir, device)
     info = get_teacher_info(spec["teacher"], data_dir)
     if request.guidance != 1.0:
@@ -143,6 +147,9 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     PNGs + a labelled grid (images) or samples.npy + scatter (2-D). The summary's "checkpoint" is the training step
     of the student weights sampled (None for a teacher)."""
     is_teacher = parse_ref(request.model).is_teacher
+    if is_teacher and get_teacher_info(parse_ref(request.model).name, data_dir).is_text_to_image:
+        from workers.sample_text import sample_text_to_image
+        return sample_text_to_image(request, out_dir, data_dir=data_dir, device=device, progress=progress)
     info, run, draws, nfe, title, checkpoint = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
     out_dir = check_writable(out_dir)
 

@@ -25,6 +25,15 @@ def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") ->
     return load_imported(imported_dir(data_dir) / name, device)
 
 
+def load_text_to_image_teacher(name: str, data_dir: Path | str | None = None, device="cpu"):
+    """An imported SD/SDXL teacher as a core.teachers.sd_teacher.SDTeacher (denoiser, prompt encoder, VAE)."""
+    info = get_teacher_info(name, data_dir)
+    if not info.is_text_to_image:
+        raise ValueError(f"teacher: {name!r} is not a text-to-image teacher")
+    from core.teachers.sd_teacher import load_sd_teacher
+    return load_sd_teacher(imported_dir(data_dir) / name, device)
+
+
 def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig | None = None, device="cpu",
                           resume: bool = True, on_progress=None, should_stop=None, on_preview=None,
                           on_checkpoint=None) -> TrainResult:

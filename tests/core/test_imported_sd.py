@@ -1,6 +1,7 @@
 """Imported Stable Diffusion and SDXL pipelines: tiny random folders (built from configs, nothing downloaded) are
 checked end to end and registered with their resolution, latent shape and prediction type; anything else is refused
-naming the part, with nothing registered; until prompts reach the engine, distilling and sampling them is refused."""
+naming the part, with nothing registered; until the methods take prompts, distilling them is refused, and sampling
+without a prompt is refused naming the field."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from core.teachers import load_teacher
 from core.teachers.imported import TeacherImportError, import_folder
 from tests.tiny_pipelines import save_tiny_sd
 
-REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; distilling and sampling it need prompts, " \
-          r"which this version does not pass through the engine yet"
+REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; distilling, evaluating and queued sampling do not take " \
+          r"prompts yet \(sample it with `distill-studio sample --prompt`\)"
+PROMPT_REFUSAL = r"prompt: 'sd-tiny' is a text-to-image teacher; give --prompt TEXT or --prompts FILE"
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +172,9 @@ def test_a_null_class_is_refused_for_a_prompt_conditioned_pipeline(pipelines, da
     assert _entries(data_dir) == []
 
 
-# -- Until prompts reach the engine: listed, never distilled or sampled ----------------------------------------
+# -- Until the methods take prompts: listed, never distilled, evaluated or queued; no sample without a prompt -----
 
-def test_sd_teacher_is_listed_but_distilling_and_sampling_refuse_it(pipelines, data_dir, tmp_path):
+def test_sd_teacher_is_listed_but_distilling_and_promptless_sampling_refuse_it(pipelines, data_dir, tmp_path):
     from workers.local import distill, sample_model
     from workers.submit import validate_spec
 
@@ -183,7 +185,7 @@ def test_sd_teacher_is_listed_but_distilling_and_sampling_refuse_it(pipelines, d
         check_distillable("sd-tiny", data_dir)
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         load_teacher("sd-tiny", data_dir)
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
+    with pytest.raises(ValueError, match=f"^{PROMPT_REFUSAL}$"):
         sample_model(SampleRequest(model="teacher:sd-tiny", seeds=(0,), steps=2), tmp_path / "out", data_dir=data_dir)
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         distill("sd-tiny", "dmd2", tmp_path / "run", iterations=1, data_dir=data_dir)
