@@ -48,10 +48,6 @@ class TextCond:
             raise ValueError(f"text condition: only a batch of one expands, this one has {len(self)}")
         return self._map(lambda x: x.expand(batch, *x.shape[1:]))
 
-    def repeat_interleave(self, n: int) -> TextCond:
-        """Each row repeated n times in place (n samples per prompt)."""
-        return self._map(lambda x: x.repeat_interleave(n, dim=0))
-
     @property
     def device(self) -> torch.device:
         return self.embeds.device

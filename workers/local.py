@@ -146,8 +146,9 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     """Sample a teacher or a student folder (request.checkpoint: one of its checkpoint steps) at fixed seeds; write
     PNGs + a labelled grid (images) or samples.npy + scatter (2-D). The summary's "checkpoint" is the training step
     of the student weights sampled (None for a teacher)."""
-    is_teacher = parse_ref(request.model).is_teacher
-    if is_teacher and get_teacher_info(parse_ref(request.model).name, data_dir).is_text_to_image:
+    ref = parse_ref(request.model)
+    is_teacher = ref.is_teacher
+    if is_teacher and get_teacher_info(ref.name, data_dir).is_text_to_image:
         from workers.sample_text import sample_text_to_image
         return sample_text_to_image(request, out_dir, data_dir=data_dir, device=device, progress=progress)
     info, run, draws, nfe, title, checkpoint = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)

@@ -28,10 +28,6 @@ def check_prompts(request: SampleRequest, name: str) -> None:
         raise ValueError(f"class: {name!r} is prompt-conditioned, not class-conditional; leave --class out")
 
 
-def _latents(teacher, request: SampleRequest, cond, seeds, draws, device) -> torch.Tensor:
-    noise = seeded_noise(seeds, teacher.latent_shape, draws, device=device)
-    denoiser = teacher.denoiser if request.guidance == 1.0 else CFGDenoiser(teacher.denoiser, request.guidance)
-    return sample(denoiser, noise, request.steps, cond.expand(len(seeds)), request.sampler, request.eta)
 
 
 def sample_text_to_image(request: SampleRequest, out_dir: Path, *, data_dir, device: str = "cpu",
@@ -44,7 +40,7 @@ def sample_text_to_image(request: SampleRequest, out_dir: Path, *, data_dir, dev
     check_prompts(request, name)
     out_dir = check_writable(out_dir)
     teacher = load_text_to_image_teacher(name, data_dir, device)
-    guided = CFGDenoiser(teacher.denoiser, request.guidance)
+    guided = CFGDenoiser(teacher.denoiser, request.guidance)  # w = 1 passes straight through to the teacher
     nfe = request.steps * nfe_per_call(guided, conditional=True)
     draws = noise_draws(request.sampler, request.steps, request.eta)
     n, total, done = len(request.seeds), len(request.seeds) * len(request.prompts), 0
@@ -55,12 +51,14 @@ def sample_text_to_image(request: SampleRequest, out_dir: Path, *, data_dir, dev
         images = []
         for lo in range(0, n, batch_size):
             seeds = request.seeds[lo:lo + batch_size]
+            noise = seeded_noise(seeds, teacher.latent_shape, draws, device=device)
             with torch.no_grad():
-                images.append(to_uint8(teacher.decode(_latents(teacher, request, cond, seeds, draws, device)).cpu()))
+                z = sample(guided, noise, request.steps, cond.expand(len(seeds)), request.sampler, request.eta)
+                images.append(to_uint8(teacher.decode(z).cpu()))
             done += len(seeds)
             if progress:
                 progress(done, total)
-        grid, paths = _write_prompt(out_dir, p, prompt, images, request, nfe, single=len(request.prompts) == 1)
+        grid, paths = _write_prompt(out_dir, name, p, prompt, images, request, nfe, single=len(request.prompts) == 1)
         files += paths
         grids.append(grid)
     elapsed = time.perf_counter() - t0
@@ -73,13 +71,13 @@ def sample_text_to_image(request: SampleRequest, out_dir: Path, *, data_dir, dev
     return summary
 
 
-def _write_prompt(out_dir: Path, p: int, prompt: str, images: list, request: SampleRequest, nfe: int,
+def _write_prompt(out_dir: Path, name: str, p: int, prompt: str, images: list, request: SampleRequest, nfe: int,
                   single: bool) -> tuple[str, list[str]]:
     import numpy as np
 
     images = np.concatenate(images)
     paths = [str(save_png(img, out_dir / f"prompt-{p:03d}-seed-{seed:06d}.png")) for seed, img in zip(request.seeds, images)]
-    title = (f"{ModelRef.teacher(parse_ref(request.model).name).text} · \"{prompt}\" · {request.sampler} "
+    title = (f"{ModelRef.teacher(name).text} · \"{prompt}\" · {request.sampler} "
              f"{request.steps} steps · w={request.guidance:g} · NFE {nfe}")
     grid = out_dir / ("grid.png" if single else f"grid-{p:03d}.png")
     grid_image(images, [f"seed {s}" for s in request.seeds], title=title, scale=1).save(grid)

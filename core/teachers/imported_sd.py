@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from core.teachers.imported import TeacherImportError, _first_line, _read_json, ddpm_alphas_cumprod
+from core.teachers.sd_teacher import PromptEncoder, TextUNetCall, prompt_encoder
+from core.text_cond import TextCond
 
 SD_PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
@@ -171,28 +173,16 @@ def _load_tokenizers(folder: Path, kind: str) -> dict:
     return found
 
 
-def _token_ids(tokenizer, part: str, encoder) -> torch.Tensor:
-    ids = tokenizer(list(TEST_PROMPTS), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    if int(ids.max()) >= encoder.config.vocab_size or ids.shape[1] > encoder.config.max_position_embeddings:
-        raise TeacherImportError(f"{part}: token ids up to {int(ids.max())} or length {ids.shape[1]} do not fit the text "
-                                 f"encoder (vocab_size {encoder.config.vocab_size}, max_position_embeddings "
-                                 f"{encoder.config.max_position_embeddings})")
-    return ids
-
-
-def _encode(models: dict, tokenizers: dict, kind: str):
-    """(prompt embeddings [2, L, D], pooled [2, P] or None) for TEST_PROMPTS, as the pipelines compute them:
-    SD takes the last layer (after the final layer norm), SDXL the penultimate hidden state of both encoders."""
-    if kind == "sd":
-        ids = _token_ids(tokenizers["tokenizer"], "tokenizer", models["text_encoder"])
-        return models["text_encoder"](ids)[0], None
-    states, pooled = [], None
-    for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-        out = models[enc](_token_ids(tokenizers[tok], tok, models[enc]), output_hidden_states=True)
-        states.append(out.hidden_states[-2])
-        pooled = out[0]  # CLIPTextModelWithProjection's first output is the projected (pooled) text embedding
-    return torch.cat(states, dim=-1), pooled
+def _check_token_ids(tokenizers: dict, models: dict, kind: str) -> None:
+    """The tokenizers' ids and lengths fit their text encoders (a mismatched pair fails inside the encoder otherwise)."""
+    pairs = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))[:2 if kind == "sdxl" else 1]
+    for part, enc in pairs:
+        config = models[enc].config
+        ids = PromptEncoder._tokens(tokenizers[part], list(TEST_PROMPTS)).input_ids
+        if int(ids.max()) >= config.vocab_size or ids.shape[1] > config.max_position_embeddings:
+            raise TeacherImportError(f"{part}: token ids up to {int(ids.max())} or length {ids.shape[1]} do not fit the "
+                                     f"text encoder (vocab_size {config.vocab_size}, max_position_embeddings "
+                                     f"{config.max_position_embeddings})")
 
 
 def _check_finite(part: str, x: torch.Tensor, shape: tuple | None = None) -> None:
@@ -201,15 +191,10 @@ def _check_finite(part: str, x: torch.Tensor, shape: tuple | None = None) -> Non
                                  + (f" (expected {shape})" if shape else "") + " or non-finite values")
 
 
-def _denoise_once(models: dict, embeds, pooled, latent_shape, resolution: int, timestep: int) -> None:
-    unet = models["unet"]
-    latents = torch.randn((len(TEST_PROMPTS), *latent_shape), generator=torch.Generator().manual_seed(0))
-    extra = {}
-    if pooled is not None:
-        time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=latents.dtype)
-        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.repeat(len(TEST_PROMPTS), 1)}
+def _denoise_once(unet, cond: TextCond, latent_shape, timestep: int) -> None:
+    latents = torch.randn((len(cond), *latent_shape), generator=torch.Generator().manual_seed(0))
     try:
-        out = unet(latents, torch.full((len(TEST_PROMPTS),), timestep), encoder_hidden_states=embeds, **extra).sample
+        out = TextUNetCall(unet)(latents, torch.full((len(cond),), timestep), cond)
     except Exception as exc:  # shape mismatches surface as RuntimeError, ValueError or IndexError
         raise TeacherImportError(f"unet: one denoising step failed ({_first_line(exc)})") from None
     _check_finite("unet", out, tuple(latents.shape))
@@ -233,20 +218,21 @@ def inspect_sd(folder: Path, cls: str) -> dict:
     unet, vae = models["unet"].config, models["vae"].config
     scale = 2 ** (len(vae.block_out_channels) - 1)
     latent_shape = (unet.in_channels, unet.sample_size, unet.sample_size)
+    _check_token_ids(tokenizers, models, kind)
     with torch.no_grad():
-        embeds, pooled = _encode(models, tokenizers, kind)
-        _check_finite("text_encoder", embeds)
-        if pooled is not None:
-            _check_finite("text_encoder_2", pooled)
-        _denoise_once(models, embeds, pooled, latent_shape, unet.sample_size * scale, acp.numel() // 2)
+        cond = prompt_encoder(kind, models, tokenizers, unet.sample_size * scale).encode(list(TEST_PROMPTS))
+        _check_finite("text_encoder", cond.embeds)
+        if cond.pooled is not None:
+            _check_finite("text_encoder_2", cond.pooled)
+        _denoise_once(models["unet"], cond, latent_shape, acp.numel() // 2)
     hidden = [models[p].config.hidden_size for p in ("text_encoder", "text_encoder_2") if p in models]
     fields = {"kind": kind, "pipeline_class": cls, "data_shape": list(latent_shape), "latent_shape": list(latent_shape),
               "resolution": unet.sample_size * scale, "vae_scale_factor": scale, "num_classes": 0,
               "prediction_type": cfgs["scheduler"].get("prediction_type", "epsilon"),
               "num_train_timesteps": int(acp.numel()), "scaling_factor": float(vae.scaling_factor),
               "text_hidden_sizes": hidden, "parameters": _parameters(models)}
-    if pooled is not None:
-        fields["pooled_size"] = int(pooled.shape[-1])
+    if cond.pooled is not None:
+        fields["pooled_size"] = int(cond.pooled.shape[-1])
     return fields
 
 

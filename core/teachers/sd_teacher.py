@@ -39,9 +39,10 @@ class PromptEncoder(nn.Module):
         self.zero_null = zero_null
         self._null: TextCond | None = None
 
-    def _ids(self, tokenizer, prompts: list[str], device) -> torch.Tensor:
+    @staticmethod
+    def _tokens(tokenizer, prompts: list[str]):
         return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(device)
+                         return_tensors="pt")
 
     @torch.no_grad()
     def encode(self, prompts) -> TextCond:
@@ -49,13 +50,12 @@ class PromptEncoder(nn.Module):
         device = self.encoders[0].device
         if self.kind == "sd":
             encoder = self.encoders[0]
-            ids = self.tokenizers[0](prompts, padding="max_length", max_length=self.tokenizers[0].model_max_length,
-                                     truncation=True, return_tensors="pt")
+            ids = self._tokens(self.tokenizers[0], prompts)
             mask = ids.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
             return TextCond(encoder(ids.input_ids.to(device), attention_mask=mask)[0].to(encoder.dtype))
         states, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            out = encoder(self._ids(tokenizer, prompts, device), output_hidden_states=True)
+            out = encoder(self._tokens(tokenizer, prompts).input_ids.to(device), output_hidden_states=True)
             if out[0].ndim == 2:  # CLIPTextModelWithProjection: the projected, pooled embedding comes first
                 pooled = out[0]
             states.append(out.hidden_states[-2])
@@ -122,6 +122,13 @@ class SDTeacher:
         return self.vae.decode(latents / self.scaling_factor).sample.clamp(-1.0, 1.0)
 
 
+def prompt_encoder(kind: str, models: dict, tokenizers: dict, resolution: int, zero_null: bool = False) -> PromptEncoder:
+    """The encoder over a loaded folder's parts: text_encoder (+ text_encoder_2 for SDXL) with their tokenizers."""
+    parts = ("text_encoder", "text_encoder_2") if kind == "sdxl" else ("text_encoder",)
+    return PromptEncoder(kind, [tokenizers[p.replace("text_encoder", "tokenizer")] for p in parts],
+                         [models[p] for p in parts], resolution, zero_null=zero_null)
+
+
 def load_sd_teacher(folder: Path, device="cpu") -> SDTeacher:
     """Load an imported SD/SDXL folder (checked at import) in eval mode with frozen parameters."""
     from core.catalogue import MANIFEST
@@ -133,10 +140,8 @@ def load_sd_teacher(folder: Path, device="cpu") -> SDTeacher:
     models = {k: m.to(device).requires_grad_(False) for k, m in _load_models(folder, kind).items()}
     tokenizers = _load_tokenizers(folder, kind)
     index = json.loads((folder / "model_index.json").read_text())
-    parts = ("text_encoder", "text_encoder_2") if kind == "sdxl" else ("text_encoder",)
-    encoder = PromptEncoder(kind, [tokenizers[p.replace("text_encoder", "tokenizer")] for p in parts],
-                            [models[p] for p in parts], int(manifest["resolution"]),
-                            zero_null=kind == "sdxl" and index.get("force_zeros_for_empty_prompt", True))
+    encoder = prompt_encoder(kind, models, tokenizers, int(manifest["resolution"]),
+                             zero_null=kind == "sdxl" and index.get("force_zeros_for_empty_prompt", True))
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     schedule = DiscreteSchedule(ddpm_alphas_cumprod(sched))
     denoiser = TextToImageDenoiser(models["unet"], schedule, manifest["prediction_type"], encoder).eval()
