@@ -15,6 +15,7 @@ import typer
 
 from app.cli_common import Bar, cli_errors, emit, fail, submit_job
 from app.cli_evaluate import evaluate_cmd, fid_cmd, leaderboard_cmd
+from app.cli_export import export_cmd
 from app.cli_runs import runs_app
 from app.cli_study import study_app
 from core.catalogue import check_distillable, check_trainable, list_teachers
@@ -34,6 +35,7 @@ app.add_typer(users_app, name="users")
 app.command("evaluate")(evaluate_cmd)
 app.command("fid")(fid_cmd)
 app.command("leaderboard")(leaderboard_cmd)
+app.command("export")(export_cmd)
 
 
 # -- teachers ------------------------------------------------------------------------------------------------
@@ -201,6 +203,10 @@ def distill_cmd(
     seed: int = typer.Option(0, min=0, help="Run seed."),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1,
                                          help="Steps between checkpoints (default: a quarter of the run, at most 500)."),
+    prompts: Path = typer.Option(None, help="Text-to-image teachers: a prompt file, one prompt per line (data-free "
+                                            "methods)."),
+    data: Path = typer.Option(None, help="Text-to-image teachers: an image folder with metadata.jsonl (file_name, "
+                                         "text), for the methods that train on images; its captions are the prompts."),
     out: Path = typer.Option(None, help="Output folder (re-running resumes an interrupted run); not with --submit."),
     submit: bool = typer.Option(False, "--submit", help="Queue the run for a worker and print its id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -217,29 +223,37 @@ def distill_cmd(
     for name, value in (("teacher", teacher), ("method", method)):
         if value is None:
             fail(f"{name}: give --{name} (or --help-knobs METHOD to list a method's knobs)")
-    check_distillable(teacher, get_settings().data_dir)  # the worker would refuse it too: say so before queueing
+    info = check_distillable(teacher, get_settings().data_dir)  # the worker would refuse it too: say so before queueing
     if submit:
         if out is not None:
             fail("out: a submitted run writes to DATA_DIR/runs/ID; leave --out out")
         spec = {"teacher": teacher, "method": method, "preset": preset, "student_steps": student_steps,
                 "sets": set_ or [], "iterations": iterations, "batch_size": batch_size, "seed": seed,
-                "checkpoint_every": checkpoint_every}
+                "checkpoint_every": checkpoint_every, "prompts": _absolute(prompts), "data": _absolute(data)}
         submit_job("distill", spec, as_json)
         return
     if out is None:
         fail("out: give --out DIR for a foreground run (or --submit to queue it)")
+    from core.text_inputs import check_text_inputs
     from workers.local import distill
 
-    build_method_config(method, preset=preset, student_steps=student_steps, sets=set_ or ())  # fail fast
+    config = build_method_config(method, preset=preset, student_steps=student_steps, sets=set_ or ())  # fail fast
+    check_text_inputs(info, config.needs_data, method, prompts, data)
     bar = Bar(f"{method} {teacher}", enabled=not as_json)
     try:
         result = distill(teacher, method, out, preset=preset, student_steps=student_steps, sets=set_ or (),
                          iterations=iterations, batch_size=batch_size, seed=seed, data_dir=get_settings().data_dir,
-                         device=get_settings().device, progress=bar, checkpoint_every=checkpoint_every)
+                         device=get_settings().device, progress=bar, checkpoint_every=checkpoint_every,
+                         prompts=prompts, data=data)
     finally:
         bar.close()
     emit(as_json, result, f"{result['status']} after {result['step']} steps ({result['cpu_minutes']} CPU min); "
           f"student: {result['out_dir']}")
+
+
+def _absolute(path: Path | None) -> str | None:
+    """A path as a queued spec stores it: absolute, since the worker runs elsewhere."""
+    return None if path is None else str(path.expanduser().resolve())
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------

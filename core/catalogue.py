@@ -64,31 +64,33 @@ def check_trainable(name: str, field: str = "teacher") -> TeacherInfo:
 
 
 def is_distillable(info: TeacherInfo) -> bool:
-    """A student copies the teacher's network at the start; an analytic teacher has none, and the methods do not
-    carry prompts to a text-to-image teacher yet."""
-    return info.kind != "analytic" and not info.is_text_to_image
+    """A student copies the teacher's network at the start; an analytic teacher has none."""
+    return info.kind != "analytic"
 
 
 def text_to_image_refusal(name: str) -> str:
-    return (f"teacher: {name!r} is a text-to-image teacher; distilling, evaluating and queued sampling do not take "
-            "prompts yet (sample it with `distill-studio sample --prompt`)")
+    return (f"teacher: {name!r} is a text-to-image teacher; evaluating and queued sampling do not take prompts yet "
+            "(sample it, or a student of it, with `distill-studio sample --prompt`)")
 
 
 def check_prompt_free(info: TeacherInfo) -> TeacherInfo:
-    """Refuse a text-to-image teacher where prompts do not reach it yet: distilling, evaluating and queued jobs (the
+    """Refuse a text-to-image teacher where prompts do not reach it yet: evaluating and queued sample jobs (the
     foreground `sample` command loads it through core.teachers.load_text_to_image_teacher instead)."""
     if info.is_text_to_image:
         raise ValueError(text_to_image_refusal(info.name))
     return info
 
 
-def distillable_teachers(data_dir: Path | str | None) -> list[TeacherInfo]:
-    return [info for info in list_teachers(data_dir) if is_distillable(info)]
+def distillable_teachers(data_dir: Path | str | None, *, text_to_image: bool = True) -> list[TeacherInfo]:
+    """Teachers a student can be distilled from; `text_to_image=False` leaves out those that need prompts (the studio's
+    forms and views do not take prompts yet)."""
+    return [info for info in list_teachers(data_dir)
+            if is_distillable(info) and (text_to_image or not info.is_text_to_image)]
 
 
 def check_distillable(name: str, data_dir: Path | str | None) -> TeacherInfo:
     """The teacher `name` if a student can be distilled from it; ValueError naming `teacher` otherwise."""
-    info = check_prompt_free(get_teacher_info(name, data_dir))
+    info = get_teacher_info(name, data_dir)
     if not is_distillable(info):
         raise ValueError(f"teacher: {name!r} is analytic and has no network to copy; use a network teacher "
                          f"such as {info.benchmark}")

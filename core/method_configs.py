@@ -18,6 +18,7 @@ WEIGHTINGS_MMD = ("auto", "edm", "unit", "adaptive")
 WEIGHTINGS_VSD = ("dmd", "unit", "inv-snr")
 NOISE_CANCEL = ("exact", "injected", "none")
 RENOISE = ("conditional", "marginal")
+FAKE_WEIGHTINGS = ("edm", "eps")
 LR_SCHEDULES = ("constant", "linear")
 
 _TIME_RANGE = "0 <= t_lo < t_hi <= 1"
@@ -197,6 +198,8 @@ class DMD2Config(MethodConfig):
     t_lo: float = knob(0.02, "paper", "DM loss over 2-98% of the steps")
     t_hi: float = knob(0.98, "paper")
     sigma_data: float = knob(0.5, "code", "w_edm weight of the fake-score loss", gt=0)
+    fake_weighting: str = knob("edm", "code", 'fake-score loss: w_edm x-MSE (EDM teachers) or "eps", the unweighted '
+                               "eps-MSE of the SD/SDXL code", choices=FAKE_WEIGHTINGS)
 
     @property
     def needs_data(self) -> bool:

@@ -66,7 +66,15 @@ def _presets(cls, extra: dict[str, dict]) -> dict[str, dict[str, Any]]:
 # 2e-6 at batch 512 on a ~300M EDM network is the unofficial reproduction's [code]. EMD's appendix values are not in
 # the spec, so its preset keeps our knobs at the paper's ImageNet-128 K = 16 and λ* = -6 with that learning rate.
 _PAPER_LR = {"lr_gen": 2e-6, "lr_aux": 2e-6, "sigma_data": 0.5}
-_DMD2_SDXL = {"lr_gen": 5e-7, "lr_aux": 5e-7, "gan_weight_gen": 5e-3, "guidance": 8.0}
+# DMD2's Stable Diffusion recipes, from the official launch scripts [code, tianweiy/DMD2 experiments/sdv1.5/*.sh and
+# experiments/sdxl/*.sh]: the fake score trains on the unweighted eps-MSE, the teacher is guided, the GAN reads A's
+# bottleneck on noised images. SD 1.5 runs in two stages: 1e-5 without the GAN (data-free, prompts only), then the
+# best checkpoint resumed at 5e-7 with the GAN on LAION latents.
+_DMD2_SD15 = {"lr_gen": 1e-5, "lr_aux": 1e-5, "guidance": 1.75, "ttur_ratio": 10, "gan": False,
+              "fake_weighting": "eps"}
+_DMD2_SD15_GAN = {**_DMD2_SD15, "lr_gen": 5e-7, "lr_aux": 5e-7, "gan": True, "gan_weight_gen": 1e-3,
+                  "gan_weight_disc": 1e-2}
+_DMD2_SDXL = {"lr_gen": 5e-7, "lr_aux": 5e-7, "gan_weight_gen": 5e-3, "guidance": 8.0, "fake_weighting": "eps"}
 
 # Benchmark presets set the scale (data std, learning rates); ablation presets switch one mechanism. They compose
 # with "+", left to right: "digits+no-gan" is the digits preset with the GAN term off.
@@ -81,6 +89,7 @@ PRESET_CHANGES: dict[str, dict[str, dict[str, Any]]] = {
     "dmd2": _presets(DMD2Config, {
         "toy2d": _TOY_DMD2,
         "paper": _PAPER_LR,  # ImageNet-64 with an EDM teacher: 2e-6, r = 5, λ_G / λ_D = 3e-3 / 1e-2, no guidance
+        "sd15": _DMD2_SD15, "sd15-gan": _DMD2_SD15_GAN,
         "sdxl-4step": {**_DMD2_SDXL, "student_steps": 4},
         "sdxl-1step": {**_DMD2_SDXL, "one_step_t": 399 / 999},  # the generator reads t = 399 of 999
         "no-ttur": {"ttur_ratio": 1}, "no-gan": {"gan": False},
@@ -100,6 +109,9 @@ PRESET_NOTES: dict[str, str] = {
     "paper": "[paper] settings for ~300M-parameter teachers; the learning rate is the unofficial reproduction's [code]",
     "toy2d-1step": "[choice] measured: the 1-step student needs lr 1e-3 to reach every mode of the ring",
     "marginal-renoise": "[paper] MMD's re-noising ablation (Fig. 3)",
+    "sd15": "[code] DMD2's SD 1.5 1-step first stage: lr 1e-5, no GAN (data-free), w = 1.75, r = 10, eps-MSE fake score",
+    "sd15-gan": "[code] DMD2's SD 1.5 second stage: lr 5e-7 with the GAN (1e-3 / 1e-2) on real latents; resume the "
+                "first stage's best checkpoint",
     "sdxl-4step": "[paper] DMD2's SDXL 4-step setting",
     "sdxl-1step": "[paper] DMD2's SDXL 1-step setting, the generator reading t = 399 of 999",
     "no-ttur": "[paper] DMD2's ablation: ratio 1",

@@ -114,7 +114,17 @@ class DiscreteSchedule(VPSchedule):
 
 
 def time_grid(schedule: VPSchedule, steps: int) -> torch.Tensor:
-    """Descending float64 times t_max = t_0 > ... > t_steps = 0 for a `steps`-step sampler."""
+    """Descending float64 times t_max = t_0 > ... > t_steps = 0 for a `steps`-step sampler: t_i = t_max (1 - i/k).
+
+    A discrete schedule of N levels uses the trained indices (N - 1) - floor(i N / k) instead, the grid of diffusers'
+    LCMScheduler (over all N levels) and, where k divides N, of "trailing" spacing: 4 steps of 1,000 are 999, 749, 499,
+    249 [paper, DMD2]. Exported students then run in diffusers on exactly the levels they were trained at
+    (docs/methods.md#export); rounding t_max (1 - i/k) instead would give 500 and 250.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(schedule, DiscreteSchedule):
+        n = schedule.num_steps
+        index = (n - 1) - torch.div(torch.arange(steps, dtype=torch.long) * n, steps, rounding_mode="floor")
+        return torch.cat([index.to(_F64) / (n - 1), torch.zeros(1, dtype=_F64)])
     return torch.linspace(schedule.t_max, 0.0, steps + 1, dtype=_F64)

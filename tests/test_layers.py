@@ -86,7 +86,7 @@ def test_app_stays_torch_free():
         elif _under(name, ("core",)) and not _under(name, ("core.specs", "core.catalogue", "core.method_specs",
                                                                     "core.eval_specs", "core.refs", "core.study",
                                                                     "core.method_configs", "core.knobs", "core.prompts",
-                                                                    "core.datasets")):
+                                                                    "core.datasets", "core.text_inputs")):
             bad.append((where, name))
         elif _under(name, ("workers.local",)) and not nested:
             bad.append((where, f"{name} at module level (import it inside the function that needs it)"))
@@ -100,7 +100,7 @@ def test_workers_do_not_import_the_app():
 
 def test_web_side_modules_load_no_torch():
     code = ("import app.cli, app.studio.server, core.specs, core.catalogue, core.method_specs, core.refs, storage.settings; "
-            "import core.prompts, core.datasets; "
+            "import core.prompts, core.datasets, core.text_inputs, workers.submit; "
             "import sys; "
             "print('torch' in sys.modules, 'diffusers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -114,3 +114,25 @@ def save_tiny_sd(folder: Path, prediction_type: str = "epsilon", *, xl: bool = F
     for name in ("tokenizer", "tokenizer_2") if xl else ("tokenizer",):
         _save_tokenizer(tokenizer, Path(folder) / name)
     return Path(folder)
+
+
+def write_prompts(path: Path, prompts=("a red circle on the left", "a blue square", "the dog at the top")) -> Path:
+    """A prompt file, one prompt a line (core/prompts.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(p + "\n" for p in prompts))
+    return path
+
+
+def write_image_folder(folder: Path, count: int = 5, size: int = 64, seed: int = 0) -> Path:
+    """An image folder (core/datasets.py): `count` random RGB PNGs of size x size and a metadata.jsonl captioning each."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"img-{i}.png")
+        lines.append(json.dumps({"file_name": f"img-{i}.png", "text": f"picture number {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

@@ -289,8 +289,14 @@ def run_distill(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
                          student_steps=spec["student_steps"], sets=tuple(spec["sets"]), iterations=spec["iterations"],
                          batch_size=spec["batch_size"], seed=spec["seed"], data_dir=settings.data_dir,
                          device=settings.device, progress=lease.progress, checkpoint_every=spec["checkpoint_every"],
-                         should_stop=lambda: lease.stopping, on_checkpoint=on_checkpoint)
+                         should_stop=lambda: lease.stopping, on_checkpoint=on_checkpoint,
+                         # specs queued before text-to-image teachers had neither key
+                         prompts=_path(spec.get("prompts")), data=_path(spec.get("data")))
     return "succeeded" if result["status"] == "completed" else "stopped"
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:

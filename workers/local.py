@@ -117,7 +117,7 @@ def _student_sampler(request: SampleRequest, data_dir, device):
     step, path, spec = student_weights(parse_ref(request.model).path, request.checkpoint)
     if request.prompts:
         raise ValueError("prompt: students are not prompt-conditioned; leave --prompt/--prompts out")
-    task = _load_weights(path, spec, data_dir, device)
+    task = load_weights(path, spec, data_dir, device)
     info = get_teacher_info(spec["teacher"], data_dir)
     if request.guidance != 1.0:
         raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
@@ -148,7 +148,8 @@ def sample_model(request: SampleRequest, out_dir: Path, *, data_dir: Path | None
     of the student weights sampled (None for a teacher)."""
     ref = parse_ref(request.model)
     is_teacher = ref.is_teacher
-    if is_teacher and get_teacher_info(ref.name, data_dir).is_text_to_image:
+    teacher = ref.name if is_teacher else student_weights(ref.path, request.checkpoint)[2]["teacher"]
+    if get_teacher_info(teacher, data_dir).is_text_to_image:
         from workers.sample_text import sample_text_to_image
         return sample_text_to_image(request, out_dir, data_dir=data_dir, device=device, progress=progress)
     info, run, draws, nfe, title, checkpoint = (_teacher_sampler if is_teacher else _student_sampler)(request, data_dir, device)
@@ -221,33 +222,45 @@ def _distill_batches(info):
 def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default", student_steps: int | None = None,
             sets=(), iterations: int = 2000, batch_size: int | None = None, seed: int = 0,
             data_dir: Path | None = None, device: str = "cpu", progress=None, checkpoint_every: int | None = None,
-            should_stop=None, on_checkpoint=None) -> dict:
-    """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job)."""
+            should_stop=None, on_checkpoint=None, prompts: Path | None = None, data: Path | None = None) -> dict:
+    """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job).
+
+    A text-to-image teacher trains on `prompts` (a prompt file) or `data` (an image folder with captions), checked by
+    core.text_inputs before any work."""
     from core.method_specs import build_method_config, check_teacher_data
     from core.methods import build_method
     from core.specs import TrainConfig
+    from core.text_inputs import PREVIEW_PROMPTS, PREVIEW_SEEDS, check_text_inputs
     from core.train import run_training
 
     # 1. Validate everything before any work.
     info = check_distillable(teacher, data_dir)
     config = build_method_config(method, preset=preset, student_steps=student_steps, sets=sets)
-    sample_batch, has_data = _distill_batches(info)
-    check_teacher_data(config, teacher, has_data)
-    batch = batch_size or (512 if not info.is_image else 64)
+    text = check_text_inputs(info, config.needs_data, method, prompts, data)
+    if text is None:
+        sample_batch, has_data = _distill_batches(info)
+        check_teacher_data(config, teacher, has_data)
+    else:
+        has_data = text.data is not None
+    batch = batch_size or (512 if not info.is_image else 64 if text is None else 8)
+    previews = 512 if not info.is_image else 32 if text is None else PREVIEW_PROMPTS * PREVIEW_SEEDS
     train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
                         checkpoint_every=checkpoint_every or max(1, min(500, iterations // 4)),
                         log_every=max(1, min(25, iterations // 20)),
                         preview_every=max(1, min(500, iterations // 4)),
-                        preview_seeds=tuple(range(512 if not info.is_image else 32)))
+                        preview_seeds=tuple(range(previews)))
     out_dir = check_writable(out_dir)
 
     # 2. Build the method from the teacher and run the loop.
     torch.manual_seed(seed)
-    task = build_method(load_teacher(teacher, data_dir, device), config, total_steps=iterations, device=device,
-                        has_data=has_data)
+    if text is None:
+        task = build_method(load_teacher(teacher, data_dir, device), config, total_steps=iterations, device=device,
+                            has_data=has_data)
+    else:
+        task, sample_batch = _text_to_image_task(teacher, text, config, iterations, data_dir, device, out_dir)
     spec = {"name": f"{method}-{teacher}", "kind": "student", "teacher": teacher, "method": method, "preset": preset,
             "config": config.to_dict(), "train": train.to_dict(), "seed": seed,
-            "teacher_hash": task.teacher_hash}
+            "teacher_hash": task.teacher_hash, **({} if text is None else {"inputs": text.record()})}
     # Written first, so the snapshots of a run still running can be sampled (student_weights).
     (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
     cpu0 = time.process_time()
@@ -258,6 +271,24 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
             "model": str(result.model_path) if result.model_path else None, "method": method, "teacher": teacher,
             "student_steps": config.student_steps, "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
             "wall_minutes": round(result.elapsed_s / 60, 2)}
+
+
+def _text_to_image_task(teacher: str, text, config, iterations: int, data_dir, device: str, out_dir: Path):
+    """(method, sample_batch) for a text-to-image teacher: prompts encoded per batch, real images encoded through the
+    VAE once into the latent cache (DATA_DIR/cache/latents, or the run folder without a data dir), previews of fixed
+    prompts decoded through the VAE."""
+    from core.methods import build_method
+    from core.teachers import load_text_to_image_teacher
+    from core.text_data import LatentBatches, PromptBatches, latent_cache
+
+    sd = load_text_to_image_teacher(teacher, data_dir, device)
+    task = build_method(sd.denoiser, config, total_steps=iterations, device=device, has_data=text.data is not None)
+    task.use_prompts(sd.encoder.encode(text.preview_prompts()), sd.decode)
+    if text.data is None:
+        return task, PromptBatches(text.train_prompts, sd.encoder.encode)
+    cache_dir = Path(data_dir) / "cache" / "latents" if data_dir is not None else out_dir / "latents"
+    cache = latent_cache(text.data, sd.vae, sd.resolution, sd.scaling_factor, cache_dir)
+    return task, LatentBatches(cache, text.train_prompts, sd.encoder.encode)
 
 
 def student_weights(folder: Path, step: int | None = None) -> tuple[int, Path, dict]:
@@ -313,17 +344,19 @@ def load_student(folder: Path, data_dir: Path | None = None, device: str = "cpu"
     """(method object holding the trained student, spec) from a distill output folder: its final model, or with
     `step` the snapshot of that checkpoint (a running run's too). ValueError naming `checkpoint` for a missing step."""
     _, path, spec = student_weights(folder, step)
-    return _load_weights(path, spec, data_dir, device), spec
+    return load_weights(path, spec, data_dir, device), spec
 
 
-def _load_weights(path: Path, spec: dict, data_dir: Path | None, device: str):
+def load_weights(path: Path, spec: dict, data_dir: Path | None, device: str, teacher=None):
+    """The method object of a student `spec` holding the weights in `path`; `teacher`: its teacher's denoiser when the
+    caller has loaded it already (a text-to-image teacher's parts are loaded once)."""
     from core.checkpoints import load_state
     from core.method_specs import METHOD_CONFIGS
     from core.methods import build_method
 
     config = METHOD_CONFIGS[spec["method"]].from_dict(spec["config"])
     # has_data=True: loading trains nothing, so the training-data check has nothing to refuse
-    task = build_method(load_teacher(spec["teacher"], data_dir, device), config,
+    task = build_method(teacher if teacher is not None else load_teacher(spec["teacher"], data_dir, device), config,
                         total_steps=spec["train"]["iterations"], device=device, has_data=True)
     if task.teacher_hash != spec["teacher_hash"]:
         raise ValueError(f"model: teacher {spec['teacher']!r} has changed since this student was distilled")

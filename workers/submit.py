@@ -22,6 +22,7 @@ from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
 from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
+from core.text_inputs import check_text_inputs
 from storage import repo
 from storage.artifacts import resolve
 from storage.db import check_connection, make_engine, make_session_factory, session_scope
@@ -59,6 +60,10 @@ class DistillSpec(_Spec):
     batch_size: int | None = knob(None, "choice", "none: the teacher's recipe batch", ge=1, le=65536)
     seed: int = knob(0, "choice", "every run is reproducible", ge=0)
     checkpoint_every: int | None = knob(None, "choice", "none: a quarter of the run, at most 500 steps", ge=1)
+    prompts: str | None = knob(None, "choice", "text-to-image teachers: a prompt file's absolute path (data-free methods)",
+                               max_length=4096)
+    data: str | None = knob(None, "choice", "text-to-image teachers: an image folder's absolute path (metadata.jsonl "
+                            "with file_name and text), for the methods that train on images", max_length=4096)
 
 
 class SampleSpec(_Spec):
@@ -116,7 +121,13 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
         info = check_distillable(parsed.teacher, data_dir)
         config = build_method_config(parsed.method, preset=parsed.preset, student_steps=parsed.student_steps,
                                      sets=parsed.sets)
-        check_teacher_data(config, parsed.teacher, has_data=info.benchmark != "imported")
+        for field in ("prompts", "data"):
+            value = getattr(parsed, field)
+            if value is not None and not Path(value).is_absolute():
+                raise ValueError(f"{field}: must be an absolute path (the worker may run in another folder), got "
+                                 f"{value!r}")
+        if check_text_inputs(info, config.needs_data, parsed.method, parsed.prompts, parsed.data) is None:
+            check_teacher_data(config, parsed.teacher, has_data=info.benchmark != "imported")
         if parsed.checkpoint_every is not None and parsed.checkpoint_every > parsed.iterations:
             raise ValueError(f"checkpoint_every: must be at most iterations ({parsed.iterations}), "
                              f"got {parsed.checkpoint_every}")

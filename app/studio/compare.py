@@ -223,7 +223,7 @@ def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
 # -- Layout and wiring ----------------------------------------------------------------------------------------
 
 def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
-    teachers = [t.name for t in distillable_teachers(ctx.data_dir)]
+    teachers = [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False)]
     default = "digits" if "digits" in teachers else (teachers[0] if teachers else None)
     state = gr.State({})  # the shown grid's request: rows, seeds, class, page
 

@@ -72,7 +72,7 @@ def _fmt(value):
 def model_choices(ctx: Studio) -> list[tuple[str, str]]:
     """Evaluable models: network teachers at the usual DDIM step counts and every succeeded distill run."""
     out = []
-    for t in distillable_teachers(ctx.data_dir):
+    for t in distillable_teachers(ctx.data_dir, text_to_image=False):
         out += [(f"teacher {t.name} @ {s} steps", ModelRef.teacher(t.name, s).text) for s in (1, 2, 4, 8, TEACHER_STEPS)]
     with session_scope(ctx.factory) as session:
         for run in repo.list_runs(session=session, kind="distill", status="succeeded", limit=500):

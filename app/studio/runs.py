@@ -31,8 +31,9 @@ REFRESH_S = 3.0
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def network_teachers(ctx: Studio) -> list[str]:
-    """Teachers a student can be distilled from (core.catalogue.is_distillable)."""
-    return [t.name for t in distillable_teachers(ctx.data_dir)]
+    """Teachers a student can be distilled from (core.catalogue.is_distillable), less the text-to-image ones: the form
+    takes no prompts yet (distill them with `distill-studio distill --prompts/--data`)."""
+    return [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False)]
 
 
 def start_run(ctx: Studio, user: str, teacher: str, method: str, preset: str, student_steps, iterations, seed,

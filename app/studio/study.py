@@ -27,7 +27,7 @@ STUDY_COLUMNS = ["id", "name", "status", "variants", "pairs", "gold", "votes", "
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def image_teachers(ctx: Studio) -> list[str]:
-    return [t.name for t in distillable_teachers(ctx.data_dir) if t.is_image]
+    return [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False) if t.is_image]
 
 
 def parse_classes(text: str, num_classes: int) -> list[int | None]:

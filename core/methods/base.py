@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -21,6 +22,7 @@ from core.noise import seeded_noise
 from core.posterior import marginal_sample
 from core.samplers import ancestral
 from core.schedules import time_grid
+from core.text_cond import TextCond
 from core.time_sampling import edm_weight, uniform_t
 
 
@@ -85,6 +87,9 @@ class Method:
         # Noise in the networks' dtype: float32 normally, float64 when tests run a float64 teacher.
         self.dtype = next(self.teacher.parameters(), torch.empty(0)).dtype
         self.generator = torch.Generator(device=self.device)
+        # Text-to-image previews: fixed encoded prompts (one per preview image) and the VAE decode (use_prompts).
+        self.preview_cond: TextCond | None = None
+        self.decode: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.step = 0
         self.nets: dict[str, nn.Module] = {}
         self.optims: dict[str, tuple] = {}
@@ -123,15 +128,17 @@ class Method:
     def randn(self, shape) -> torch.Tensor:
         return torch.randn(tuple(shape), generator=self.generator, device=self.device, dtype=self.dtype)
 
-    def batch_size_and_cond(self, batch: dict) -> tuple[int, torch.Tensor | None]:
+    def batch_size_and_cond(self, batch: dict) -> tuple[int, torch.Tensor | TextCond | None]:
+        """(batch size, condition): class ids, encoded prompts (a TextCond) or None; a conditional teacher given no
+        condition gets its null one."""
         cond = batch.get("cond")
         if "x" in batch:
             b = batch["x"].shape[0]
         elif cond is not None:
-            b = cond.shape[0]
+            b = len(cond)
         else:
             b = int(batch["size"])
-        if cond is None and self.teacher.num_classes:
+        if cond is None and (self.teacher.num_classes or self.teacher.takes_prompts):
             cond = self.teacher.null_cond(b, self.device)
         return b, cond
 
@@ -153,14 +160,24 @@ class Method:
         steps = self.config.student_steps
         noise = seeded_noise(seeds, self.teacher.data_shape, self.noise_draws(steps), device=self.device)
         cond = None
-        if self.teacher.num_classes:
+        if self.preview_cond is not None:
+            cond = self.preview_cond[:len(seeds)]
+        elif self.teacher.num_classes:
             cond = torch.tensor([s % self.teacher.num_classes for s in seeds], device=self.device)
         was_training = module.training
         module.eval()
         try:
-            return self.sample(noise, cond, steps, student=module)
+            x = self.sample(noise, cond, steps, student=module)
         finally:
             module.train(was_training)
+        return x if self.decode is None else self.decode(x)
+
+    def use_prompts(self, preview_cond: TextCond, decode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Previews of a latent text-to-image student: image i draws prompt i of `preview_cond` (at least as many as
+        the preview seeds) and is decoded by `decode` (latents -> images in [-1, 1])."""
+        if not self.teacher.takes_prompts:
+            raise ValueError(f"{self.key}: prompts need a text-to-image teacher")
+        self.preview_cond, self.decode = preview_cond.to(self.device), decode
 
     def state_dict(self) -> dict:
         return {

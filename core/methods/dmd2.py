@@ -141,13 +141,15 @@ class DMD2(Method):
         cfg = self.config
         t = uniform_t(b, T_MIN_DSM, self.schedule.t_max, self.generator, self.device)
         z_t = marginal_sample(self.schedule, x, t, self.randn(x.shape))
-        weight = edm_weight(self.schedule.log_snr(t), cfg.sigma_data).to(x.dtype)
+        log_snr = self.schedule.log_snr(t)
+        # w_edm x-MSE, or the eps-MSE of the SD/SDXL code: |eps_hat - eps|^2 = SNR |x_hat - x|^2.
+        weight = (edm_weight(log_snr, cfg.sigma_data) if cfg.fake_weighting == "edm" else log_snr.exp()).to(x.dtype)
         if cfg.gan:
             # One forward of A gives both its denoised output (DSM) and the fake features for H.
             x_hat, fake_feats = self.tap.run(self.fake, z_t, t, cond)
         else:
             x_hat = self.fake(z_t, t, cond)
-        # EDM-weighted x-MSE, per-element mean [code].
+        # Per-element mean [code].
         loss_fake = fake_score_loss(x_hat, x, weight)
         loss = loss_fake
         out = {"loss/aux": loss_fake.item()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core.catalogue import check_prompt_free, check_trainable, get_teacher_info, imported_dir
+from core.catalogue import check_trainable, get_teacher_info, imported_dir
 from core.data import get_benchmark
 from core.denoisers import Denoiser
 from core.specs import TrainConfig
@@ -17,10 +17,13 @@ from core.train import TrainResult, run_training
 
 
 def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") -> Denoiser:
-    """The teacher's denoiser in eval mode with frozen parameters."""
-    info = check_prompt_free(get_teacher_info(name, data_dir))
+    """The teacher's denoiser in eval mode with frozen parameters (a text-to-image teacher's latent denoiser, whose
+    condition is a TextCond: load_text_to_image_teacher gives its prompt encoder and VAE too)."""
+    info = get_teacher_info(name, data_dir)
     if info.builtin:
         return load_builtin(info, device)
+    if info.is_text_to_image:
+        return load_text_to_image_teacher(name, data_dir, device).denoiser
     from core.teachers.imported import load_imported
     return load_imported(imported_dir(data_dir) / name, device)
 

@@ -89,17 +89,23 @@ class TextUNetCall(nn.Module):
 
 
 class TextToImageDenoiser(NetworkDenoiser):
-    """A latent text-to-image denoiser; its null condition is the prompt encoder's (a batch of `batch` copies)."""
+    """A latent text-to-image denoiser; its null condition is the empty prompt's encoding (a batch of `batch` copies).
+
+    It holds that encoding, not the prompt encoder: students and auxiliary networks are copies of the teacher's denoiser,
+    and a copy must not carry (or train, or hash) the text encoders.
+    """
 
     takes_prompts = True
 
-    def __init__(self, unet: nn.Module, schedule: DiscreteSchedule, prediction_type: str, encoder: PromptEncoder):
+    def __init__(self, unet: nn.Module, schedule: DiscreteSchedule, prediction_type: str, null: TextCond):
         cfg = unet.config
         super().__init__(TextUNetCall(unet), schedule, prediction_type, (cfg.in_channels, cfg.sample_size, cfg.sample_size))
-        self.encoder = encoder
+        self.null = null
 
     def null_cond(self, batch: int, device=None) -> TextCond:
-        return self.encoder.null().to(device).expand(batch)
+        if device is not None and self.null.device != torch.device(device):
+            self.null = self.null.to(device)  # moved once, with the module, not on every call
+        return self.null.expand(batch)
 
 
 @dataclass
@@ -144,5 +150,5 @@ def load_sd_teacher(folder: Path, device="cpu") -> SDTeacher:
                              zero_null=kind == "sdxl" and index.get("force_zeros_for_empty_prompt", True))
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     schedule = DiscreteSchedule(ddpm_alphas_cumprod(sched))
-    denoiser = TextToImageDenoiser(models["unet"], schedule, manifest["prediction_type"], encoder).eval()
+    denoiser = TextToImageDenoiser(models["unet"], schedule, manifest["prediction_type"], encoder.null()).eval()
     return SDTeacher(denoiser, encoder, models["vae"], float(manifest["scaling_factor"]), int(manifest["resolution"]))

@@ -1,17 +1,17 @@
 """`teachers import` of Stable Diffusion folders and class-conditional UNet2DModel folders (--null-class), and the
-one-line refusals of distilling a text-to-image teacher, or sampling it without a prompt, through the real CLI."""
+one-line refusals of distilling a text-to-image teacher, or sampling it, without prompts, through the real CLI."""
 
 from __future__ import annotations
 
 from tests.app.cli_helpers import ok, one_error_line
 from tests.tiny_pipelines import save_tiny_ddpm, save_tiny_sd
 
-REFUSAL = ("error: teacher: 'sd-tiny' is a text-to-image teacher; distilling, evaluating and queued sampling do not take "
-           "prompts yet (sample it with `distill-studio sample --prompt`)")
+NO_INPUTS = ("error: prompts: 'sd-tiny' is a text-to-image teacher; give --prompts FILE (one prompt per line) or --data "
+             "FOLDER (its captions are the prompts)")
 PROMPT_REFUSAL = "error: prompt: 'sd-tiny' is a text-to-image teacher; give --prompt TEXT or --prompts FILE"
 
 
-def test_import_an_sd_folder_then_list_it_and_refuse_to_distill_it_or_sample_it_without_a_prompt(cli, tmp_path, data_dir):
+def test_import_an_sd_folder_then_list_it_and_refuse_to_distill_or_sample_it_without_prompts(cli, tmp_path, data_dir):
     folder = save_tiny_sd(tmp_path / "sd", "v_prediction")
     result = cli("teachers", "import", folder, "--name", "sd-tiny")
     assert result.exit_code == 0, result.output
@@ -25,8 +25,8 @@ def test_import_an_sd_folder_then_list_it_and_refuse_to_distill_it_or_sample_it_
     listed = cli("teachers", "list")
     assert listed.exit_code == 0 and "sd-tiny" in listed.stdout and "4x32x32" in listed.stdout
 
-    assert one_error_line(cli("distill", "--teacher", "sd-tiny", "--method", "dmd2", "--out", tmp_path / "run")) == REFUSAL
-    assert one_error_line(cli("distill", "--teacher", "sd-tiny", "--method", "dmd2", "--submit")) == REFUSAL
+    assert one_error_line(cli("distill", "--teacher", "sd-tiny", "--method", "emd", "--out", tmp_path / "run")) == NO_INPUTS
+    assert one_error_line(cli("distill", "--teacher", "sd-tiny", "--method", "emd", "--submit")) == NO_INPUTS
     assert one_error_line(cli("sample", "--model", "teacher:sd-tiny", "--n", 1, "--out", tmp_path / "out")) == PROMPT_REFUSAL
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 

@@ -68,8 +68,8 @@ def test_an_sd_teacher_is_listed_and_its_preview_explains_why_it_cannot_be_sampl
 
     cells, status, pending = teachers.sample_grid(ctx, "local", "sd-tiny")
     assert (cells, pending) == ([], False)
-    assert status == ("'sd-tiny' is a text-to-image teacher; distilling, evaluating and queued sampling do not take "
-                      "prompts yet (sample it with `distill-studio sample --prompt`).")
+    assert status == ("'sd-tiny' is a text-to-image teacher; evaluating and queued sampling do not take prompts yet "
+                      "(sample it, or a student of it, with `distill-studio sample --prompt`).")
     assert all_runs(ctx) == []  # nothing queued
     assert teachers.import_message(manifest) == \
         "Imported **sd-tiny**: StableDiffusionXLPipeline, epsilon, 64×64 px (latent 4×32×32)."

@@ -17,8 +17,8 @@ from core.teachers import load_teacher
 from core.teachers.imported import TeacherImportError, import_folder
 from tests.tiny_pipelines import save_tiny_sd
 
-REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; distilling, evaluating and queued sampling do not take " \
-          r"prompts yet \(sample it with `distill-studio sample --prompt`\)"
+REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; evaluating and queued sampling do not take prompts yet " \
+          r"\(sample it, or a student of it, with `distill-studio sample --prompt`\)"
 PROMPT_REFUSAL = r"prompt: 'sd-tiny' is a text-to-image teacher; give --prompt TEXT or --prompts FILE"
 
 
@@ -172,25 +172,23 @@ def test_a_null_class_is_refused_for_a_prompt_conditioned_pipeline(pipelines, da
     assert _entries(data_dir) == []
 
 
-# -- Until the methods take prompts: listed, never distilled, evaluated or queued; no sample without a prompt -----
+# -- Distilled with prompts or data; not yet evaluated or sampled by a queued job; no sample without a prompt --------
 
-def test_sd_teacher_is_listed_but_distilling_and_promptless_sampling_refuse_it(pipelines, data_dir, tmp_path):
+def test_sd_teacher_is_distillable_but_promptless_runs_and_queued_samples_refuse_it(pipelines, data_dir, tmp_path):
     from workers.local import distill, sample_model
     from workers.submit import validate_spec
 
     import_folder(pipelines["sd"], "sd-tiny", data_dir)
-    assert "sd-tiny" in [i.name for i in list_teachers(data_dir)]
-    assert "sd-tiny" not in [i.name for i in distillable_teachers(data_dir)]
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
-        check_distillable("sd-tiny", data_dir)
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
-        load_teacher("sd-tiny", data_dir)
+    assert "sd-tiny" in [i.name for i in distillable_teachers(data_dir)]
+    assert check_distillable("sd-tiny", data_dir).is_text_to_image
+    assert load_teacher("sd-tiny", data_dir).takes_prompts
     with pytest.raises(ValueError, match=f"^{PROMPT_REFUSAL}$"):
         sample_model(SampleRequest(model="teacher:sd-tiny", seeds=(0,), steps=2), tmp_path / "out", data_dir=data_dir)
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
-        distill("sd-tiny", "dmd2", tmp_path / "run", iterations=1, data_dir=data_dir)
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
-        validate_spec("distill", {"teacher": "sd-tiny", "method": "dmd2"}, data_dir=data_dir)
+    no_inputs = r"^prompts: 'sd-tiny' is a text-to-image teacher; give --prompts FILE \(one prompt per line\) or --data"
+    with pytest.raises(ValueError, match=no_inputs):
+        distill("sd-tiny", "emd", tmp_path / "run", iterations=1, data_dir=data_dir)
+    with pytest.raises(ValueError, match=no_inputs):
+        validate_spec("distill", {"teacher": "sd-tiny", "method": "emd"}, data_dir=data_dir)
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         validate_spec("sample", {"model": "teacher:sd-tiny", "seeds": [0]}, data_dir=data_dir)
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):

@@ -169,3 +169,19 @@ def test_time_grid(schedule, k):
 def test_time_grid_rejects_zero_steps():
     with pytest.raises(ValueError):
         time_grid(CosineSchedule(), 0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 7, 8, 50])
+def test_a_discrete_grid_is_the_lcm_schedulers_and_trailing_where_k_divides_n(k):
+    from diffusers import DDPMScheduler, LCMScheduler
+
+    schedule = DiscreteSchedule(_ddpm_alphas_cumprod("linear"))
+    levels = schedule.index(time_grid(schedule, k)[:-1]).tolist()
+    lcm = LCMScheduler(original_inference_steps=1000)
+    lcm.set_timesteps(k)
+    assert levels == lcm.timesteps.tolist()
+    if 1000 % k == 0:
+        ddpm = DDPMScheduler(timestep_spacing="trailing")
+        ddpm.set_timesteps(k)
+        assert levels == ddpm.timesteps.tolist()
+    assert levels[0] == 999 and time_grid(schedule, k)[-1] == 0.0

@@ -11,6 +11,7 @@ import redis
 from tests.services import connect_redis
 
 from .harness import REDIS_URL, Studio
+from .local_jobs import open_jobs_db
 
 
 @pytest.fixture
@@ -44,3 +45,13 @@ def make_studio(request, tmp_path, redis_client) -> Iterator[Callable[..., Studi
 def studio(make_studio) -> Studio:
     """SQLite database, Redis broker, 6 s leases."""
     return make_studio()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def jobs_db(request, tmp_path, monkeypatch):
+    """A migrated database (SQLite, then PostgreSQL) and data dir that workers.jobs.execute runs jobs against in this
+    process (tests/workers/local_jobs.py)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    url = f"sqlite:///{data_dir / 'studio.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres").create()
+    yield from open_jobs_db(url, data_dir, monkeypatch)

@@ -10,76 +10,34 @@ iterations at batch 4 (about 5 s), with one torch thread.
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from storage import repo
-from storage.db import make_engine, make_session_factory, session_scope
-from storage.migrate import upgrade
-from tests.services import clear_studio_caches
-from workers import jobs
+from storage.db import session_scope
+from tests.workers.local_jobs import job as _job
+from tests.workers.local_jobs import validate as _validate
 from workers.local import load_student, student_weights
-from workers.submit import validate_spec
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TOY = {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "iterations": 40, "checkpoint_every": 10}
 # ttur_ratio=1: the generator moves every step, so 4 steps give visibly different images at steps 2 and 4.
 DIGITS = {"teacher": "digits", "method": "dmd2", "preset": "digits", "sets": ["ttur_ratio=1", "lr_gen=1e-3"],
           "iterations": 4, "batch_size": 4, "checkpoint_every": 2}
 
 
-@pytest.fixture(params=BACKENDS)
-def studio(request, tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    url = f"sqlite:///{data_dir / 'studio.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres").create()
-    monkeypatch.setenv("STUDIO_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("STUDIO_DATABASE_URL", url)
-    clear_studio_caches()
-    upgrade(url)
-    engine = make_engine(url)
-    factory = make_session_factory(engine)
-    monkeypatch.setattr(jobs, "session_factory", lambda: factory)
-    monkeypatch.setattr(jobs, "_listen_for_shutdown", lambda: None)  # leave pytest's signal handlers alone
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: one spinning OpenMP thread, not two
-    yield SimpleNamespace(factory=factory, data_dir=data_dir)
-    torch.set_num_threads(threads)
-    engine.dispose()
-    clear_studio_caches()
+def _folder(jobs_db, run_id: int):
+    return jobs_db.data_dir / "runs" / str(run_id)
 
 
-def _validate(studio, kind: str, spec: dict) -> dict:
-    with session_scope(studio.factory) as s:
-        return validate_spec(kind, spec, data_dir=studio.data_dir, session=s)
+def _points(jobs_db, run_id: int) -> np.ndarray:
+    return np.load(_folder(jobs_db, run_id) / "samples.npy")
 
 
-def _job(studio, kind: str, spec: dict) -> int:
-    """Validate the spec as Jobs.submit does, write the queued row and run its job here; the run id."""
-    with session_scope(studio.factory) as s:
-        clean = validate_spec(kind, spec, data_dir=studio.data_dir, session=s)
-        run_id = repo.create_run(session=s, kind=kind, spec=clean).id
-    status = jobs.execute(run_id, kind)
-    with session_scope(studio.factory) as s:
-        assert status == "succeeded", repo.get_run(session=s, run_id=run_id).error
-    return run_id
-
-
-def _folder(studio, run_id: int):
-    return studio.data_dir / "runs" / str(run_id)
-
-
-def _points(studio, run_id: int) -> np.ndarray:
-    return np.load(_folder(studio, run_id) / "samples.npy")
-
-
-def test_every_checkpoint_of_a_toy_run_is_sampleable_while_running_and_after(studio):
-    distill = _job(studio, "distill", TOY)
-    folder = _folder(studio, distill)
-    with session_scope(studio.factory) as s:
+def test_every_checkpoint_of_a_toy_run_is_sampleable_while_running_and_after(jobs_db):
+    distill = _job(jobs_db, "distill", TOY)
+    folder = _folder(jobs_db, distill)
+    with session_scope(jobs_db.factory) as s:
         assert repo.checkpoint_steps(session=s, run_id=distill) == [10, 20, 30, 40]
     assert sorted(p.name for p in (folder / "snapshots").glob("*.safetensors")) == [
         f"step-{s:07d}.safetensors" for s in (10, 20, 30, 40)]
@@ -87,11 +45,11 @@ def test_every_checkpoint_of_a_toy_run_is_sampleable_while_running_and_after(stu
         "step-0000030.safetensors", "step-0000040.safetensors"]  # the full training states are still pruned
 
     seeds = list(range(64))
-    early = _job(studio, "sample", {"model": f"run:{distill}", "seeds": seeds, "checkpoint": 10})
-    late = _job(studio, "sample", {"model": f"run:{distill}", "seeds": seeds, "checkpoint": 40})
-    final = _job(studio, "sample", {"model": f"run:{distill}", "seeds": seeds})
-    assert not np.allclose(_points(studio, early), _points(studio, late))
-    assert np.array_equal(_points(studio, late), _points(studio, final))  # the final model is the last snapshot
+    early = _job(jobs_db, "sample", {"model": f"run:{distill}", "seeds": seeds, "checkpoint": 10})
+    late = _job(jobs_db, "sample", {"model": f"run:{distill}", "seeds": seeds, "checkpoint": 40})
+    final = _job(jobs_db, "sample", {"model": f"run:{distill}", "seeds": seeds})
+    assert not np.allclose(_points(jobs_db, early), _points(jobs_db, late))
+    assert np.array_equal(_points(jobs_db, late), _points(jobs_db, final))  # the final model is the last snapshot
 
     # A run still running: no model.safetensors, and (a run started before student.json was written first) no
     # student.json either; its recorded checkpoints are sampleable from the snapshots alone.
@@ -99,42 +57,42 @@ def test_every_checkpoint_of_a_toy_run_is_sampleable_while_running_and_after(stu
     shutil.copytree(folder, running_dir)
     for name in ("model.safetensors", "model.json", "student.json"):
         (running_dir / name).unlink()
-    with session_scope(studio.factory) as s:
-        running = repo.create_run(session=s, kind="distill", spec=_validate(studio, "distill", TOY),
+    with session_scope(jobs_db.factory) as s:
+        running = repo.create_run(session=s, kind="distill", spec=_validate(jobs_db, "distill", TOY),
                                   out_dir="runs/running").id
         assert repo.claim_run(session=s, run_id=running, worker="elsewhere:1", lease_s=600)
         for step in (10, 20):
             repo.record_checkpoint(session=s, run_id=running, step=step, path=f"runs/running/checkpoints/{step}")
     with pytest.raises(ValueError, match=rf"^model: run {running} has not succeeded \(status running\)"):
-        _validate(studio, "sample", {"model": f"run:{running}", "seeds": [0]})
+        _validate(jobs_db, "sample", {"model": f"run:{running}", "seeds": [0]})
     with pytest.raises(ValueError, match=rf"^checkpoint: run {running} has no checkpoint at step 30; saved: 10, 20$"):
-        _validate(studio, "sample", {"model": f"run:{running}", "seeds": [0], "checkpoint": 30})
-    at_10 = _job(studio, "sample", {"model": f"run:{running}", "seeds": seeds, "checkpoint": 10})
-    assert np.array_equal(_points(studio, at_10), _points(studio, early))
+        _validate(jobs_db, "sample", {"model": f"run:{running}", "seeds": [0], "checkpoint": 30})
+    at_10 = _job(jobs_db, "sample", {"model": f"run:{running}", "seeds": seeds, "checkpoint": 10})
+    assert np.array_equal(_points(jobs_db, at_10), _points(jobs_db, early))
 
     # load_student directly: the final model, a snapshot, and a step that was never saved.
-    _, spec = load_student(running_dir, studio.data_dir, step=20)
+    _, spec = load_student(running_dir, jobs_db.data_dir, step=20)
     assert (spec["method"], spec["teacher"]) == ("dmd2", "toy2d-ring")
     assert student_weights(folder)[:2] == (40, folder / "model.safetensors")
     assert student_weights(folder, 20)[:2] == (20, folder / "snapshots" / "step-0000020.safetensors")
     with pytest.raises(ValueError, match=r"^checkpoint: run has no snapshot at step 15; saved: 10, 20, 30, 40$"):
-        load_student(running_dir, studio.data_dir, step=15)
+        load_student(running_dir, jobs_db.data_dir, step=15)
     with pytest.raises(FileNotFoundError, match=r"^model: .* is neither teacher:NAME nor a finished student folder"):
-        load_student(running_dir, studio.data_dir)
+        load_student(running_dir, jobs_db.data_dir)
 
 
-def test_digits_images_are_keyed_by_the_checkpoint_they_came_from(studio):
-    distill = _job(studio, "distill", DIGITS)
-    with session_scope(studio.factory) as s:
+def test_digits_images_are_keyed_by_the_checkpoint_they_came_from(jobs_db):
+    distill = _job(jobs_db, "distill", DIGITS)
+    with session_scope(jobs_db.factory) as s:
         assert repo.checkpoint_steps(session=s, run_id=distill) == [2, 4]
     model, seeds = f"run:{distill}", [0, 1]
     sample = {"model": model, "seeds": seeds, "class_id": 3}
-    early = _job(studio, "sample", {**sample, "checkpoint": 2})
-    late = _job(studio, "sample", {**sample, "checkpoint": 4})
-    teacher = _job(studio, "sample", {"model": "teacher:digits", "seeds": [0], "class_id": 3, "steps": 2})
+    early = _job(jobs_db, "sample", {**sample, "checkpoint": 2})
+    late = _job(jobs_db, "sample", {**sample, "checkpoint": 4})
+    teacher = _job(jobs_db, "sample", {"model": "teacher:digits", "seeds": [0], "class_id": 3, "steps": 2})
 
     def images(checkpoint: int) -> dict[int, tuple[str, int]]:
-        with session_scope(studio.factory) as s:
+        with session_scope(jobs_db.factory) as s:
             found = repo.find_images(session=s, model=model, steps=1, checkpoint=checkpoint, class_id=3, seeds=seeds)
             return {seed: (image.path, image.run_id) for seed, image in found.items()}
 
@@ -142,25 +100,25 @@ def test_digits_images_are_keyed_by_the_checkpoint_they_came_from(studio):
     assert images(4) == {seed: (f"runs/{late}/seed-{seed:06d}.png", late) for seed in seeds}
     for seed in seeds:
         png = f"seed-{seed:06d}.png"
-        assert (_folder(studio, early) / png).read_bytes() != (_folder(studio, late) / png).read_bytes()
-    with session_scope(studio.factory) as s:
+        assert (_folder(jobs_db, early) / png).read_bytes() != (_folder(jobs_db, late) / png).read_bytes()
+    with session_scope(jobs_db.factory) as s:
         row = repo.find_images(session=s, model="teacher:digits", steps=2, checkpoint=0, class_id=3, seeds=[0])
         assert row[0].run_id == teacher
 
     # The final model is recorded under the run's final step: the same key as checkpoint 4, so the row moves to it.
-    final = _job(studio, "sample", sample)
+    final = _job(jobs_db, "sample", sample)
     assert images(4) == {seed: (f"runs/{final}/seed-{seed:06d}.png", final) for seed in seeds}
-    assert (_folder(studio, final) / "seed-000000.png").read_bytes() == (_folder(studio, late) / "seed-000000.png").read_bytes()
+    assert (_folder(jobs_db, final) / "seed-000000.png").read_bytes() == (_folder(jobs_db, late) / "seed-000000.png").read_bytes()
 
 
-def test_a_checkpoint_is_validated_naming_its_field(studio):
-    with session_scope(studio.factory) as s:
-        run_id = repo.create_run(session=s, kind="distill", spec=_validate(studio, "distill", TOY), total=40).id
+def test_a_checkpoint_is_validated_naming_its_field(jobs_db):
+    with session_scope(jobs_db.factory) as s:
+        run_id = repo.create_run(session=s, kind="distill", spec=_validate(jobs_db, "distill", TOY), total=40).id
         sample_run = repo.create_run(session=s, kind="sample", spec={"model": "teacher:digits", "seeds": [0]}).id
         assert repo.claim_run(session=s, run_id=run_id, worker="w", lease_s=60)
         for step in (10, 20):
             repo.record_checkpoint(session=s, run_id=run_id, step=step, path=f"runs/{run_id}/checkpoints/{step}")
-    snapshots = _folder(studio, run_id) / "snapshots"
+    snapshots = _folder(jobs_db, run_id) / "snapshots"
     snapshots.mkdir(parents=True)
     (snapshots / "step-0000010.safetensors").write_bytes(b"")  # validation looks for the file, never loads it
     cases = [
@@ -173,5 +131,5 @@ def test_a_checkpoint_is_validated_naming_its_field(studio):
     ]
     for spec, message in cases:
         with pytest.raises(ValueError, match=message):
-            _validate(studio, "sample", {"seeds": [0], **spec})
-    assert _validate(studio, "sample", {"model": f"run:{run_id}", "seeds": [0], "checkpoint": 10})["checkpoint"] == 10
+            _validate(jobs_db, "sample", {"seeds": [0], **spec})
+    assert _validate(jobs_db, "sample", {"model": f"run:{run_id}", "seeds": [0], "checkpoint": 10})["checkpoint"] == 10

@@ -1,0 +1,30 @@
+"""`distill-studio export RUN|DIR --out FOLDER`: a distilled student as a diffusers pipeline folder (registered on the
+app in app/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli_common import cli_errors, emit, jobs
+from core.refs import parse_ref
+from storage.settings import get_settings
+
+
+@cli_errors
+def export_cmd(
+    model: str = typer.Argument(..., metavar="RUN|DIR", help="run:ID or a student folder written by `distill`."),
+    out: Path = typer.Option(..., "--out", help="The pipeline folder to write (absent or empty)."),
+    step: int = typer.Option(None, "--step", min=0, help="A checkpoint step to export (default: the final model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Export a student of an imported diffusers, SD or SDXL teacher as a diffusers pipeline folder that runs the
+    student's own k-step sampler, unguided: print the folder and three lines that load and call it."""
+    from workers.export import export
+
+    settings = get_settings()
+    # The database only for run:ID; exporting a folder needs none.
+    factory = jobs().factory if parse_ref(model).kind == "run" else None
+    summary = export(model, out, step=step, data_dir=settings.data_dir, device=settings.device, session_factory=factory)
+    emit(as_json, summary, "\n".join([summary["out"], *summary["load"]]))

@@ -1,0 +1,219 @@
+"""Export a distilled student as a diffusers pipeline folder that runs the student's own k-step sampler.
+
+    pipe = DiffusionPipeline.from_pretrained(FOLDER)
+    images = pipe(prompt, num_inference_steps=k, guidance_scale=1.0).images
+
+The folder is the teacher's pipeline with the student's UNet and a scheduler configured so that diffusers' loop is the
+studio's sampler step for step (students are unguided: guidance was baked in while training):
+
+- one step (DMD2 at one_step_t, EMD and Diff-Instruct at t_gen, any 1-step student) at trained index T: DDIMScheduler,
+  "trailing" spacing, set_alpha_to_one, on the teacher's schedule cut after level T (num_train_timesteps T + 1 and the
+  teacher's first T + 1 betas, so alphas_cumprod[0..T] are the teacher's own): its single step calls the UNet at T and
+  returns the x0 prediction itself. ("leading" spacing with steps_offset = T does the same, but StableDiffusionPipeline
+  resets any steps_offset to 1 when it is built, so its one step would run at t = 1.)
+- fresh-noise re-noising (DMD2, k >= 2): LCMScheduler over all N training levels (its grid is core.schedules.time_grid's)
+  with a huge timestep_scaling, so c_skip = 0 and c_out = 1: z_s = alpha_s x0 + sigma_s n with x0 the student's own;
+- the posterior q(z_s | z_t, x0) (MMD, MMD-instant): DDPMScheduler, "trailing" spacing, fixed_small variance. It equals
+  the studio's grid only where k divides N; otherwise the load line passes the trained timesteps explicitly.
+
+Which levels a student samples at is read off the method's own sampler (a probe denoiser records them), and each
+scheduler is checked against them and against the teacher's alphas_cumprod before anything is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from core.catalogue import MANIFEST
+from core.denoisers import Denoiser
+from core.schedules import DiscreteSchedule
+from core.specs import BUILTIN_TEACHERS
+
+EXPORT_FILE = "export.json"
+SD_KINDS = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+# How each method re-noises between its steps (core/methods/*.py `sample`); a one-step student has no re-noising.
+RENOISING = {"dmd2": "marginal", "mmd": "ancestral", "mmd-instant": "ancestral", "emd": "one-step",
+             "diff-instruct": "one-step"}
+SCHEDULERS = {"one-step": "DDIMScheduler", "marginal": "LCMScheduler", "ancestral": "DDPMScheduler"}
+# The scheduler-config keys that define alphas_cumprod; the rest of the teacher's (sampler) config does not carry over.
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "rescale_betas_zero_snr")
+# why: LCMScheduler's boundary scalings are c_skip = 0.25 / (0.25 + (t s)^2) and c_out = t s / sqrt(0.25 + (t s)^2);
+# at s = 1e8 and t >= 1, c_skip <= 2.5e-17 and c_out rounds to 1 in float32, and (999 s)^2 ~ 1e22 stays finite.
+LCM_TIMESTEP_SCALING = 1e8
+EXAMPLE_PROMPT = "a photograph of a cat"
+
+
+def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
+    """The imported teacher's manifest if a student of it can be exported exactly; ValueError naming `model` otherwise.
+
+    Cheap (reads JSON only), so a caller can refuse before loading anything."""
+    name = spec.get("teacher")
+    if name in BUILTIN_TEACHERS:
+        info = BUILTIN_TEACHERS[name]
+        why = ("its UNet reads log-SNR time and class labels, which no stock diffusers pipeline feeds" if info.is_image
+               else "it is a 2-D point model, not an image model")
+        raise ValueError(f"model: a student of the built-in teacher {name!r} cannot be exported as a diffusers pipeline: "
+                         f"{why} (students of imported diffusers, SD and SDXL teachers export)")
+    if teacher_folder is None or not (Path(teacher_folder) / MANIFEST).is_file():
+        raise ValueError(f"model: teacher {name!r} has no imported folder with a {MANIFEST} to export from")
+    manifest = json.loads((Path(teacher_folder) / MANIFEST).read_text())
+    kind = manifest.get("kind", "diffusers")
+    if kind == "diffusers" and int(manifest.get("num_classes", 0)):
+        raise ValueError(f"model: a student of the class-conditional UNet2DModel teacher {name!r} cannot be exported: "
+                         "diffusers has no class-conditional UNet2DModel pipeline")
+    if kind not in (*SD_KINDS, "diffusers"):
+        raise ValueError(f"model: teacher {name!r} of kind {kind!r} cannot be exported")
+    if spec.get("method") not in RENOISING:
+        raise ValueError(f"model: method {spec.get('method')!r} has no diffusers scheduler (known: {', '.join(RENOISING)})")
+    return manifest
+
+
+class _Probe(Denoiser):
+    """Records the trained index of every denoiser call and returns x0 = 0: run through a method's own `sample`, it
+    gives the levels the student is queried at, without running the network."""
+
+    def __init__(self, schedule: DiscreteSchedule, data_shape):
+        super().__init__(schedule, data_shape)
+        self.indices: list[int] = []
+
+    def forward(self, z_t, t, cond=None):
+        self.indices.append(int(self.schedule.index(t[0])))
+        return torch.zeros_like(z_t)
+
+
+def student_timesteps(task) -> list[int]:
+    """The trained indices the student is called at, in order, by its method's own sampler at its own step count."""
+    schedule = task.schedule
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError("model: the teacher's schedule is not a discrete diffusers schedule; only students of "
+                         "imported teachers export")
+    k = task.config.student_steps
+    probe = _Probe(schedule, task.teacher.data_shape)
+    noise = torch.zeros((task.noise_draws(k), 1, *task.teacher.data_shape))
+    task.sample(noise, None, k, student=probe)
+    return probe.indices
+
+
+def _scheduler(renoising: str, teacher_cfg: dict, prediction_type: str, timesteps: list[int]):
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[renoising])
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    cfg = {k: v for k, v in teacher_cfg.items() if k in SCHEDULE_KEYS and k in accepted}
+    # steps_offset is read by "leading" spacing only; 1 keeps StableDiffusionPipeline from rewriting the config.
+    cfg |= {"prediction_type": prediction_type, "clip_sample": False, "thresholding": False, "steps_offset": 1}
+    if renoising == "one-step":
+        last = timesteps[0]
+        if last < int(cfg.get("num_train_timesteps", 1000)) - 1:
+            # The teacher's betas as the studio reads them (core.teachers.imported.ddpm_alphas_cumprod), cut after T.
+            betas = diffusers.DDPMScheduler.from_config(teacher_cfg).betas[:last + 1]
+            cfg |= {"num_train_timesteps": last + 1, "trained_betas": betas.tolist(), "rescale_betas_zero_snr": False}
+        cfg |= {"timestep_spacing": "trailing", "set_alpha_to_one": True}
+    elif renoising == "marginal":
+        cfg |= {"original_inference_steps": int(cfg.get("num_train_timesteps", 1000)),
+                "timestep_scaling": LCM_TIMESTEP_SCALING}
+    else:
+        cfg |= {"timestep_spacing": "trailing", "variance_type": "fixed_small"}
+    try:
+        return cls(**cfg)
+    except (ValueError, TypeError, NotImplementedError) as exc:  # e.g. a beta_schedule this scheduler lacks
+        raise ValueError(f"scheduler: {cls.__name__} cannot take the teacher's schedule ({exc})") from None
+
+
+def _check_scheduler(scheduler, schedule: DiscreteSchedule, timesteps: list[int]) -> bool:
+    """True if the scheduler's own grid at k steps is the student's; refuses a scheduler on another noise schedule."""
+    acp = scheduler.alphas_cumprod.double()
+    # A one-step scheduler holds the levels up to its T only. why rtol 1e-5: diffusers keeps alphas_cumprod in float32
+    # (relative rounding ~6e-8); another beta schedule is off by far more.
+    teacher = schedule.alphas_cumprod[:acp.numel()]
+    if acp.numel() <= max(timesteps) or not torch.allclose(acp, teacher, rtol=1e-5, atol=0):
+        raise ValueError(f"scheduler: {type(scheduler).__name__} does not reproduce the teacher's alphas_cumprod")
+    scheduler.set_timesteps(len(timesteps))
+    return [int(t) for t in scheduler.timesteps] == timesteps
+
+
+def _student_unet(task, kind: str):
+    unet = getattr(getattr(task.student, "net", None), "unet", None)
+    expected = "UNet2DConditionModel" if kind in SD_KINDS else "UNet2DModel"
+    if type(unet).__name__ != expected:
+        raise ValueError(f"model: the student's network is {type(unet).__name__}, not the {expected} of its teacher")
+    return unet
+
+
+def _load_lines(folder: Path, kind: str, timesteps: list[int], exact_steps: bool) -> list[str]:
+    steps = f"num_inference_steps={len(timesteps)}" if exact_steps else f"timesteps={timesteps}"
+    call = (f"images = pipe({EXAMPLE_PROMPT!r}, {steps}, guidance_scale=1.0).images" if kind in SD_KINDS
+            else f"images = pipe({steps}).images")  # DDPMPipeline takes neither a prompt nor a guidance scale
+    return ["from diffusers import DiffusionPipeline", f"pipe = DiffusionPipeline.from_pretrained({str(folder)!r})", call]
+
+
+def _copy_sd_parts(teacher_folder: Path, dest: Path, scheduler_class: str) -> None:
+    """Every part model_index.json lists, except the UNet and the scheduler (replaced), and the index naming the new
+    scheduler; the studio's teacher.json manifest is not a pipeline part and stays behind."""
+    index = json.loads((teacher_folder / "model_index.json").read_text())
+    for part, entry in index.items():
+        if part in ("unet", "scheduler") or part.startswith("_") or not isinstance(entry, list) or None in entry:
+            continue
+        shutil.copytree(teacher_folder / part, dest / part)
+    index["scheduler"] = ["diffusers", scheduler_class]
+    (dest / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"out: {out} is not an empty folder")
+
+
+def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | str, *, source: str | None = None,
+                   step: int | None = None) -> dict:
+    """Write `task.student` as a diffusers pipeline folder at `out` (absent or empty); returns a summary with the
+    folder, pipeline and scheduler classes, k, the trained timesteps and the three lines that load and call it.
+
+    `source` (the student's reference, run:ID or its folder) and `step` (its training step) go into export.json.
+    All or nothing: the folder is written beside `out` and renamed into place."""
+    manifest = check_exportable(spec, teacher_folder)
+    teacher_folder, out = Path(teacher_folder), Path(out).expanduser().absolute()
+    _check_out(out)
+    kind = manifest.get("kind", "diffusers")
+    unet = _student_unet(task, kind)
+    timesteps = student_timesteps(task)
+    renoising = "one-step" if len(timesteps) == 1 else RENOISING[spec["method"]]
+    teacher_cfg = json.loads((teacher_folder / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = _scheduler(renoising, teacher_cfg, manifest["prediction_type"], timesteps)
+    exact_steps = _check_scheduler(scheduler, task.schedule, timesteps)
+    pipeline_class = SD_KINDS.get(kind, "DDPMPipeline")
+    if not exact_steps and kind not in SD_KINDS:
+        raise ValueError(f"steps: {type(scheduler).__name__} samples {len(timesteps)} steps at other levels than the "
+                         f"student's {timesteps}, and DDPMPipeline takes no explicit timesteps")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        if kind in SD_KINDS:
+            _copy_sd_parts(teacher_folder, tmp, type(scheduler).__name__)
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            scheduler.save_pretrained(tmp / "scheduler")
+        else:
+            from diffusers import DDPMPipeline
+            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        record = {"student": source, "step": step, "teacher": spec["teacher"], "teacher_hash": spec.get("teacher_hash"),
+                  "method": spec["method"], "preset": spec.get("preset"), "steps": len(timesteps),
+                  "timesteps": timesteps, "sampler": renoising, "pipeline_class": pipeline_class,
+                  "scheduler_class": type(scheduler).__name__, "guidance_scale": 1.0,
+                  "exact_num_inference_steps": exact_steps}
+        (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the folder is meant to be shared
+        _check_out(out)
+        os.replace(tmp, out)  # onto an absent or empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**record, "out": str(out), "load": _load_lines(out, kind, timesteps, exact_steps)}

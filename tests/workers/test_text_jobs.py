@@ -1,0 +1,35 @@
+"""A queued distillation of an imported SD teacher: the spec carries the prompt file (or image folder) by absolute path,
+the job trains from it and records which file it read; a spec that lacks what the method needs is refused before a row
+is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from core.teachers.imported import import_folder
+from storage import repo
+from storage.db import session_scope
+from tests.tiny_pipelines import save_tiny_sd, write_prompts
+from tests.workers.local_jobs import job, validate
+
+
+def test_a_queued_text_to_image_distillation_trains_from_its_prompt_file(jobs_db, tmp_path):
+    import_folder(save_tiny_sd(tmp_path / "sd"), "sd-tiny", jobs_db.data_dir)
+    prompts = write_prompts(tmp_path / "prompts.txt")
+    spec = {"teacher": "sd-tiny", "method": "dmd2", "preset": "sd15", "iterations": 2, "batch_size": 2,
+            "prompts": str(prompts)}
+    run_id = job(jobs_db, "distill", spec)
+    student = json.loads((jobs_db.data_dir / "runs" / str(run_id) / "student.json").read_text())
+    assert student["inputs"]["prompts"] == {"file": str(prompts), "count": 3,
+                                            "sha256": hashlib.sha256(prompts.read_bytes()).hexdigest()}
+    with session_scope(jobs_db.factory) as s:
+        run = repo.get_run(session=s, run_id=run_id)
+        assert (run.status, run.spec["prompts"], run.spec["data"]) == ("succeeded", str(prompts), None)
+
+    with pytest.raises(ValueError, match=r"^data: mmd with these settings trains on real images"):
+        validate(jobs_db, "distill", {**spec, "method": "mmd", "preset": "default"})
+    with session_scope(jobs_db.factory) as s:
+        assert [r.id for r in repo.list_runs(session=s)] == [run_id]  # the refused spec left no row
