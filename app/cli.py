@@ -9,17 +9,19 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
 
-from app.cli_common import Bar, cli_errors, emit, fail, submit_job
+from app.cli_common import Bar, cli_errors, emit, fail, jobs, submit_job
 from app.cli_evaluate import evaluate_cmd, fid_cmd, leaderboard_cmd
 from app.cli_export import export_cmd
 from app.cli_runs import runs_app
 from app.cli_study import study_app
 from core.catalogue import check_distillable, check_trainable, list_teachers
 from core.specs import SAMPLER_NAMES, SampleRequest, check_name
+from storage.db import session_scope
 from storage.settings import get_settings
 from storage.urls import display_url
 
@@ -207,6 +209,8 @@ def distill_cmd(
                                             "methods)."),
     data: Path = typer.Option(None, help="Text-to-image teachers: an image folder with metadata.jsonl (file_name, "
                                          "text), for the methods that train on images; its captions are the prompts."),
+    init: str = typer.Option(None, metavar="RUN|DIR", help="Start from the latest checkpoint of an earlier run of the "
+                             "same teacher and method (run:ID or its folder), e.g. DMD2's SD 1.5 GAN stage."),
     out: Path = typer.Option(None, help="Output folder (re-running resumes an interrupted run); not with --submit."),
     submit: bool = typer.Option(False, "--submit", help="Queue the run for a worker and print its id."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -229,7 +233,8 @@ def distill_cmd(
             fail("out: a submitted run writes to DATA_DIR/runs/ID; leave --out out")
         spec = {"teacher": teacher, "method": method, "preset": preset, "student_steps": student_steps,
                 "sets": set_ or [], "iterations": iterations, "batch_size": batch_size, "seed": seed,
-                "checkpoint_every": checkpoint_every, "prompts": _absolute(prompts), "data": _absolute(data)}
+                "checkpoint_every": checkpoint_every, "prompts": _absolute(prompts), "data": _absolute(data),
+                "init": _init_ref(init)}
         submit_job("distill", spec, as_json)
         return
     if out is None:
@@ -239,12 +244,18 @@ def distill_cmd(
 
     config = build_method_config(method, preset=preset, student_steps=student_steps, sets=set_ or ())  # fail fast
     check_text_inputs(info, config.needs_data, method, prompts, data)
+    start = None
+    if init is not None:
+        from workers.submit import init_folder, init_ref
+
+        with session_scope(jobs().factory) if init_ref(init).kind == "run" else nullcontext() as session:
+            start = init_folder(_init_ref(init), get_settings().data_dir, session)
     bar = Bar(f"{method} {teacher}", enabled=not as_json)
     try:
         result = distill(teacher, method, out, preset=preset, student_steps=student_steps, sets=set_ or (),
                          iterations=iterations, batch_size=batch_size, seed=seed, data_dir=get_settings().data_dir,
                          device=get_settings().device, progress=bar, checkpoint_every=checkpoint_every,
-                         prompts=prompts, data=data)
+                         prompts=prompts, data=data, init=start)
     finally:
         bar.close()
     emit(as_json, result, f"{result['status']} after {result['step']} steps ({result['cpu_minutes']} CPU min); "
@@ -254,6 +265,13 @@ def distill_cmd(
 def _absolute(path: Path | None) -> str | None:
     """A path as a queued spec stores it: absolute, since the worker runs elsewhere."""
     return None if path is None else str(path.expanduser().resolve())
+
+
+def _init_ref(value: str | None) -> str | None:
+    """--init as a spec stores it: run:ID as given, a folder made absolute."""
+    from workers.submit import init_ref
+
+    return value if value is None or init_ref(value).kind == "run" else _absolute(Path(value))
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------

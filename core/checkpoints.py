@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-_CKPT = re.compile(r"^step-(\d{7,})\.safetensors$")
+from core.run_files import checkpoint_path, list_checkpoints
+
+__all__ = ["checkpoint_path", "flatten_state", "list_checkpoints", "load_state", "save_state", "unflatten_state"]
 
 
 def flatten_state(state, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
@@ -82,16 +83,3 @@ def load_state(path: Path | str, device: str | torch.device = "cpu"):
     doc = json.loads(sidecar.read_text())
     tensors = load_file(str(path), device=str(device))
     return unflatten_state(tensors, doc["state"]), doc.get("meta", {})
-
-
-def checkpoint_path(ckpt_dir: Path | str, step: int) -> Path:
-    return Path(ckpt_dir) / f"step-{step:07d}.safetensors"
-
-
-def list_checkpoints(ckpt_dir: Path | str) -> list[tuple[int, Path]]:
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT.match(p.name))
-             and p.with_suffix(".json").is_file()]
-    return sorted(found)

@@ -110,8 +110,8 @@ PRESET_NOTES: dict[str, str] = {
     "toy2d-1step": "[choice] measured: the 1-step student needs lr 1e-3 to reach every mode of the ring",
     "marginal-renoise": "[paper] MMD's re-noising ablation (Fig. 3)",
     "sd15": "[code] DMD2's SD 1.5 1-step first stage: lr 1e-5, no GAN (data-free), w = 1.75, r = 10, eps-MSE fake score",
-    "sd15-gan": "[code] DMD2's SD 1.5 second stage: lr 5e-7 with the GAN (1e-3 / 1e-2) on real latents; resume the "
-                "first stage's best checkpoint",
+    "sd15-gan": "[code] DMD2's SD 1.5 second stage: lr 5e-7 with the GAN (1e-3 / 1e-2) on real latents; start it "
+                "from the first stage with --init",
     "sdxl-4step": "[paper] DMD2's SDXL 4-step setting",
     "sdxl-1step": "[paper] DMD2's SDXL 1-step setting, the generator reading t = 399 of 999",
     "no-ttur": "[paper] DMD2's ablation: ratio 1",

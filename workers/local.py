@@ -24,6 +24,7 @@ from core.images import grid_image, save_png, scatter_image, to_uint8
 from core.noise import seeded_noise
 from core.refs import ModelRef, parse_ref
 from core.refs import default_steps as ref_default_steps
+from core.run_files import check_init
 from core.samplers import noise_draws, sample
 from core.specs import SampleRequest
 from core.teachers import load_teacher, train_builtin_teacher
@@ -222,11 +223,14 @@ def _distill_batches(info):
 def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default", student_steps: int | None = None,
             sets=(), iterations: int = 2000, batch_size: int | None = None, seed: int = 0,
             data_dir: Path | None = None, device: str = "cpu", progress=None, checkpoint_every: int | None = None,
-            should_stop=None, on_checkpoint=None, prompts: Path | None = None, data: Path | None = None) -> dict:
+            should_stop=None, on_checkpoint=None, prompts: Path | None = None, data: Path | None = None,
+            init: Path | None = None) -> dict:
     """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job).
 
     A text-to-image teacher trains on `prompts` (a prompt file) or `data` (an image folder with captions), checked by
-    core.text_inputs before any work."""
+    core.text_inputs before any work. `init`: a finished or stopped run folder of the same teacher and method whose
+    latest training checkpoint gives the networks' starting weights (a second stage, e.g. DMD2's SD 1.5 GAN stage);
+    optimizers start afresh, and a network the earlier run lacked (a GAN head) starts as usual."""
     from core.method_specs import build_method_config, check_teacher_data
     from core.methods import build_method
     from core.specs import TrainConfig
@@ -242,6 +246,7 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
         check_teacher_data(config, teacher, has_data)
     else:
         has_data = text.data is not None
+    start = check_init(init, teacher, method) if init is not None else None  # before any work
     batch = batch_size or (512 if not info.is_image else 64 if text is None else 8)
     previews = 512 if not info.is_image else 32 if text is None else PREVIEW_PROMPTS * PREVIEW_SEEDS
     train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
@@ -261,6 +266,8 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
     spec = {"name": f"{method}-{teacher}", "kind": "student", "teacher": teacher, "method": method, "preset": preset,
             "config": config.to_dict(), "train": train.to_dict(), "seed": seed,
             "teacher_hash": task.teacher_hash, **({} if text is None else {"inputs": text.record()})}
+    if start is not None:
+        spec["init"] = _apply_init(task, *start)
     # Written first, so the snapshots of a run still running can be sampled (student_weights).
     (out_dir / "student.json").write_text(json.dumps(spec, indent=1))
     cpu0 = time.process_time()
@@ -271,6 +278,20 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
             "model": str(result.model_path) if result.model_path else None, "method": method, "teacher": teacher,
             "student_steps": config.student_steps, "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
             "wall_minutes": round(result.elapsed_s / 60, 2)}
+
+
+def _apply_init(task, path: Path, step: int) -> dict:
+    """Load the networks of a checkpoint `task` also has (same names and shapes); the record stored in the spec."""
+    from core.checkpoints import load_state
+
+    state, _ = load_state(path, device=task.device)
+    if state["task"]["teacher_hash"] != task.teacher_hash:
+        raise ValueError(f"init: {path} was made with a different teacher (parameter hash mismatch)")
+    saved = state["task"]["nets"]
+    loaded = [name for name in task.nets if name in saved]
+    for name in loaded:
+        task.nets[name].load_state_dict(saved[name])
+    return {"from": str(path.parent.parent), "step": step, "nets": loaded}
 
 
 def _text_to_image_task(teacher: str, text, config, iterations: int, data_dir, device: str, out_dir: Path):

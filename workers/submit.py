@@ -21,6 +21,7 @@ from core.catalogue import check_distillable, check_prompt_free, check_trainable
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
+from core.run_files import check_init
 from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
 from core.text_inputs import check_text_inputs
 from storage import repo
@@ -64,6 +65,8 @@ class DistillSpec(_Spec):
                                max_length=4096)
     data: str | None = knob(None, "choice", "text-to-image teachers: an image folder's absolute path (metadata.jsonl "
                             "with file_name and text), for the methods that train on images", max_length=4096)
+    init: str | None = knob(None, "choice", "run:ID or a run folder's absolute path: start from its latest training "
+                            "checkpoint (same teacher and method), e.g. DMD2's SD 1.5 second stage", max_length=4096)
 
 
 class SampleSpec(_Spec):
@@ -128,6 +131,10 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
                                  f"{value!r}")
         if check_text_inputs(info, config.needs_data, parsed.method, parsed.prompts, parsed.data) is None:
             check_teacher_data(config, parsed.teacher, has_data=info.benchmark != "imported")
+        if parsed.init is not None:
+            folder = init_folder(parsed.init, data_dir, session)
+            check_init(folder, parsed.teacher, parsed.method)
+            parsed = parsed.model_copy(update={"init": str(folder)})  # the worker reads a folder, never the database
         if parsed.checkpoint_every is not None and parsed.checkpoint_every > parsed.iterations:
             raise ValueError(f"checkpoint_every: must be at most iterations ({parsed.iterations}), "
                              f"got {parsed.checkpoint_every}")
@@ -136,6 +143,32 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
     else:
         _check_sample(parsed, data_dir, session)
     return parsed.model_dump(mode="json")
+
+
+def init_ref(value: str) -> ModelRef:
+    """`--init` parsed: run:ID or a run folder (no teacher, no step count); ValueError naming `init` otherwise."""
+    try:
+        ref = parse_ref(value)
+    except ValueError as exc:
+        raise ValueError(f"init: {str(exc).removeprefix('model: ')}") from None
+    if ref.is_teacher or ref.steps is not None:
+        raise ValueError(f"init: {value!r} is not run:ID or a run folder")
+    return ref
+
+
+def init_folder(value: str, data_dir: Path, session: Session | None) -> Path:
+    """The run folder `--init` names: run:ID (its artifacts folder) or an absolute folder path."""
+    ref = init_ref(value)
+    if ref.kind == "run":
+        if session is None:
+            raise ValueError("init: run references need the database")
+        run = repo.get_run(session=session, run_id=ref.run_id)
+        if run is None or run.kind != "distill":
+            raise ValueError(f"init: run {ref.run_id} is not a distill run")
+        return resolve(data_dir, run.out_dir)
+    if not ref.path.is_absolute():
+        raise ValueError(f"init: must be run:ID or an absolute path (the worker may run in another folder), got {value!r}")
+    return ref.path
 
 
 def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:

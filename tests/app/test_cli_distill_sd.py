@@ -1,5 +1,5 @@
-"""`distill --prompts/--data` on an imported SD teacher through the real CLI, then `sample` of the student with a
-prompt; refusals arrive as one line before anything is written or queued."""
+"""`distill --prompts/--data` on an imported SD teacher through the real CLI, `sample` of the student with a prompt, a
+second stage with `--init`; refusals arrive as one line before anything is written or queued."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def test_distill_an_sd_teacher_from_prompts_then_sample_the_student_with_a_promp
                               "--out", tmp_path / "x")) == \
         "error: guidance: students are sampled unguided (guidance belongs to the teacher)"
     assert not (tmp_path / "x").exists()
+
+    # DMD2's second SD 1.5 stage: the GAN on real images, from the first stage's latest checkpoint.
+    second = ok(cli("distill", "--teacher", "sd-tiny", "--method", "dmd2", "--preset", "sd15-gan", "--data",
+                    write_image_folder(tmp_path / "images"), "--init", tmp_path / "student", "--out", tmp_path / "gan",
+                    *RUN))
+    assert second["status"] == "completed"
+    init = json.loads((tmp_path / "gan" / "student.json").read_text())["init"]
+    assert (init["from"], init["nets"]) == (str(tmp_path / "student"), ["student", "fake"])
 
 
 def test_a_method_that_needs_images_refuses_before_work_and_runs_with_data(cli, tmp_path, data_dir):

@@ -33,7 +33,7 @@ CASES = {
     "mmd": ("mmd", "4-step", ("guidance=2",), "data"),
     "mmd-instant": ("mmd-instant", "default", ("precond_batches=1", "student_steps=2"), "data"),
 }
-ITERATIONS = 3  # covers a generator turn and an auxiliary turn of every alternating method (mmd-instant: 1 + 2)
+ITERATIONS = 2  # a generator turn and an auxiliary turn of every alternating method (mmd-instant: 1 preconditioning + 1)
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,46 @@ def test_previews_draw_the_first_prompts_each_at_two_seeds(world):
     assert len(prompts) == PREVIEW_PROMPTS * PREVIEW_SEEDS
     assert prompts[:4] == ["a red circle on the left"] * 2 + ["a blue square"] * 2
     assert prompts[6:] == ["a red circle on the left"] * 2  # three prompts, cycled
+
+
+def test_a_second_stage_starts_from_the_first_stages_networks(world, tmp_path):
+    """DMD2's SD 1.5 recipe: a data-free stage without the GAN, then the GAN stage from its latest checkpoint."""
+    from core.checkpoints import list_checkpoints, load_state
+    from workers.local import _apply_init
+
+    first = distill("sd-tiny", "dmd2", tmp_path / "first", preset="sd15", sets=("guidance=2",), iterations=2,
+                    batch_size=2, data_dir=world["data_dir"], prompts=world["prompts"])
+    second = distill("sd-tiny", "dmd2", tmp_path / "second", preset="sd15-gan", iterations=1, batch_size=2,
+                     data_dir=world["data_dir"], data=world["data"], init=tmp_path / "first")
+    assert (first["status"], second["status"]) == ("completed", "completed")
+    spec = json.loads((tmp_path / "second" / "student.json").read_text())
+    assert spec["init"] == {"from": str(tmp_path / "first"), "step": 2, "nets": ["student", "fake"]}  # the head is new
+
+    # What _apply_init loads is the first stage's last training state, network by network.
+    from core.method_specs import build_method_config
+    from core.methods import build_method
+
+    sd = load_text_to_image_teacher("sd-tiny", world["data_dir"])
+    task = build_method(sd.denoiser, build_method_config("dmd2", preset="sd15-gan"), total_steps=1)
+    head = {k: v.clone() for k, v in task.nets["head"].state_dict().items()}
+    _apply_init(task, *list_checkpoints(tmp_path / "first" / "checkpoints")[-1][::-1])
+    saved = load_state(list_checkpoints(tmp_path / "first" / "checkpoints")[-1][1])[0]["task"]["nets"]
+    for name in ("student", "fake"):
+        assert all(torch.equal(v, saved[name][k]) for k, v in task.nets[name].state_dict().items())
+    assert all(torch.equal(v, head[k]) for k, v in task.nets["head"].state_dict().items())
+
+
+def test_init_must_be_a_run_of_the_same_teacher_and_method_with_a_checkpoint(world, tmp_path):
+    distill("sd-tiny", "emd", tmp_path / "emd", iterations=1, batch_size=2, data_dir=world["data_dir"],
+            prompts=world["prompts"])
+    run = dict(iterations=1, batch_size=2, data_dir=world["data_dir"], prompts=world["prompts"], preset="sd15")
+    with pytest.raises(ValueError, match=rf"^init: {tmp_path / 'emd'} distilled 'sd-tiny' with 'emd'; a run starts only "
+                                         r"from one of the same teacher and method \('sd-tiny', 'dmd2'\)$"):
+        distill("sd-tiny", "dmd2", tmp_path / "x", init=tmp_path / "emd", **run)
+    with pytest.raises(ValueError, match=rf"^init: {tmp_path} is not a distill run folder \(no student.json\)$"):
+        distill("sd-tiny", "dmd2", tmp_path / "x", init=tmp_path, **run)
+    for old in (tmp_path / "emd" / "checkpoints").iterdir():
+        old.unlink()
+    with pytest.raises(ValueError, match=r"^init: \S+ has no training checkpoint to start from$"):
+        distill("sd-tiny", "emd", tmp_path / "x", init=tmp_path / "emd", **{**run, "preset": "default"})
+    assert not (tmp_path / "x").exists()

@@ -195,7 +195,7 @@ def test_submit_writes_one_queued_row_and_sends_one_message(jobs, broker, env):
     assert (run.id, run.kind, run.status, run.total, run.step, run.attempts) == (run_id, "distill", "queued", 300, 0, 0)
     assert run.spec == {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "student_steps": None,
                         "sets": ["ttur_ratio=3"], "iterations": 300, "batch_size": None, "seed": 0,
-                        "checkpoint_every": 100, "prompts": None, "data": None}
+                        "checkpoint_every": 100, "prompts": None, "data": None, "init": None}
     assert run.out_dir == f"runs/{run_id}"
     assert run.dispatched_at is not None and before < run.dispatched_at < datetime.now(UTC) + timedelta(seconds=5)
     assert broker.llen(env) == 1

@@ -1,6 +1,6 @@
 """A queued distillation of an imported SD teacher: the spec carries the prompt file (or image folder) by absolute path,
-the job trains from it and records which file it read; a spec that lacks what the method needs is refused before a row
-is written."""
+the job trains from it and records which file it read; a second stage starts from the first by run:ID; a spec that
+lacks what the method needs is refused before a row is written."""
 
 from __future__ import annotations
 
@@ -31,5 +31,18 @@ def test_a_queued_text_to_image_distillation_trains_from_its_prompt_file(jobs_db
 
     with pytest.raises(ValueError, match=r"^data: mmd with these settings trains on real images"):
         validate(jobs_db, "distill", {**spec, "method": "mmd", "preset": "default"})
+    with pytest.raises(ValueError, match=r"^init: must be run:ID or an absolute path"):
+        validate(jobs_db, "distill", {**spec, "init": "runs/1"})
+    with pytest.raises(ValueError, match=r"^init: \S+ distilled 'sd-tiny' with 'dmd2'; a run starts only from one of "
+                                         r"the same teacher and method \('sd-tiny', 'emd'\)$"):
+        validate(jobs_db, "distill", {**spec, "method": "emd", "preset": "default", "init": f"run:{run_id}"})
     with session_scope(jobs_db.factory) as s:
-        assert [r.id for r in repo.list_runs(session=s)] == [run_id]  # the refused spec left no row
+        assert [r.id for r in repo.list_runs(session=s)] == [run_id]  # the refused specs left no row
+
+    # A second stage queued from the first by run:ID: the stored spec names the folder the worker reads.
+    second = job(jobs_db, "distill", {**spec, "iterations": 1, "init": f"run:{run_id}"})
+    folder = jobs_db.data_dir / "runs" / str(run_id)
+    with session_scope(jobs_db.factory) as s:
+        assert repo.get_run(session=s, run_id=second).spec["init"] == str(folder)
+    started = json.loads((jobs_db.data_dir / "runs" / str(second) / "student.json").read_text())["init"]
+    assert (started["from"], started["step"], started["nets"]) == (str(folder), 2, ["student", "fake"])
