@@ -19,8 +19,8 @@ def export_cmd(
     step: int = typer.Option(None, "--step", min=0, help="A checkpoint step to export (default: the final model)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Export a student of an imported diffusers, SD or SDXL teacher as a diffusers pipeline folder that runs the
-    student's own k-step sampler, unguided: print the folder and three lines that load and call it."""
+    """Export a student of digits or of an imported diffusers, SD or SDXL teacher as a diffusers pipeline folder that
+    runs the student's own k-step sampler, unguided: print the folder and three lines that load and call it."""
     from workers.export import export
 
     settings = get_settings()

@@ -16,14 +16,28 @@ studio's sampler step for step (students are unguided: guidance was baked in whi
 - the posterior q(z_s | z_t, x0) (MMD, MMD-instant): DDPMScheduler, "trailing" spacing, fixed_small variance. It equals
   the studio's grid only where k divides N; otherwise the load line passes the trained timesteps explicitly.
 
-Which levels a student samples at is read off the method's own sampler (a probe denoiser records them), and each
-scheduler is checked against them and against the teacher's alphas_cumprod before anything is written.
+Class-conditional UNet2DModel teachers (the built-in digits, imported class-conditional DDPMs) have no stock diffusers
+pipeline: their folder gets core/export_pipeline.py, copied verbatim as pipeline.py (ClassConditionalPipeline, the
+DDPMPipeline loop plus class labels), named in model_index.json, and loads with trust_remote_code=True. Its config maps
+the studio's class ids to the UNet's labels (an imported UNet's null label may be any K) and scales the UNet's time.
+
+The digits teacher runs on a continuous cosine schedule (alpha = cos(pi t / 2)) and reads 1000 t. Its students export on
+a discrete stand-in that is exact on their own times: M + 1 levels, level j at t = t_top j / M (t_top the student's
+first time, M the smallest multiple of k from 1000 on), given to the scheduler as trained_betas with alphas_cumprod[j]
+= cos^2(pi t_j / 2), and timestep_scale = 1000 t_top / M. A student sampling from t = 1 with k dividing 1000 gets
+M = 1000 and scale 1: level j is t = j / 1000 and the UNet reads j, the value it was trained at; the one level with
+alpha = 0 (j = M at t = 1) is handled by every scheduler used (v-prediction: x0 = -v, no division by alpha). EMD's and
+Diff-Instruct's t_gen (lambda* = -6 gives t = 0.968...) is no multiple of 1/1000, hence t_top and the scale.
+
+Which times a student samples at are read off the method's own sampler (a probe denoiser records them), and each
+scheduler is checked against them and against the (stand-in) alphas_cumprod before anything is written.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -33,7 +47,7 @@ import torch
 
 from core.catalogue import MANIFEST
 from core.denoisers import Denoiser
-from core.schedules import DiscreteSchedule
+from core.schedules import CosineSchedule, DiscreteSchedule
 from core.specs import BUILTIN_TEACHERS
 
 EXPORT_FILE = "export.json"
@@ -49,27 +63,35 @@ SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule
 # at s = 1e8 and t >= 1, c_skip <= 2.5e-17 and c_out rounds to 1 in float32, and (999 s)^2 ~ 1e22 stays finite.
 LCM_TIMESTEP_SCALING = 1e8
 EXAMPLE_PROMPT = "a photograph of a cat"
+CLASS_PIPELINE = "ClassConditionalPipeline"
+CLASS_PIPELINE_FILE = "pipeline.py"  # the module model_index.json names: ["pipeline", CLASS_PIPELINE]
+# The digits stand-in has at least this many intervals: with 1000 (k dividing it, from t = 1) level j is t = j / 1000,
+# where the UNet reads j exactly as in training.
+STAND_IN_LEVELS = 1000
+# why 1e-9: the studio's grid t_top (1 - i/k) is float64 arithmetic (linspace), off by ~1e-16; a sampler on another
+# grid is off by at least 1/(2k).
+GRID_ATOL = 1e-9
 
 
 def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
-    """The imported teacher's manifest if a student of it can be exported exactly; ValueError naming `model` otherwise.
+    """What the export needs to know of the teacher (its manifest: kind, prediction_type, num_classes) if a student of
+    it can be exported exactly; ValueError naming `model` otherwise.
 
     Cheap (reads JSON only), so a caller can refuse before loading anything."""
     name = spec.get("teacher")
     if name in BUILTIN_TEACHERS:
         info = BUILTIN_TEACHERS[name]
-        why = ("its UNet reads log-SNR time and class labels, which no stock diffusers pipeline feeds" if info.is_image
-               else "it is a 2-D point model, not an image model")
-        raise ValueError(f"model: a student of the built-in teacher {name!r} cannot be exported as a diffusers pipeline: "
-                         f"{why} (students of imported diffusers, SD and SDXL teachers export)")
-    if teacher_folder is None or not (Path(teacher_folder) / MANIFEST).is_file():
+        if not (info.is_image and info.kind == "unet"):
+            raise ValueError(f"model: a student of the built-in teacher {name!r} cannot be exported as a diffusers "
+                             "pipeline: it is a 2-D point model, not an image model (students of digits and of imported "
+                             "diffusers, SD and SDXL teachers export)")
+        manifest = {"kind": "builtin", "prediction_type": info.prediction_type, "num_classes": info.num_classes}
+    elif teacher_folder is None or not (Path(teacher_folder) / MANIFEST).is_file():
         raise ValueError(f"model: teacher {name!r} has no imported folder with a {MANIFEST} to export from")
-    manifest = json.loads((Path(teacher_folder) / MANIFEST).read_text())
+    else:
+        manifest = json.loads((Path(teacher_folder) / MANIFEST).read_text())
     kind = manifest.get("kind", "diffusers")
-    if kind == "diffusers" and int(manifest.get("num_classes", 0)):
-        raise ValueError(f"model: a student of the class-conditional UNet2DModel teacher {name!r} cannot be exported: "
-                         "diffusers has no class-conditional UNet2DModel pipeline")
-    if kind not in (*SD_KINDS, "diffusers"):
+    if kind not in (*SD_KINDS, "diffusers", "builtin"):
         raise ValueError(f"model: teacher {name!r} of kind {kind!r} cannot be exported")
     if spec.get("method") not in RENOISING:
         raise ValueError(f"model: method {spec.get('method')!r} has no diffusers scheduler (known: {', '.join(RENOISING)})")
@@ -77,29 +99,55 @@ def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
 
 
 class _Probe(Denoiser):
-    """Records the trained index of every denoiser call and returns x0 = 0: run through a method's own `sample`, it
-    gives the levels the student is queried at, without running the network."""
+    """Records the time of every denoiser call and returns x0 = 0: run through a method's own `sample`, it gives the
+    times the student is queried at, without running the network."""
 
-    def __init__(self, schedule: DiscreteSchedule, data_shape):
+    def __init__(self, schedule, data_shape):
         super().__init__(schedule, data_shape)
-        self.indices: list[int] = []
+        self.times: list[float] = []
 
     def forward(self, z_t, t, cond=None):
-        self.indices.append(int(self.schedule.index(t[0])))
+        self.times.append(float(torch.as_tensor(t, dtype=torch.float64).reshape(-1)[0]))
         return torch.zeros_like(z_t)
 
 
-def student_timesteps(task) -> list[int]:
-    """The trained indices the student is called at, in order, by its method's own sampler at its own step count."""
-    schedule = task.schedule
-    if not isinstance(schedule, DiscreteSchedule):
-        raise ValueError("model: the teacher's schedule is not a discrete diffusers schedule; only students of "
-                         "imported teachers export")
+def student_times(task) -> list[float]:
+    """The (float64) times the student is called at, in order, by its method's own sampler at its own step count."""
     k = task.config.student_steps
-    probe = _Probe(schedule, task.teacher.data_shape)
+    probe = _Probe(task.schedule, task.teacher.data_shape)
     noise = torch.zeros((task.noise_draws(k), 1, *task.teacher.data_shape))
     task.sample(noise, None, k, student=probe)
-    return probe.indices
+    return probe.times
+
+
+def stand_in(schedule, times: list[float]) -> tuple[torch.Tensor, float, list[int]]:
+    """(alphas_cumprod in float64, the UNet's time per level, the student's levels) of the discrete schedule the
+    exported scheduler runs on.
+
+    An imported teacher's own levels (time = level); for the continuous cosine schedule, M + 1 levels at
+    t_j = t_top j / M with M the smallest multiple of k from STAND_IN_LEVELS on, so the student's k evenly spaced times
+    t_top (1 - i/k) are the levels M - i M / k exactly (see the module docstring)."""
+    if isinstance(schedule, DiscreteSchedule):
+        return schedule.alphas_cumprod, 1.0, [int(schedule.index(t)) for t in times]
+    if not isinstance(schedule, CosineSchedule):
+        raise ValueError(f"model: the teacher's {type(schedule).__name__} has no diffusers scheduler")
+    k, top = len(times), times[0]
+    even = [top * (1 - i / k) for i in range(k)]
+    if max(abs(a - b) for a, b in zip(times, even)) > GRID_ATOL:
+        raise ValueError(f"steps: the student samples at t = {[round(t, 6) for t in times]}, not evenly spaced from "
+                         f"t = {top:.6g} down, which no diffusers scheduler's grid reproduces")
+    m = k * math.ceil(STAND_IN_LEVELS / k)
+    t = top * torch.arange(m + 1, dtype=torch.float64) / m
+    t[-1] = top  # exactly, so that t_top = 1 keeps alpha = 0
+    scale = float(schedule.model_time(torch.tensor(top, dtype=torch.float64))) / m
+    return schedule.alpha(t) ** 2, scale, [m - i * (m // k) for i in range(k)]
+
+
+def _stand_in_config(alphas_cumprod: torch.Tensor) -> dict:
+    """A scheduler config whose alphas_cumprod (the cumulative product of 1 - trained_betas) is `alphas_cumprod`."""
+    ratio = alphas_cumprod[1:] / alphas_cumprod[:-1]
+    betas = torch.cat([1 - alphas_cumprod[:1], 1 - ratio])
+    return {"num_train_timesteps": alphas_cumprod.numel(), "trained_betas": betas.tolist()}
 
 
 def _scheduler(renoising: str, teacher_cfg: dict, prediction_type: str, timesteps: list[int]):
@@ -128,12 +176,13 @@ def _scheduler(renoising: str, teacher_cfg: dict, prediction_type: str, timestep
         raise ValueError(f"scheduler: {cls.__name__} cannot take the teacher's schedule ({exc})") from None
 
 
-def _check_scheduler(scheduler, schedule: DiscreteSchedule, timesteps: list[int]) -> bool:
+def _check_scheduler(scheduler, alphas_cumprod: torch.Tensor, timesteps: list[int]) -> bool:
     """True if the scheduler's own grid at k steps is the student's; refuses a scheduler on another noise schedule."""
     acp = scheduler.alphas_cumprod.double()
     # A one-step scheduler holds the levels up to its T only. why rtol 1e-5: diffusers keeps alphas_cumprod in float32
-    # (relative rounding ~6e-8); another beta schedule is off by far more.
-    teacher = schedule.alphas_cumprod[:acp.numel()]
+    # (relative rounding ~6e-8, ~4e-7 after the digits stand-in's 1,000-factor product); another beta schedule is off by
+    # far more. atol 0: the level with alpha = 0 must be exactly 0.
+    teacher = alphas_cumprod[:acp.numel()]
     if acp.numel() <= max(timesteps) or not torch.allclose(acp, teacher, rtol=1e-5, atol=0):
         raise ValueError(f"scheduler: {type(scheduler).__name__} does not reproduce the teacher's alphas_cumprod")
     scheduler.set_timesteps(len(timesteps))
@@ -148,11 +197,33 @@ def _student_unet(task, kind: str):
     return unet
 
 
-def _load_lines(folder: Path, kind: str, timesteps: list[int], exact_steps: bool) -> list[str]:
+def _load_lines(folder: Path, pipeline_class: str, timesteps: list[int], exact_steps: bool,
+                num_classes: int = 0) -> list[str]:
     steps = f"num_inference_steps={len(timesteps)}" if exact_steps else f"timesteps={timesteps}"
-    call = (f"images = pipe({EXAMPLE_PROMPT!r}, {steps}, guidance_scale=1.0).images" if kind in SD_KINDS
-            else f"images = pipe({steps}).images")  # DDPMPipeline takes neither a prompt nor a guidance scale
-    return ["from diffusers import DiffusionPipeline", f"pipe = DiffusionPipeline.from_pretrained({str(folder)!r})", call]
+    load = f"pipe = DiffusionPipeline.from_pretrained({str(folder)!r})"
+    if pipeline_class in SD_KINDS.values():
+        call = f"images = pipe({EXAMPLE_PROMPT!r}, {steps}, guidance_scale=1.0).images"
+    elif pipeline_class == CLASS_PIPELINE:
+        # The folder's own pipeline.py: diffusers runs a local one only with trust_remote_code.
+        load = f"pipe = DiffusionPipeline.from_pretrained({str(folder)!r}, trust_remote_code=True)"
+        call = f"images = pipe(class_labels={list(range(min(num_classes, 4)))}, {steps}).images"
+    else:
+        call = f"images = pipe({steps}).images"  # DDPMPipeline takes neither a prompt nor a guidance scale
+    return ["from diffusers import DiffusionPipeline", load, call]
+
+
+def _save_class_pipeline(folder: Path, unet, scheduler, class_labels_map: list[int], timestep_scale: float) -> None:
+    """unet/, scheduler/, this package's export_pipeline.py as pipeline.py, and a model_index.json naming it."""
+    from core import export_pipeline
+
+    pipe = export_pipeline.ClassConditionalPipeline(unet=unet, scheduler=scheduler, class_labels_map=class_labels_map,
+                                                    timestep_scale=timestep_scale)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    shutil.copyfile(export_pipeline.__file__, folder / CLASS_PIPELINE_FILE)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = [Path(CLASS_PIPELINE_FILE).stem, CLASS_PIPELINE]
+    index_path.write_text(json.dumps(index, indent=2))
 
 
 def _copy_sd_parts(teacher_folder: Path, dest: Path, scheduler_class: str) -> None:
@@ -180,27 +251,36 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
     `source` (the student's reference, run:ID or its folder) and `step` (its training step) go into export.json.
     All or nothing: the folder is written beside `out` and renamed into place."""
     manifest = check_exportable(spec, teacher_folder)
-    teacher_folder, out = Path(teacher_folder), Path(out).expanduser().absolute()
+    out = Path(out).expanduser().absolute()
     _check_out(out)
     kind = manifest.get("kind", "diffusers")
+    num_classes = int(manifest.get("num_classes", 0))
     unet = _student_unet(task, kind)
-    timesteps = student_timesteps(task)
+    alphas_cumprod, timestep_scale, timesteps = stand_in(task.schedule, student_times(task))
     renoising = "one-step" if len(timesteps) == 1 else RENOISING[spec["method"]]
-    teacher_cfg = json.loads((teacher_folder / "scheduler" / "scheduler_config.json").read_text())
-    scheduler = _scheduler(renoising, teacher_cfg, manifest["prediction_type"], timesteps)
-    exact_steps = _check_scheduler(scheduler, task.schedule, timesteps)
-    pipeline_class = SD_KINDS.get(kind, "DDPMPipeline")
-    if not exact_steps and kind not in SD_KINDS:
+    if kind == "builtin":
+        schedule_cfg = _stand_in_config(alphas_cumprod)
+    else:
+        schedule_cfg = json.loads((Path(teacher_folder) / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = _scheduler(renoising, schedule_cfg, manifest["prediction_type"], timesteps)
+    exact_steps = _check_scheduler(scheduler, alphas_cumprod, timesteps)
+    pipeline_class = SD_KINDS.get(kind, CLASS_PIPELINE if num_classes else "DDPMPipeline")
+    if not exact_steps and pipeline_class == "DDPMPipeline":
         raise ValueError(f"steps: {type(scheduler).__name__} samples {len(timesteps)} steps at other levels than the "
                          f"student's {timesteps}, and DDPMPipeline takes no explicit timesteps")
+    if num_classes:
+        # Studio class ids 0..n (n the null class) -> the UNet's labels, by the studio's own mapping.
+        class_labels_map = task.student.net.labels(torch.arange(num_classes + 1)).tolist()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         if kind in SD_KINDS:
-            _copy_sd_parts(teacher_folder, tmp, type(scheduler).__name__)
+            _copy_sd_parts(Path(teacher_folder), tmp, type(scheduler).__name__)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             scheduler.save_pretrained(tmp / "scheduler")
+        elif pipeline_class == CLASS_PIPELINE:
+            _save_class_pipeline(tmp, unet, scheduler, class_labels_map, timestep_scale)
         else:
             from diffusers import DDPMPipeline
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
@@ -208,7 +288,7 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
                   "method": spec["method"], "preset": spec.get("preset"), "steps": len(timesteps),
                   "timesteps": timesteps, "sampler": renoising, "pipeline_class": pipeline_class,
                   "scheduler_class": type(scheduler).__name__, "guidance_scale": 1.0,
-                  "exact_num_inference_steps": exact_steps}
+                  "exact_num_inference_steps": exact_steps, "num_classes": num_classes}
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private; the folder is meant to be shared
         _check_out(out)
@@ -216,4 +296,4 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**record, "out": str(out), "load": _load_lines(out, kind, timesteps, exact_steps)}
+    return {**record, "out": str(out), "load": _load_lines(out, pipeline_class, timesteps, exact_steps, num_classes)}

@@ -48,7 +48,8 @@ def check_out(out: Path) -> Path:
 
 
 def teacher_folder(teacher: str, data_dir: Path | None) -> Path | None:
-    """The imported teacher's copied pipeline folder; None for a built-in teacher (core.export refuses those)."""
+    """The imported teacher's copied pipeline folder; None for a built-in teacher (core.export exports digits' students
+    on its own stand-in schedule and refuses the rest)."""
     info = get_teacher_info(teacher, data_dir)
     return None if info.builtin else imported_dir(data_dir) / teacher
 
@@ -63,7 +64,7 @@ def export(model: str, out: Path, *, step: int | None = None, data_dir: Path | N
         folder, source = student_folder(model, data_dir, session_factory, step)
         trained, _, spec = student_weights(folder, step)
         teacher = teacher_folder(spec["teacher"], data_dir)
-        check_exportable(spec, teacher)  # refuse built-in and class-conditional teachers before loading anything
+        check_exportable(spec, teacher)  # refuse toy2d teachers and unknown kinds before loading anything
         task, spec = load_student(folder, data_dir, device, step)
         return export_student(task, spec, teacher, out, source=source, step=trained)
     except BaseException:

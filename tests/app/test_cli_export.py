@@ -78,5 +78,6 @@ def test_export_of_a_built_in_teachers_student_is_refused(cli, data_dir, tmp_pat
     distill("toy2d-ring", "dmd2", folder, preset="toy2d", iterations=2, batch_size=8)
     assert one_error_line(cli("export", folder, "--out", tmp_path / "pipe")) == (
         "error: model: a student of the built-in teacher 'toy2d-ring' cannot be exported as a diffusers pipeline: it is "
-        "a 2-D point model, not an image model (students of imported diffusers, SD and SDXL teachers export)")
+        "a 2-D point model, not an image model (students of digits and of imported diffusers, SD and SDXL teachers "
+        "export)")
     assert not (tmp_path / "pipe").exists()

@@ -1,7 +1,8 @@
 """Exported students run in diffusers exactly as in the studio: real tiny students of tiny random SD, SDXL and DDPM
 teachers (distilled for 2 iterations through workers.local.distill), exported by core.export, loaded with
 DiffusionPipeline.from_pretrained and sampled from the same noise as the studio's own sampler; and what cannot be
-exported exactly is refused with one line naming the field."""
+exported exactly is refused with one line naming the field. Class-conditional teachers (digits, imported class-conditional
+DDPMs): tests/core/test_export_classes.py."""
 
 from __future__ import annotations
 
@@ -180,33 +181,20 @@ def test_a_student_of_an_unconditional_ddpm_teacher_exports_as_a_ddpm_pipeline(w
     assert sorted(p.name for p in Path(summary["out"]).iterdir()) == [EXPORT_FILE, "model_index.json", "scheduler", "unet"]
 
 
-def test_students_of_built_in_teachers_are_refused_with_one_line(world, tmp_path):
+def test_students_of_built_in_point_teachers_are_refused_with_one_line(world, tmp_path):
+    # digits and class-conditional UNet2DModel teachers export (tests/core/test_export_classes.py); toy2d is no image.
     folder = tmp_path / "toy"
     distill("toy2d-ring", "dmd2", folder, preset="toy2d", iterations=2, batch_size=8)
     with pytest.raises(ValueError) as refused:
         export(str(folder), tmp_path / "pipe")
     assert str(refused.value) == (
         "model: a student of the built-in teacher 'toy2d-ring' cannot be exported as a diffusers pipeline: it is a 2-D "
-        "point model, not an image model (students of imported diffusers, SD and SDXL teachers export)")
+        "point model, not an image model (students of digits and of imported diffusers, SD and SDXL teachers export)")
     assert not (tmp_path / "pipe").exists()  # the refused export leaves no folder behind
     task, spec = load_student(folder)
     with pytest.raises(ValueError, match="^model: a student of the built-in teacher 'toy2d-ring'"):
         export_student(task, spec, None, tmp_path / "pipe")
-    with pytest.raises(ValueError) as refused:
-        check_exportable({"teacher": "digits", "method": "dmd2"}, None)
-    assert str(refused.value) == (
-        "model: a student of the built-in teacher 'digits' cannot be exported as a diffusers pipeline: its UNet reads "
-        "log-SNR time and class labels, which no stock diffusers pipeline feeds (students of imported diffusers, SD and "
-        "SDXL teachers export)")
-
-
-def test_a_class_conditional_unet2dmodel_teacher_is_refused(world, tmp_path):
-    data_dir = tmp_path / "data"
-    import_folder(save_tiny_ddpm(tmp_path / "cc", num_class_embeds=4), "cc-tiny", data_dir, null_class=3)
-    with pytest.raises(ValueError) as refused:
-        check_exportable({"teacher": "cc-tiny", "method": "dmd2"}, imported_dir(data_dir) / "cc-tiny")
-    assert str(refused.value) == ("model: a student of the class-conditional UNet2DModel teacher 'cc-tiny' cannot be "
-                                  "exported: diffusers has no class-conditional UNet2DModel pipeline")
+    assert check_exportable({"teacher": "digits", "method": "dmd2"}, None)["kind"] == "builtin"
 
 
 def test_a_non_empty_out_is_refused_before_any_work(world, tmp_path):

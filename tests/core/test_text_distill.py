@@ -115,7 +115,7 @@ def test_real_images_are_encoded_once_into_the_latent_cache(world, tmp_path):
     torch.testing.assert_close(latents[:1], mean * sd.scaling_factor, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["dmd2-4step-gan", "emd"])
+@pytest.mark.parametrize("case", ["dmd2-4step-gan"])  # image rows, the GAN and backward simulation: the most state
 def test_an_interrupted_text_to_image_run_resumes_bit_for_bit(world, tmp_path, case):
     whole = _run(world, "sd-tiny", case, tmp_path / "whole", iterations=4, checkpoint_every=2)
     stops = iter([False, True])  # stop after step 2 (a checkpoint is written there), then resume to 4
