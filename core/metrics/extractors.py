@@ -1,4 +1,4 @@
-"""The feature-extractor registry: `inception`, `digits` and `toy2d`.
+"""The feature-extractor registry: `inception`, `digits`, `shapes` and `toy2d`.
 
 An image extractor takes what clean-fid's folder loader yields, a float batch [B,3,H,W] of values in 0..255, and
 returns features [B,D], so it can be passed to clean-fid as `custom_feat_extractor` together with `resize_for(name)`
@@ -36,6 +36,9 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
                                "needs the weights file on disk"),
     "digits": ExtractorInfo("digits", "image", 64, 16,
                             "the studio's digits classifier (small CNN, shipped weights): 64-d penultimate features"),
+    "shapes": ExtractorInfo("shapes", "image", 96, 32,
+                            "the studio's shapes attribute classifier (small CNN, shipped weights): 96-d pooled "
+                            "last-conv features"),
     "toy2d": ExtractorInfo("toy2d", "points", 2, None, "2-D points: the coordinates themselves"),
 }
 
@@ -74,6 +77,11 @@ def get_extractor(name: str, device: str = "cpu", *, weights_dir: Path | str | N
         from core.metrics.digits_classifier import DigitsExtractor, load_classifier  # lazy: `python -m` runs it
 
         model = DigitsExtractor(load_classifier())
+    elif name == "shapes":
+        from core.metrics.shapes_classifier import ShapesExtractor
+        from core.metrics.shapes_classifier import load_classifier as load_shapes
+
+        model = ShapesExtractor(load_shapes())
     else:
         model = Points()
     return model.to(device).eval().requires_grad_(False)

@@ -140,6 +140,27 @@ def train(iterations: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed:
     return model.eval(), record
 
 
+def shapes_input(x: torch.Tensor) -> torch.Tensor:
+    """clean-fid batch [B,3,H,W] in 0..255 -> the classifier's input [B,3,32,32] in [-1, 1]."""
+    x = x.float() / 127.5 - 1
+    if x.shape[-2:] != (32, 32):
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+class ShapesExtractor(nn.Module):
+    """The `shapes` extractor: clean-fid batch [B,3,H,W] in 0..255 -> pooled last-conv features [B,channels[-1]]."""
+
+    extractor_name = "shapes"
+
+    def __init__(self, classifier: ShapesClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(shapes_input(x))
+
+
 def load_classifier(path: Path | str = WEIGHTS, device: str = "cpu") -> ShapesClassifier:
     path = Path(path)
     if not path.is_file():

@@ -188,7 +188,7 @@ def test_bad_fid_input_is_one_line_naming_the_field(cli, tmp_path):
     assert one_error_line(cli("fid", good, tmp_path / "nowhere", "--extractor", "digits")).startswith(
         f"error: folder: {tmp_path / 'nowhere'} does not exist")
     assert one_error_line(cli("fid", good, good, "--extractor", "clip")).startswith(
-        "error: extractor: unknown name 'clip' (known: inception, digits, toy2d)")
+        "error: extractor: unknown name 'clip' (known: inception, digits, shapes, toy2d)")
     assert one_error_line(cli("fid", good, good, "--extractor", "toy2d")).startswith(
         "error: extractor: 'toy2d' works on points, not on images")
 

@@ -15,19 +15,20 @@ from core.metrics.extractors import INCEPTION_FILE, InceptionWeightsMissing
 
 
 def test_registry_describes_each_extractor():
-    assert set(EXTRACTORS) == {"inception", "digits", "toy2d"}
+    assert set(EXTRACTORS) == {"inception", "digits", "shapes", "toy2d"}
     assert (EXTRACTORS["inception"].kind, EXTRACTORS["inception"].dims, EXTRACTORS["inception"].resolution) == \
         ("image", 2048, 299)
     assert (EXTRACTORS["digits"].kind, EXTRACTORS["digits"].dims, EXTRACTORS["digits"].resolution) == ("image", 64, 16)
+    assert (EXTRACTORS["shapes"].kind, EXTRACTORS["shapes"].dims, EXTRACTORS["shapes"].resolution) == ("image", 96, 32)
     assert (EXTRACTORS["toy2d"].kind, EXTRACTORS["toy2d"].dims, EXTRACTORS["toy2d"].resolution) == ("points", 2, None)
-    assert resize_for("inception") is None and resize_for("digits") is keep_size
+    assert resize_for("inception") is None and resize_for("digits") is keep_size and resize_for("shapes") is keep_size
 
 
 def test_unknown_extractor_is_named(png_dirs):
     image = np.zeros((1, 8, 8), np.uint8)
     for call in (lambda: get_extractor("vgg"), lambda: resize_for("vgg"), lambda: images_to_features("vgg", image),
                  lambda: folder_features(png_dirs[0], "vgg"), lambda: folder_fid(*png_dirs, "vgg")):
-        with pytest.raises(ValueError, match=r"extractor: unknown name 'vgg' \(known: inception, digits, toy2d\)"):
+        with pytest.raises(ValueError, match=r"extractor: unknown name 'vgg' \(known: inception, digits, shapes, toy2d\)"):
             call()
     with pytest.raises(ValueError, match="'toy2d' works on points"):
         resize_for("toy2d")
@@ -42,6 +43,22 @@ def test_digits_extractor_takes_clean_fid_batches(digits_real):
         assert torch.equal(model(batch), feats)  # deterministic
         big = model(torch.nn.functional.interpolate(batch, size=(32, 32), mode="nearest"))  # resized inside
     assert big.shape == feats.shape and torch.isfinite(big).all()
+
+
+def test_shapes_extractor_separates_scenes_by_what_they_show():
+    from core.shapes import evaluation_scenes, render
+
+    scenes = evaluation_scenes("shapes-test", 64)
+    batch = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float()  # [B,3,32,32] 0..255
+    model = get_extractor("shapes")
+    with torch.no_grad():
+        feats = model(batch)
+        again = model(batch[:8].flip(0))
+    assert feats.shape == (64, EXTRACTORS["shapes"].dims) and torch.isfinite(feats).all()
+    torch.testing.assert_close(again, feats[:8].flip(0), rtol=0, atol=1e-5)  # per image, whatever the batch
+    # Two renders of one scene share their features; different scenes do not.
+    assert torch.equal(model(batch[:1]), model(batch[:1].clone()))
+    assert (feats[0] - feats[1]).abs().max() > 1e-3
 
 
 def test_features_are_deterministic_and_independent_of_batch_size(digits_noisy):
