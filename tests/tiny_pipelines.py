@@ -47,18 +47,12 @@ TINY_CLIP = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
 TINY_MERGES = ("t h", "th e</w>", "a n", "an d</w>", "o f</w>", "i n", "c a", "ca t</w>", "d o", "do g</w>")
 
 
-def _byte_symbols() -> list[str]:
-    """GPT-2/CLIP's byte-to-unicode table: every byte gets a printable symbol, so BPE never sees raw bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    table = dict(zip(printable, printable)) | {b: 256 + i for i, b in enumerate(extra)}
-    return [chr(table[b]) for b in range(256)]
-
-
 def write_tiny_vocab(folder: Path) -> tuple[Path, Path]:
     """A tiny CLIP BPE vocabulary (specials, the 256 byte symbols with and without </w>, ten merges): ~520 ids."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = _byte_symbols()
+    from core.teachers.shapes_parts import byte_symbols  # CLIP's byte table, as the studio writes it
+
+    symbols = byte_symbols()
     merged = [m.replace(" ", "") for m in TINY_MERGES]
     tokens = ["<|startoftext|>", "<|endoftext|>", *symbols, *(s + "</w>" for s in symbols), *merged]
     vocab, merges = folder / "vocab.json", folder / "merges.txt"

@@ -145,6 +145,16 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
     return parsed.model_dump(mode="json")
 
 
+def _distill_run(session: Session | None, run_id: int, field: str):
+    """The distill run `run_id` a reference names; ValueError naming `field` without a database or for another run."""
+    if session is None:
+        raise ValueError(f"{field}: run references need the database")
+    run = repo.get_run(session=session, run_id=run_id)
+    if run is None or run.kind != "distill":
+        raise ValueError(f"{field}: run {run_id} is not a distill run")
+    return run
+
+
 def init_ref(value: str) -> ModelRef:
     """`--init` parsed: run:ID or a run folder (no teacher, no step count); ValueError naming `init` otherwise."""
     try:
@@ -160,12 +170,7 @@ def init_folder(value: str, data_dir: Path, session: Session | None) -> Path:
     """The run folder `--init` names: run:ID (its artifacts folder) or an absolute folder path."""
     ref = init_ref(value)
     if ref.kind == "run":
-        if session is None:
-            raise ValueError("init: run references need the database")
-        run = repo.get_run(session=session, run_id=ref.run_id)
-        if run is None or run.kind != "distill":
-            raise ValueError(f"init: run {ref.run_id} is not a distill run")
-        return resolve(data_dir, run.out_dir)
+        return resolve(data_dir, _distill_run(session, ref.run_id, "init").out_dir)
     if not ref.path.is_absolute():
         raise ValueError(f"init: must be run:ID or an absolute path (the worker may run in another folder), got {value!r}")
     return ref.path
@@ -176,11 +181,7 @@ def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> 
     if ref.is_teacher:
         info = check_prompt_free(_teacher_info(ref.name, data_dir))
     else:
-        if session is None:
-            raise ValueError("model: run references need the database")
-        run = repo.get_run(session=session, run_id=ref.run_id)
-        if run is None or run.kind != "distill":
-            raise ValueError(f"model: run {ref.run_id} is not a distill run")
+        run = _distill_run(session, ref.run_id, "model")
         if spec.checkpoint is None and run.status != "succeeded":
             raise ValueError(f"model: run {ref.run_id} has not succeeded (status {run.status})")
         if spec.checkpoint is not None:
@@ -271,11 +272,7 @@ def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | N
     if guidance != 1.0:
         raise ValueError(f"guidance: students are sampled unguided (guidance belongs to the teacher); {ref!r} is one")
     if parsed.kind == "run":
-        if session is None:
-            raise ValueError("model: run references need the database")
-        run = repo.get_run(session=session, run_id=parsed.run_id)
-        if run is None or run.kind != "distill":
-            raise ValueError(f"model: run {parsed.run_id} is not a distill run")
+        run = _distill_run(session, parsed.run_id, "model")
         if run.status != "succeeded":
             raise ValueError(f"model: run {parsed.run_id} has not succeeded (status {run.status})")
         folder, model = resolve(data_dir, run.out_dir), ModelRef.run(run.id).text

@@ -32,7 +32,7 @@ def caption_words() -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def _byte_symbols() -> list[str]:
+def byte_symbols() -> list[str]:
     """CLIP's byte-to-unicode table: every byte a printable symbol, so any text still tokenises (byte by byte)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = [b for b in range(256) if b not in printable]
@@ -72,7 +72,7 @@ def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
             ranks[(pieces[0], pieces[1])] = len(ranks)
             pieces = _bpe([*word[:-1], word[-1] + "</w>"], ranks)
     merges = [f"{a} {b}" for (a, b), _ in sorted(ranks.items(), key=lambda kv: kv[1])]
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     tokens = [*SPECIALS, *symbols, *(s + "</w>" for s in symbols), *(a + b for a, b in ranks)]
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges_file = folder / "vocab.json", folder / "merges.txt"

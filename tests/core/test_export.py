@@ -17,6 +17,7 @@ from core.catalogue import imported_dir
 from core.export import EXPORT_FILE, check_exportable, export_student
 from core.teachers import load_text_to_image_teacher
 from core.teachers.imported import import_folder
+from tests.core.export_helpers import steps_kwargs
 from tests.tiny_pipelines import save_tiny_ddpm, save_tiny_sd, write_image_folder, write_prompts
 from workers.export import export
 from workers.local import distill, load_student
@@ -86,12 +87,6 @@ def pipeline(summary: dict):
     pipe = DiffusionPipeline.from_pretrained(summary["out"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def steps_kwargs(summary: dict) -> dict:
-    if summary["exact_num_inference_steps"]:
-        return {"num_inference_steps": summary["steps"]}
-    return {"timesteps": summary["timesteps"]}
 
 
 def assert_text_round_trip(world, summary: dict, task, spec) -> None:

@@ -17,6 +17,7 @@ from core import export_pipeline
 from core.export import EXPORT_FILE, export_student, stand_in
 from core.schedules import CosineSchedule
 from core.teachers.imported import import_folder
+from tests.core.export_helpers import steps_kwargs
 from tests.tiny_pipelines import save_tiny_ddpm
 from workers.export import export
 from workers.local import distill, load_student
@@ -64,12 +65,6 @@ def pipeline(summary: dict):
     pipe = DiffusionPipeline.from_pretrained(summary["out"], trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def steps_kwargs(summary: dict) -> dict:
-    if summary["exact_num_inference_steps"]:
-        return {"num_inference_steps": summary["steps"]}
-    return {"timesteps": summary["timesteps"]}
 
 
 def studio_sample(task, labels: list[int], steps: int) -> torch.Tensor:
