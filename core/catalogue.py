@@ -11,10 +11,20 @@ from pathlib import Path
 from core.specs import BUILTIN_TEACHERS, TeacherInfo
 
 MANIFEST = "teacher.json"
+BUILTIN_WEIGHTS_DIR = Path(__file__).parent / "teachers" / "weights"  # shipped weights and pipeline folders
 
 
 def imported_dir(data_dir: Path | str) -> Path:
     return Path(data_dir) / "teachers"
+
+
+def pipeline_folder(info: TeacherInfo, data_dir: Path | str | None) -> Path:
+    """A text-to-image teacher's StableDiffusion(XL)Pipeline folder with its teacher.json: shipped in
+    core/teachers/weights/NAME for a built-in one (installed by `teachers train NAME --install`), else the import's
+    copy in DATA_DIR/teachers/NAME."""
+    if info.builtin:
+        return BUILTIN_WEIGHTS_DIR / info.name
+    return imported_dir(data_dir) / info.name
 
 
 def read_manifest(folder: Path) -> TeacherInfo:

@@ -79,7 +79,7 @@ def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
 
     Cheap (reads JSON only), so a caller can refuse before loading anything."""
     name = spec.get("teacher")
-    if name in BUILTIN_TEACHERS:
+    if name in BUILTIN_TEACHERS and not BUILTIN_TEACHERS[name].is_text_to_image:
         info = BUILTIN_TEACHERS[name]
         if not (info.is_image and info.kind == "unet"):
             raise ValueError(f"model: a student of the built-in teacher {name!r} cannot be exported as a diffusers "
@@ -87,7 +87,7 @@ def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
                              "diffusers, SD and SDXL teachers export)")
         manifest = {"kind": "builtin", "prediction_type": info.prediction_type, "num_classes": info.num_classes}
     elif teacher_folder is None or not (Path(teacher_folder) / MANIFEST).is_file():
-        raise ValueError(f"model: teacher {name!r} has no imported folder with a {MANIFEST} to export from")
+        raise ValueError(f"model: teacher {name!r} has no pipeline folder with a {MANIFEST} to export from")
     else:
         manifest = json.loads((Path(teacher_folder) / MANIFEST).read_text())
     kind = manifest.get("kind", "diffusers")

@@ -95,6 +95,15 @@ class TeacherInfo:
 _TOY_TRAIN = TrainConfig(iterations=8000, batch_size=512, lr=1e-3, warmup=100, ema_decay=0.999, cond_drop=0.0,
                          checkpoint_every=1000, log_every=50, preview_every=1000, preview_seeds=tuple(range(512)))
 
+# The shapes teacher's recipe [choice], sized for about two hours on 2 cores: stage 1 fits the VAE (~0.7 s per step;
+# it reconstructed 98.6 % of test scenes with every attribute right after 1,500 steps and was still improving), stage 2
+# the text encoder and UNet (~0.45 s per step). `iterations` of the teacher is stage 2's.
+SHAPES_VAE_TRAIN = TrainConfig(iterations=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, grad_clip=1.0,
+                               checkpoint_every=250, log_every=50, preview_every=1000, preview_seeds=tuple(range(8)))
+SHAPES_TRAIN = TrainConfig(iterations=8000, batch_size=64, lr=5e-4, warmup=200, ema_decay=0.999, grad_clip=1.0,
+                           cond_drop=0.0, checkpoint_every=250, log_every=50, preview_every=2000,
+                           preview_seeds=tuple(range(8)))
+
 BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
     "toy2d-ring-gmm": TeacherInfo("toy2d-ring-gmm", "toy2d-ring", "analytic", (2,),
                                   description="Exact denoiser of the ring of 8 Gaussians (radius 2, std 0.1)"),
@@ -109,6 +118,10 @@ BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
     "digits": TeacherInfo("digits", "digits", "unet", (1, 16, 16), num_classes=10, prediction_type="v_prediction",
                           description="Class-conditional diffusers UNet2DModel (1.1M params) on 16x16 digits",
                           trainable=True, train=TrainConfig()),
+    "shapes": TeacherInfo("shapes", "shapes", "sd", (4, 16, 16), prediction_type="epsilon", resolution=32,
+                          description="StableDiffusionPipeline trained on captioned 32x32 shapes scenes (latents "
+                                      "4x16x16, CLIP text encoder over the caption vocabulary)",
+                          trainable=True, train=SHAPES_TRAIN),
 }
 
 SAMPLER_NAMES = ("ddim", "ancestral")

@@ -40,6 +40,25 @@ class PromptBatches:
         return {"cond": self.encode([self.prompts[i] for i in rows])}
 
 
+class SceneBatches:
+    """sample_batch from a built-in benchmark's generator (shapes): freshly drawn training scenes' captions, encoded
+    ("cond"), and with `images` their latents ("x", the VAE's posterior mean x scaling_factor, as the cache holds)."""
+
+    def __init__(self, vae: torch.nn.Module, scaling_factor: float, encode: Encode, images: bool):
+        self.vae, self.scaling_factor, self.encode, self.images = vae, scaling_factor, encode, images
+
+    @torch.no_grad()
+    def __call__(self, batch_size: int, generator: torch.Generator) -> dict:
+        from core.teachers.shapes_parts import scene_batch
+
+        pixels, captions = scene_batch(batch_size, generator)
+        batch = {"cond": self.encode(captions)}
+        if self.images:
+            vae_device = next(self.vae.parameters()).device
+            batch["x"] = self.vae.encode(pixels.to(vae_device)).latent_dist.mean * self.scaling_factor
+        return batch
+
+
 class LatentBatches:
     """sample_batch for the methods that need data: cached latents ("x") and their captions, encoded ("cond").
 

@@ -23,12 +23,23 @@ PREVIEW_SEEDS = 2
 class TextInputs:
     prompts: PromptSet | None
     data: ImageFolder | None
+    benchmark: str | None = None  # a built-in teacher's own generator (shapes): captioned scenes drawn per batch
+
+    @property
+    def has_data(self) -> bool:
+        """Real images to train on: the data folder's, or the benchmark's rendered scenes."""
+        return self.data is not None or self.benchmark is not None
 
     @property
     def train_prompts(self) -> tuple[str, ...]:
-        """The prompts the student trains on: the prompt set's, else the data's captions."""
+        """The prompts the student trains on: the prompt set's, else the data's captions (a benchmark draws its
+        training captions per batch; its fixed ones are the first of its test prompt set)."""
         if self.prompts is not None:
             return self.prompts.prompts
+        if self.benchmark is not None:
+            from core.shapes import evaluation_scenes
+
+            return tuple(scene.caption for scene in evaluation_scenes("shapes-test", PREVIEW_PROMPTS))
         return tuple(caption for _, caption in self.data.items)
 
     def preview_prompts(self) -> list[str]:
@@ -40,6 +51,8 @@ class TextInputs:
     def record(self) -> dict:
         """What a run stores about its inputs (the prompt file's sha256 pins the exact file)."""
         out: dict = {}
+        if self.benchmark is not None:
+            out["benchmark"] = self.benchmark
         if self.prompts is not None:
             out["prompts"] = {"file": str(self.prompts.source), "sha256": self.prompts.sha256, "count": len(self.prompts)}
         if self.data is not None:
@@ -57,6 +70,8 @@ def check_text_inputs(info: TeacherInfo, needs_data: bool, method: str, prompts:
                 raise ValueError(f"{field}: {info.name!r} is not a text-to-image teacher; it trains on its own "
                                  f"{'benchmark' if info.builtin else 'samples'} (leave --{field} out)")
         return None
+    if info.builtin and prompts is None and data is None:  # shapes: scenes and captions from its own generator
+        return TextInputs(prompts=None, data=None, benchmark=info.benchmark)
     if needs_data:
         if data is None:
             raise ValueError(f"data: {method} with these settings trains on real images; give --data FOLDER (images "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.catalogue import get_teacher_info, imported_dir
+from core.catalogue import get_teacher_info, imported_dir, pipeline_folder
 from core.export import check_exportable, export_student
 from core.refs import parse_ref
 from storage import repo
@@ -48,9 +48,11 @@ def check_out(out: Path) -> Path:
 
 
 def teacher_folder(teacher: str, data_dir: Path | None) -> Path | None:
-    """The imported teacher's copied pipeline folder; None for a built-in teacher (core.export exports digits' students
-    on its own stand-in schedule and refuses the rest)."""
+    """The teacher's pipeline folder (imported, or the built-in shapes'); None for the other built-in teachers
+    (core.export exports digits' students on its own stand-in schedule and refuses the rest)."""
     info = get_teacher_info(teacher, data_dir)
+    if info.is_text_to_image:
+        return pipeline_folder(info, data_dir)
     return None if info.builtin else imported_dir(data_dir) / teacher
 
 

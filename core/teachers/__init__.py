@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core.catalogue import check_trainable, get_teacher_info, imported_dir
+from core.catalogue import check_trainable, get_teacher_info, imported_dir, pipeline_folder
 from core.data import get_benchmark
 from core.denoisers import Denoiser
 from core.specs import TrainConfig
@@ -20,21 +20,27 @@ def load_teacher(name: str, data_dir: Path | str | None = None, device="cpu") ->
     """The teacher's denoiser in eval mode with frozen parameters (a text-to-image teacher's latent denoiser, whose
     condition is a TextCond: load_text_to_image_teacher gives its prompt encoder and VAE too)."""
     info = get_teacher_info(name, data_dir)
-    if info.builtin:
-        return load_builtin(info, device)
     if info.is_text_to_image:
         return load_text_to_image_teacher(name, data_dir, device).denoiser
+    if info.builtin:
+        return load_builtin(info, device)
     from core.teachers.imported import load_imported
     return load_imported(imported_dir(data_dir) / name, device)
 
 
 def load_text_to_image_teacher(name: str, data_dir: Path | str | None = None, device="cpu"):
-    """An imported SD/SDXL teacher as a core.teachers.sd_teacher.SDTeacher (denoiser, prompt encoder, VAE)."""
+    """A text-to-image teacher (imported SD/SDXL, or the built-in shapes) as a core.teachers.sd_teacher.SDTeacher
+    (denoiser, prompt encoder, VAE)."""
     info = get_teacher_info(name, data_dir)
     if not info.is_text_to_image:
         raise ValueError(f"teacher: {name!r} is not a text-to-image teacher")
     from core.teachers.sd_teacher import load_sd_teacher
-    return load_sd_teacher(imported_dir(data_dir) / name, device)
+
+    folder = pipeline_folder(info, data_dir)
+    if not (folder / "teacher.json").is_file():
+        raise FileNotFoundError(f"teacher {name!r}: its pipeline folder {folder} is missing; train it with "
+                                f"`distill-studio teachers train {name} --install`")
+    return load_sd_teacher(folder, device)
 
 
 def train_builtin_teacher(name: str, out_dir: Path | str, *, config: TrainConfig | None = None, device="cpu",

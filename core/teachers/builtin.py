@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.catalogue import BUILTIN_WEIGHTS_DIR
 from core.checkpoints import load_state
 from core.data import get_benchmark
 from core.denoisers import Denoiser, NetworkDenoiser, diffusers_denoiser
@@ -15,7 +16,7 @@ from core.nets import MLP, build_unet
 from core.schedules import CosineSchedule
 from core.specs import TeacherInfo
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = BUILTIN_WEIGHTS_DIR
 
 
 def weights_path(name: str) -> Path:

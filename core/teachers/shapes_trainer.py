@@ -9,7 +9,9 @@ SD's discrete schedule (core.teachers.trainer.DenoiserTrainer), captions dropped
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from core.teachers.trainer import DenoiserTrainer, lr_factor
 from core.text_cond import TextCond
 
 KL_WEIGHT = 1e-4  # per latent element against per-pixel MSE [choice]: latents stay near N(0, I) yet keep the detail
+
 
 
 @dataclass
@@ -149,23 +152,70 @@ def save_pipeline(folder: Path, *, vae, text_encoder, unet, tokenizer, tokenizer
     return Path(folder)
 
 
-def train_shapes(out_dir: Path, *, arch, vae_config, unet_config, seed: int = 0, device="cpu", on_progress=None,
-                 should_stop=None) -> Path | None:
-    """Both stages (each resumable from its own checkpoints) and the pipeline folder out_dir/pipeline; None if stopped.
+@dataclass
+class ShapesResult:
+    status: str            # "completed" or "stopped" (the stage that stopped)
+    stage: str             # "vae" or "unet": the last stage run
+    step: int              # that stage's step
+    pipeline: Path | None  # the StableDiffusionPipeline folder once both stages completed
+    cpu_minutes: float     # both stages' process CPU time, summed over resumes (out_dir/STAGE/cpu.json)
 
-    The shipped weights are each stage's EMA weights (what run_training exports)."""
+
+class CpuClock:
+    """A stage's CPU seconds in folder/cpu.json, summed over resumes (so the recorded figure is the whole training's,
+    not the last session's); `tick` saves the running total (called at every progress line). Counts from `begin`."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / "cpu.json"
+        self.before = json.loads(self.path.read_text())["cpu_s"] if self.path.is_file() else 0.0
+        self.start: float | None = None
+
+    def begin(self) -> None:
+        self.start = time.process_time()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + (time.process_time() - self.start if self.start is not None else 0.0)
+
+    def tick(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"cpu_s": self.seconds}))
+
+
+def train_shapes(out_dir: Path, *, arch, vae_config, unet_config, seed: int = 0, device="cpu", on_progress=None,
+                 should_stop=None, on_checkpoint=None) -> ShapesResult:
+    """Both stages (each resumable from its own checkpoints) and the pipeline folder out_dir/pipeline.
+
+    The shipped weights are each stage's EMA weights (what run_training exports). `on_progress` gets the loop's
+    progress dicts with "stage" added; `on_checkpoint` is called for stage 2's checkpoints only (stage 1's steps would
+    repeat its step numbers)."""
     from core.checkpoints import load_state
     from core.teachers.shapes_parts import LatentCaptionBatches, build_parts
     from core.train import run_training
 
     out_dir = Path(out_dir)
+    clocks = {stage: CpuClock(out_dir / stage) for stage in ("vae", "unet")}
+
+    def stage_run(stage, trainer, batches, config, spec, checkpointed=None):
+        def report(p):
+            clocks[stage].tick()
+            if on_progress:
+                on_progress({**p, "stage": stage})
+        clocks[stage].begin()
+        try:
+            return run_training(trainer, batches, config, out_dir=out_dir / stage, spec={"name": "shapes", **spec},
+                                device=device, on_progress=report, should_stop=should_stop, on_checkpoint=checkpointed)
+        finally:
+            clocks[stage].tick()
+
+    def result(status, stage, step, pipeline=None):
+        return ShapesResult(status, stage, step, pipeline, round(sum(c.seconds for c in clocks.values()) / 60, 2))
+
     parts = build_parts(arch, out_dir / "tokenizer-files", seed)
     vae = parts["vae"]
-    first = run_training(VAETrainer(vae, vae_config, device), image_batches, vae_config, out_dir=out_dir / "vae",
-                         spec={"name": "shapes", "stage": "vae"}, device=device, on_progress=on_progress,
-                         should_stop=should_stop)
+    first = stage_run("vae", VAETrainer(vae, vae_config, device), image_batches, vae_config, {"stage": "vae"})
     if first.status != "completed":
-        return None
+        return result(first.status, "vae", first.step)
     vae.load_state_dict(load_state(first.model_path)[0])
     vae.eval().requires_grad_(False)
     scale = latent_scale(vae)
@@ -174,12 +224,14 @@ def train_shapes(out_dir: Path, *, arch, vae_config, unet_config, seed: int = 0,
     latent_shape = (arch.unet["in_channels"], arch.unet["sample_size"], arch.unet["sample_size"])
     trainer = TextToImageTrainer(net, parts["scheduler"].alphas_cumprod, latent_shape, unet_config, vae, scale,
                                  batches.tokens, device=device)
-    second = run_training(trainer, batches, unet_config, out_dir=out_dir / "unet",
-                          spec={"name": "shapes", "stage": "unet", "scaling_factor": scale}, device=device,
-                          on_progress=on_progress, should_stop=should_stop)
+    second = stage_run("unet", trainer, batches, unet_config, {"stage": "unet", "scaling_factor": scale},
+                       on_checkpoint)
     if second.status != "completed":
-        return None
+        return result(second.status, "unet", second.step)
     net.load_state_dict(load_state(second.model_path)[0], strict=False)  # null_ids is not saved
-    return save_pipeline(out_dir / "pipeline", vae=vae, text_encoder=net.text_encoder, unet=net.unet,
-                         tokenizer=parts["tokenizer"], tokenizer_files=out_dir / "tokenizer-files",
-                         scheduler=parts["scheduler"], scaling_factor=scale)
+    folder = out_dir / "pipeline"
+    if folder.exists():
+        shutil.rmtree(folder)
+    save_pipeline(folder, vae=vae, text_encoder=net.text_encoder, unet=net.unet, tokenizer=parts["tokenizer"],
+                  tokenizer_files=out_dir / "tokenizer-files", scheduler=parts["scheduler"], scaling_factor=scale)
+    return result("completed", "unet", second.step, folder)

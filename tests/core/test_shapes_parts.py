@@ -37,7 +37,7 @@ def test_latent_batches_drop_a_tenth_of_captions_reproducibly(tmp_path):
     batches = LatentCaptionBatches(parts["vae"], parts["tokenizer"], scaling_factor=0.5)
     a = batches(400, torch.Generator().manual_seed(3))
     b = batches(400, torch.Generator().manual_seed(3))
-    assert a["x"].shape == (400, 4, 8, 8) and a["cond"].shape == (400, MAX_TOKENS)
+    assert a["x"].shape == (400, 4, 16, 16) and a["cond"].shape == (400, MAX_TOKENS)
     assert torch.equal(a["x"], b["x"]) and torch.equal(a["cond"], b["cond"])
     empty = batches.tokens([""])[0]
     dropped = (a["cond"] == empty).all(dim=1).float().mean().item()

@@ -10,10 +10,10 @@ from core.teachers.shapes_parts import ShapesArchitecture
 from core.teachers.shapes_trainer import train_shapes
 
 TINY = ShapesArchitecture(
-    vae=dict(ShapesArchitecture().vae, block_out_channels=(16, 16, 16), norm_num_groups=8),
+    vae=dict(ShapesArchitecture().vae, block_out_channels=(16, 16), norm_num_groups=8),
     text=dict(ShapesArchitecture().text, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
               num_attention_heads=2, projection_dim=16),
-    unet=dict(ShapesArchitecture().unet, block_out_channels=(16, 32), cross_attention_dim=16, attention_head_dim=4,
+    unet=dict(ShapesArchitecture().unet, block_out_channels=(16, 16, 32), cross_attention_dim=16, attention_head_dim=4,
               norm_num_groups=8))
 STEPS = TrainConfig(iterations=2, batch_size=4, checkpoint_every=2, log_every=1, preview_every=2,
                     preview_seeds=(0, 1))
@@ -24,7 +24,10 @@ def test_two_stages_give_a_pipeline_diffusers_runs_and_the_studio_imports(tmp_pa
 
     from core.teachers.imported import import_folder
 
-    folder = train_shapes(tmp_path / "shapes", arch=TINY, vae_config=STEPS, unet_config=STEPS)
+    result = train_shapes(tmp_path / "shapes", arch=TINY, vae_config=STEPS, unet_config=STEPS)
+    folder = result.pipeline
+    assert (result.status, result.stage, result.step) == ("completed", "unet", STEPS.iterations)
+    assert result.cpu_minutes > 0
     assert (tmp_path / "shapes" / "vae" / "previews").is_dir() and (tmp_path / "shapes" / "unet" / "previews").is_dir()
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
     assert 0.01 < pipe.vae.config.scaling_factor < 100
@@ -33,5 +36,5 @@ def test_two_stages_give_a_pipeline_diffusers_runs_and_the_studio_imports(tmp_pa
                  output_type="np").images[0]
     assert image.shape == (32, 32, 3) and np.isfinite(image).all()
     manifest = import_folder(folder, "shapes-tiny", tmp_path / "data")
-    assert (manifest["kind"], manifest["resolution"], manifest["data_shape"]) == ("sd", 32, [4, 8, 8])
+    assert (manifest["kind"], manifest["resolution"], manifest["data_shape"]) == ("sd", 32, [4, 16, 16])
 
