@@ -29,9 +29,11 @@ run: $(STAMP)
 services:
 	bash scripts/test-services.sh
 
+# Two processes, one per core, each with one torch thread (two threads each would contend for the cores); a file's
+# tests stay in one process, so module fixtures (a live studio, a trained teacher) are built once.
 test: services $(STAMP)
 	$(BIN)/ruff check core app workers storage tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 # The outcome tests (docs/methods.md#outcome-tests): about an hour on 2 cores, so not part of `make test`.
 test-slow: services $(STAMP)

@@ -137,6 +137,14 @@ def report(ablations: list, rare_weight: float) -> None:
                          f"{' / '.join(f'{v:.3f}' for v in r['fids'])} | {r['fid_mean']:.3f} ± {r['fid_sd']:.3f} | "
                          f"{ratio} | {r['kid_mean']:.4f} |")
         lines.append("")
+    shapes = load_rows("shapes")
+    if shapes:
+        doc["shapes"] = shapes
+        lines += ["## shapes (3 disjoint seed sets of shapes-test prompts, n each; FID, KID, precision and recall on "
+                  "the shapes classifier's features; alignment: share of prompts drawn with every attribute right)", "",
+                  *table(shapes, ["model", "steps", "preset", "nfe", "n", "fid", "kid", "precision", "recall",
+                                  "alignment_all", "alignment", "ms_per_image", "iterations", "cpu_minutes",
+                                  "peak_rss_mb"]), ""]
     legacy = load_rows("digits-mlp")
     if legacy:  # not comparable with the classifier FID (other features): shown until every row is re-measured with it
         doc["digits_mlp_features"] = legacy

@@ -79,13 +79,13 @@ def is_distillable(info: TeacherInfo) -> bool:
 
 
 def text_to_image_refusal(name: str) -> str:
-    return (f"teacher: {name!r} is a text-to-image teacher; evaluating and queued sampling do not take prompts yet "
+    return (f"teacher: {name!r} is a text-to-image teacher; queued sampling does not take prompts yet "
             "(sample it, or a student of it, with `distill-studio sample --prompt`)")
 
 
 def check_prompt_free(info: TeacherInfo) -> TeacherInfo:
-    """Refuse a text-to-image teacher where prompts do not reach it yet: evaluating and queued sample jobs (the
-    foreground `sample` command loads it through core.teachers.load_text_to_image_teacher instead)."""
+    """Refuse a text-to-image teacher where prompts do not reach it yet: queued sample jobs (the foreground `sample`
+    command loads it through core.teachers.load_text_to_image_teacher instead, and `evaluate` takes its prompts)."""
     if info.is_text_to_image:
         raise ValueError(text_to_image_refusal(info.name))
     return info

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.shapes import EVAL_SETS, SIZE
+
 MIN_N = 10          # why: k-NN manifolds (k = 5) and a covariance need a handful of samples at least
 MAX_N = 100_000     # why: features and k-NN distance matrices of this many samples still fit in memory
 PRDC_K = 5          # why: Naeem et al. 2020's default neighbourhood size
@@ -26,7 +28,11 @@ METRICS: dict[str, tuple[str, ...]] = {
     "density": ("precision", "recall", "density", "coverage"),
     "coverage": ("precision", "recall", "density", "coverage"),
     "accuracy": ("accuracy",),                     # the digits classifier's agreement with the requested class
-    "speed": ("ms_per_image", "images_per_s"),     # generation only: no noise drawing, no features
+    # Text-to-image models on prompts of the shapes grammar (core/metrics/alignment.py): the share of the prompts'
+    # attributes the images show, and the share of images that show every attribute of their prompt.
+    "alignment": ("alignment", "alignment_all"),
+    "speed": ("ms_per_image", "images_per_s"),     # generation only (with prompt encoding and VAE decoding): no noise
+                                                   # drawing, no features
     "modes": ("modes_covered", "modes_quality"),   # toy2d: modes holding >= 1 % of samples; share near a mode
 }
 REFERENCE_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
@@ -41,8 +47,11 @@ class ReferenceData:
     size: int | None              # how many real items exist (None: drawn from the exact mixture, any n)
     resolution: int               # image side in pixels; 0 for points
     extractors: tuple[str, ...]   # the extractors that apply, the default first
+    seeded: bool = False          # the items are those the evaluated seeds draw (a prompt set's scenes)
 
     def describe(self) -> str:
+        if self.seeded:
+            return "the rendered scenes of the seeds evaluated"
         return f"{self.size} images" if self.size is not None else "points drawn from the mixture"
 
 
@@ -50,7 +59,10 @@ REFERENCE_DATA: dict[str, ReferenceData] = {
     "digits": ReferenceData("digits", "image", 1797, 16, ("digits", "inception")),  # scikit-learn's 1,797 digits
     "toy2d-ring": ReferenceData("toy2d-ring", "points", None, 0, ("toy2d",)),
     "toy2d-grid": ReferenceData("toy2d-grid", "points", None, 0, ("toy2d",)),
+    # The built-in prompt sets (core/eval_prompts.py): seed s's reference image is scene s of the set, rendered.
+    **{name: ReferenceData(name, "image", None, SIZE, ("shapes",), seeded=True) for name in EVAL_SETS},
 }
+PROMPT_SETS = EVAL_SETS  # the built-in prompt sets' names, for the web side
 
 
 def check_metrics(metrics) -> tuple[str, ...]:
@@ -79,9 +91,13 @@ def stored_metrics(metrics) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s for s in order if s in wanted))
 
 
-def check_applicable(metrics, *, model: str, dataset: str, num_classes: int) -> None:
-    """Refuse metrics that cannot be measured on this model's data (naming `metrics`)."""
+def check_applicable(metrics, *, model: str, dataset: str, num_classes: int, prompts: str = "") -> None:
+    """Refuse metrics that cannot be measured on this model's data (naming `metrics`); `prompts`: the prompt set a
+    text-to-image model is evaluated on ('' for other models)."""
     for name in check_metrics(metrics):
+        if name in REFERENCE_METRICS and prompts and dataset not in REFERENCE_DATA:
+            raise ValueError(f"metrics: {name} needs reference images; {model} is evaluated on a prompt file, which has "
+                             f"none (only alignment and speed apply; the built-in sets {', '.join(EVAL_SETS)} have them)")
         if name in REFERENCE_METRICS and dataset not in REFERENCE_DATA:
             raise ValueError(f"metrics: {name} needs reference data; {model} ({dataset}) has none (known: "
                              f"{', '.join(REFERENCE_DATA)}); only speed applies")
@@ -89,6 +105,8 @@ def check_applicable(metrics, *, model: str, dataset: str, num_classes: int) -> 
             raise ValueError(f"metrics: accuracy needs a class-conditional digits model; {model} is {dataset}")
         if name == "modes" and not dataset.startswith("toy2d-"):
             raise ValueError(f"metrics: modes is for toy2d models; {model} is {dataset}")
+        if name == "alignment" and not prompts:
+            raise ValueError(f"metrics: alignment is for text-to-image models on prompts; {model} is {dataset}")
 
 
 def check_extractor(extractor: str | None, dataset: str) -> str | None:
@@ -117,6 +135,12 @@ def check_n(n: int, dataset: str, metrics) -> int:
 def reference_key(dataset: str, extractor: str, resolution: int, n: int) -> str:
     """The name of a reference's statistics: the file stem under DATA_DIR/reference/ and Evaluation.reference."""
     return f"{dataset}-{extractor}-{resolution}-{n}"
+
+
+def reference_dataset(dataset: str, seed: int, n: int) -> str:
+    """What a reference is drawn from: the dataset, and for a seeded one (a prompt set) the seeds too, so statistics of
+    different seed ranges never share a key: shapes-test-seeds0-999."""
+    return f"{dataset}-seeds{seed}-{seed + n - 1}" if REFERENCE_DATA[dataset].seeded else dataset
 
 
 def guided_model(model: str, guidance: float) -> str:

@@ -24,6 +24,7 @@ from core.method_configs import (
     MMDConfig,
     MMDInstantConfig,
 )
+from core.specs import SHAPES_GUIDANCE
 
 __all__ = ["LR_SCHEDULES", "METHOD_CONFIGS", "NOISE_CANCEL", "PRESETS", "PRESET_CHANGES", "PRESET_NOTES", "RENOISE",
            "WEIGHTINGS_MMD", "WEIGHTINGS_VSD", "DMD2Config", "DiffInstructConfig", "EMDConfig", "MMDConfig",
@@ -52,13 +53,18 @@ _TOY_DMD2 = {**_TOY, "lr_gen": 1e-4, "lr_aux": 1e-4}
 _TOY_MMD = {**_TOY, "lr_gen": 1e-4, "lr_aux": 1e-4, "weighting": "unit"}
 _TOY_MMD_INSTANT = {**_TOY, "lr_gen": 3e-4, "weighting": "unit"}
 _DIGITS = {"sigma_data": 0.64}
+# shapes: the teacher's latents are scaled to unit std (its VAE's scaling_factor = 1 / std), and the teacher is guided
+# at its default weight. DMD2's fake score trains on the eps-MSE, as for Stable Diffusion (the teacher is an SD-format
+# epsilon model on SD's schedule).
+_SHAPES = {"sigma_data": 1.0, "guidance": SHAPES_GUIDANCE}
+_SHAPES_DMD2 = {**_SHAPES, "fake_weighting": "eps"}
 
 
 def _presets(cls, extra: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """Preset name -> field changes from the method's defaults; a benchmark preset's changes that name fields the
     method lacks are dropped (mmd-instant has no auxiliary learning rate)."""
     fields = set(cls.model_fields)
-    base = {"default": {}, "toy2d": _TOY, "digits": _DIGITS}
+    base = {"default": {}, "toy2d": _TOY, "digits": _DIGITS, "shapes": _SHAPES}
     return {name: {k: v for k, v in changes.items() if k in fields} for name, changes in {**base, **extra}.items()}
 
 
@@ -87,7 +93,7 @@ PRESET_CHANGES: dict[str, dict[str, dict[str, Any]]] = {
                                 "k1": {"langevin_steps": 1}, "k8": {"langevin_steps": 8}}),
     "diff-instruct": _presets(DiffInstructConfig, {"paper": _PAPER_LR}),
     "dmd2": _presets(DMD2Config, {
-        "toy2d": _TOY_DMD2,
+        "toy2d": _TOY_DMD2, "shapes": _SHAPES_DMD2,
         "paper": _PAPER_LR,  # ImageNet-64 with an EDM teacher: 2e-6, r = 5, λ_G / λ_D = 3e-3 / 1e-2, no guidance
         "sd15": _DMD2_SD15, "sd15-gan": _DMD2_SD15_GAN,
         "sdxl-4step": {**_DMD2_SDXL, "student_steps": 4},
@@ -106,6 +112,8 @@ PRESET_NOTES: dict[str, str] = {
     "toy2d": "[choice] the ring's measured data std (1.42); learning rates and weighting measured on the ring "
              "(core/method_specs.py gives the figures)",
     "digits": "[choice] the digits' measured data std (0.64)",
+    "shapes": "[choice] the shapes teacher's latents (unit std by its VAE's scaling factor) and its default guidance; "
+              "DMD2's fake score on the eps-MSE as for Stable Diffusion",
     "paper": "[paper] settings for ~300M-parameter teachers; the learning rate is the unofficial reproduction's [code]",
     "toy2d-1step": "[choice] measured: the 1-step student needs lr 1e-3 to reach every mode of the ring",
     "marginal-renoise": "[paper] MMD's re-noising ablation (Fig. 3)",

@@ -104,6 +104,9 @@ SHAPES_TRAIN = TrainConfig(iterations=8000, batch_size=64, lr=5e-4, warmup=200, 
                            cond_drop=0.0, checkpoint_every=250, log_every=50, preview_every=2000,
                            preview_seeds=tuple(range(8)))
 
+# The shapes teacher's default classifier-free guidance weight: its presets, and the guidance its quality is stated at.
+SHAPES_GUIDANCE = 4.0
+
 BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
     "toy2d-ring-gmm": TeacherInfo("toy2d-ring-gmm", "toy2d-ring", "analytic", (2,),
                                   description="Exact denoiser of the ring of 8 Gaussians (radius 2, std 0.1)"),
@@ -192,3 +195,12 @@ def parse_seeds(text: str, limit: int = 4096) -> tuple[int, ...]:
         raise ValueError("seeds: seeds must be >= 0")
     return tuple(seeds)
 
+
+
+def teacher_training_steps(name: str, iterations: int | None = None) -> int:
+    """Steps a `teachers train NAME` run reports progress over: the recipe's (or `iterations`), twice for the shapes
+    teacher, whose two stages (VAE, then text encoder + UNet) each take `iterations` when it is given."""
+    info = BUILTIN_TEACHERS[name]
+    if info.is_text_to_image:
+        return 2 * iterations if iterations else SHAPES_VAE_TRAIN.iterations + info.train.iterations
+    return iterations or info.train.iterations

@@ -177,6 +177,9 @@ class Evaluation(Base):
     # so two rows with one reference key but different features never pass as comparable.
     seed_last: Mapped[int] = mapped_column(BigInteger)
     reference_hash: Mapped[str | None] = mapped_column(String(80))
+    # Migration 0007: the prompts a text-to-image model drew (a built-in set's name, or a prompt file's path and
+    # "sha256:" + 12 hex digits of its bytes); '' for models that take no prompts.
+    prompts: Mapped[str] = mapped_column(String(1024), default="")
 
 
 class ReferenceStats(Base):

@@ -268,9 +268,10 @@ def requeue_expired(*, session: Session, now: datetime | None = None) -> list[in
 
 def record_evaluation(*, session: Session, model: str, metric: str, value: float, n: int, extractor: str,
                       reference: str, reference_hash: str | None, seed: int, seed_last: int, steps: int, nfe: int,
-                      run_id: int | None = None) -> Evaluation:
-    """Store one measured value with its provenance: the samples drew seeds seed .. seed_last, measured against the
-    reference statistics `reference` whose content hash is `reference_hash` (None: unknown, or no reference).
+                      prompts: str = "", run_id: int | None = None) -> Evaluation:
+    """Store one measured value with its provenance: the samples drew seeds seed .. seed_last (and, for a text-to-image
+    model, their prompts from the prompt set `prompts`), measured against the reference statistics `reference` whose
+    content hash is `reference_hash` (None: unknown, or no reference).
     A NaN or infinite value is refused (SQLite cannot hold it, and no ranking can)."""
     if not math.isfinite(value):
         raise ValueError(f"{metric}: value {value} is not finite")
@@ -278,7 +279,7 @@ def record_evaluation(*, session: Session, model: str, metric: str, value: float
         raise ValueError(f"seed_last: {seed_last} is below the first seed {seed}")
     evaluation = Evaluation(model=model, metric=metric, value=float(value), n=n, extractor=extractor,
                             reference=reference, reference_hash=reference_hash, seed=seed, seed_last=seed_last,
-                            steps=steps, nfe=nfe, run_id=run_id)
+                            steps=steps, nfe=nfe, prompts=prompts, run_id=run_id)
     session.add(evaluation)
     session.flush()
     return evaluation
@@ -317,34 +318,38 @@ def record_reference_stats(*, session: Session, dataset: str, extractor: str, re
 
 
 def leaderboard(*, session: Session) -> dict[str, Any]:
-    """One row per (model, steps) with the latest value of every metric measured on it, and FID-vs-NFE series.
+    """One row per (model, steps, prompts) with the latest value of every metric measured on it, and FID-vs-NFE series.
 
-    {"rows": [{"model", "steps", "nfe", "metrics": {name: value}, PROVENANCE..., "provenance": {name: PROVENANCE},
-               "evaluated_at"}],
+    {"rows": [{"model", "steps", "prompts", "nfe", "metrics": {name: value}, PROVENANCE...,
+               "provenance": {name: PROVENANCE}, "evaluated_at"}],
      "fid_vs_nfe": {model: [[nfe, fid], ...]}}
     PROVENANCE is "n", "extractor", "reference", "reference_hash" (None: unknown), "seed_first", "seed_last". The
     row's own are those of its latest FID (else of its latest value); "provenance" has every value measured against a
     reference (FID, KID, precision...), since a row's latest values need not share one. Rows are ranked by FID within
     each reference and its hash (an unknown hash after the known ones, rows without FID last, rows measured without a
-    reference after all others); a series lists a model's step counts by NFE.
+    reference after all others); a series lists a model's step counts by NFE. A text-to-image model's rows and series
+    are apart per prompt set ("prompts"; '' for other models; series "MODEL (PROMPTS)"), since its values on one set
+    say nothing of another.
     """
-    latest: dict[tuple[str, int], dict[str, Evaluation]] = {}
+    latest: dict[tuple[str, int, str], dict[str, Evaluation]] = {}
     for evaluation in session.scalars(select(Evaluation).order_by(Evaluation.id)):
-        latest.setdefault((evaluation.model, evaluation.steps), {})[evaluation.metric] = evaluation
+        latest.setdefault((evaluation.model, evaluation.steps, evaluation.prompts), {})[evaluation.metric] = evaluation
     rows = []
-    for (model, steps), by_metric in latest.items():
+    for (model, steps, prompts), by_metric in latest.items():
         newest = max(by_metric.values(), key=lambda e: e.id)
         basis = by_metric.get("fid", newest)
-        rows.append({"model": model, "steps": steps, "nfe": newest.nfe,
+        rows.append({"model": model, "steps": steps, "prompts": prompts, "nfe": newest.nfe,
                      "metrics": {name: e.value for name, e in sorted(by_metric.items())}, **_provenance(basis),
                      "provenance": {name: _provenance(e) for name, e in sorted(by_metric.items()) if e.reference},
                      "evaluated_at": newest.created_at.isoformat() if newest.created_at else None})
     rows.sort(key=lambda r: (not r["reference"], r["reference"], r["reference_hash"] is None, r["reference_hash"] or "",
-                             "fid" not in r["metrics"], r["metrics"].get("fid", 0.0), r["model"], r["steps"]))
+                             "fid" not in r["metrics"], r["metrics"].get("fid", 0.0), r["model"], r["steps"],
+                             r["prompts"]))
     series: dict[str, list[list[float]]] = {}
     for row in rows:
         if "fid" in row["metrics"]:
-            series.setdefault(row["model"], []).append([row["nfe"], row["metrics"]["fid"]])
+            name = f"{row['model']} ({row['prompts']})" if row["prompts"] else row["model"]  # one series per set
+            series.setdefault(name, []).append([row["nfe"], row["metrics"]["fid"]])
     return {"rows": rows, "fid_vs_nfe": {model: sorted(points) for model, points in sorted(series.items())}}
 
 

@@ -117,6 +117,17 @@ def write_prompts(path: Path, prompts=("a red circle on the left", "a blue squar
     return path
 
 
+# Captions of the shapes grammar (core/shapes.py), for the alignment metric.
+SHAPES_PROMPTS = ("a small red circle on the left, on a white background",
+                  "a large blue square at the top and a small green star at the bottom, on a black background",
+                  "a small yellow triangle in the centre, on a gray background")
+
+
+def write_shapes_prompts(path: Path) -> Path:
+    """A prompt file of SHAPES_PROMPTS."""
+    return write_prompts(path, SHAPES_PROMPTS)
+
+
 def write_image_folder(folder: Path, count: int = 5, size: int = 64, seed: int = 0) -> Path:
     """An image folder (core/datasets.py): `count` random RGB PNGs of size x size and a metadata.jsonl captioning each."""
     import numpy as np

@@ -352,8 +352,8 @@ def run_evaluate(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, set
             raise Stop
 
     result = evaluate(spec["models"], spec["metrics"], spec["n"], spec["seed"], data_dir=settings.data_dir,
-                      device=settings.device, extractor=spec["extractor"], guidance=spec["guidance"], progress=progress,
-                      session_factory=factory, run_id=lease.run_id)
+                      device=settings.device, extractor=spec["extractor"], guidance=spec["guidance"],
+                      prompts=spec.get("prompts"), progress=progress, session_factory=factory, run_id=lease.run_id)
     (check_writable(out_dir) / "evaluation.json").write_text(json.dumps(result, indent=1))
     return "succeeded"
 

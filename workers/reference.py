@@ -1,5 +1,7 @@
 """Reference statistics: features of the real data an evaluation is measured against, computed once per
-(dataset, extractor, resolution, n) and reused by every later evaluation.
+(dataset, extractor, resolution, n) and reused by every later evaluation; for a built-in prompt set the dataset names
+the seeds as well (core.eval_specs.reference_dataset: shapes-test-seeds0-999), since its items are the scenes those
+seeds draw.
 
 On disk: DATA_DIR/reference/<dataset>-<extractor>-<resolution>-<n>.npz holding the features (KID, precision/recall)
 and their mean and covariance (FID). In the database: a reference_stats row per key with that file's path relative to
@@ -8,7 +10,8 @@ be read is computed again; two workers computing the same key at once both write
 row wins.
 
 The data: `digits` is a fixed random subset of n of scikit-learn's 1,797 digits at 16x16 (all of them for n = 1797);
-`toy2d-ring` and `toy2d-grid` are n points drawn from the benchmark's exact mixture with a fixed seed.
+`toy2d-ring` and `toy2d-grid` are n points drawn from the benchmark's exact mixture with a fixed seed; `shapes-test`
+and `shapes-heldout` are the rendered scenes seed .. seed + n - 1 of the set (core/eval_prompts.py).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from core.data import digits_tensors, get_benchmark
-from core.eval_specs import REFERENCE_DATA, check_extractor, reference_key
+from core.eval_prompts import set_scenes
+from core.eval_specs import REFERENCE_DATA, check_extractor, reference_dataset, reference_key
 from core.metrics import feature_stats, images_to_features
+from core.shapes import render
 from storage import repo
 from storage.artifacts import resolve
 from storage.db import session_scope
@@ -38,7 +43,7 @@ REFERENCE_SEED = 1  # why: one fixed subset / draw per n, whoever computes it
 @dataclass(frozen=True)
 class Reference:
     key: str               # dataset-extractor-resolution-n: Evaluation.reference of results measured against it
-    dataset: str
+    dataset: str           # what it is drawn from (a prompt set's with its seeds: shapes-test-seeds0-999)
     extractor: str
     resolution: int
     n: int
@@ -50,13 +55,17 @@ class Reference:
     digest: str            # features_digest(features): ReferenceStats.content_hash, Evaluation.reference_hash
 
 
-def reference_samples(dataset: str, n: int) -> torch.Tensor:
-    """The n reference items: digits as float [n,1,16,16] in [-1, 1], toy2d as points [n,2]."""
+def reference_samples(dataset: str, n: int, seed: int = 0) -> torch.Tensor:
+    """The n reference items: digits as float [n,1,16,16] in [-1, 1], toy2d as points [n,2], a prompt set's scenes of
+    seeds seed .. seed + n - 1 as float [n,3,32,32] in [-1, 1] (`seed` matters only to them)."""
     data = REFERENCE_DATA.get(dataset)
     if data is None:
         raise ValueError(f"dataset: {dataset!r} has no reference data (known: {', '.join(REFERENCE_DATA)})")
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n: a reference needs at least 2 items, got {n!r}")
+    if data.seeded:
+        pixels = np.stack([render(scene) for scene in set_scenes(dataset, range(seed, seed + n))])
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if data.size is not None:
         if n > data.size:
             raise ValueError(f"n: {n} is larger than the {dataset} reference ({data.size} images)")
@@ -66,19 +75,22 @@ def reference_samples(dataset: str, n: int) -> torch.Tensor:
     return get_benchmark(dataset).mixture.sample(n, torch.Generator().manual_seed(REFERENCE_SEED)).float()
 
 
-def reference_stats(dataset: str, extractor: str | None, n: int, *, data_dir: Path, device: str = "cpu",
-                    session_factory: sessionmaker[Session] | None = None, model: nn.Module | None = None) -> Reference:
+def reference_stats(dataset: str, extractor: str | None, n: int, *, seed: int = 0, data_dir: Path,
+                    device: str = "cpu", session_factory: sessionmaker[Session] | None = None,
+                    model: nn.Module | None = None) -> Reference:
     """The reference's features and statistics, from the cache when it has them; computed and cached otherwise.
 
-    extractor: None for the dataset's default. model: the extractor module, if the caller has it loaded already.
-    Without a session factory only the file cache is used.
+    extractor: None for the dataset's default. seed: the first seed evaluated (only a prompt set's reference depends on
+    it). model: the extractor module, if the caller has it loaded already. Without a session factory only the file
+    cache is used.
     """
     data = REFERENCE_DATA.get(dataset)
     if data is None:
         raise ValueError(f"dataset: {dataset!r} has no reference data (known: {', '.join(REFERENCE_DATA)})")
     extractor = check_extractor(extractor, dataset)
-    key = reference_key(dataset, extractor, data.resolution, n)
-    ident = {"dataset": dataset, "extractor": extractor, "resolution": data.resolution, "n": n}
+    drawn = reference_dataset(dataset, seed, n)
+    key = reference_key(drawn, extractor, data.resolution, n)
+    ident = {"dataset": drawn, "extractor": extractor, "resolution": data.resolution, "n": n}
     stored = stored_hash = None
     if session_factory is not None:
         with session_scope(session_factory) as session:
@@ -92,17 +104,17 @@ def reference_stats(dataset: str, extractor: str | None, n: int, *, data_dir: Pa
         digest = features_digest(found[0])
         if session_factory is not None and (stored is None or stored_hash != digest):
             _record(session_factory, ident, data_dir, path, digest)
-        return Reference(key, dataset, extractor, data.resolution, n, *found, path=path, cached=True, digest=digest)
+        return Reference(key, drawn, extractor, data.resolution, n, *found, path=path, cached=True, digest=digest)
 
     # 2. Compute, write the file atomically, record it.
-    samples = reference_samples(dataset, n)
+    samples = reference_samples(dataset, n, seed)
     features = images_to_features(model if model is not None else extractor, samples, device=device).astype(np.float32)
     mu, sigma = feature_stats(features)
     _save(path, key, features, mu, sigma)
     digest = features_digest(features)
     if session_factory is not None:
         _record(session_factory, ident, data_dir, path, digest)
-    return Reference(key, dataset, extractor, data.resolution, n, features, mu, sigma, path=path, cached=False,
+    return Reference(key, drawn, extractor, data.resolution, n, features, mu, sigma, path=path, cached=False,
                      digest=digest)
 
 

@@ -16,13 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import eval_specs
+from core import eval_prompts, eval_specs
 from core.catalogue import check_distillable, check_prompt_free, check_trainable, get_teacher_info
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
 from core.run_files import check_init
-from core.specs import BUILTIN_TEACHERS, SAMPLER_NAMES, SampleRequest
+from core.specs import SAMPLER_NAMES, SampleRequest, teacher_training_steps
 from core.text_inputs import check_text_inputs
 from storage import repo
 from storage.artifacts import resolve
@@ -94,8 +94,12 @@ class EvaluateSpec(_Spec):
     n: int = knob(1000, "choice", "samples per model; below 2,000 figures are small-sample estimates",
                   ge=eval_specs.MIN_N, le=eval_specs.MAX_N)
     seed: int = knob(0, "choice", "seeds seed .. seed + n - 1; class-conditional: class seed % 10", ge=0, lt=2**62)
-    extractor: str | None = knob(None, "choice", "none: the dataset's own (digits, toy2d)")
-    guidance: float = knob(1.0, "choice", "CFG weight for class-conditional teachers", ge=0.0, le=20.0)
+    extractor: str | None = knob(None, "choice", "none: the dataset's own (digits, toy2d, shapes)")
+    guidance: float = knob(1.0, "choice", "CFG weight for class-conditional and text-to-image teachers", ge=0.0,
+                           le=20.0)
+    prompts: str | None = knob(None, "choice", "text-to-image models only: a built-in prompt set (shapes-test, "
+                               "shapes-heldout; none: the shapes teacher's shapes-test) or a prompt file's absolute "
+                               "path; seed s draws prompt s", max_length=4096)
 
 
 SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec,
@@ -241,9 +245,11 @@ class EvalTarget:
     kind: str           # "teacher" or "student"
     source: str         # the teacher's name, or the student folder
     steps: int
-    dataset: str        # the teacher's benchmark: digits, toy2d-ring, toy2d-grid or imported
+    dataset: str        # what its samples are compared with: the teacher's benchmark (digits, toy2d-ring, toy2d-grid,
+                        # shapes, imported), or the built-in prompt set a text-to-image model is evaluated on
     num_classes: int
     extractor: str | None  # None: no reference data for this dataset
+    prompts: eval_prompts.EvalPrompts | None = None  # text-to-image models: the prompts seeds draw
 
 
 def check_evaluate(spec: dict[str, Any], *, data_dir: Path, session: Session | None) -> tuple[dict[str, Any], list[EvalTarget]]:
@@ -252,23 +258,31 @@ def check_evaluate(spec: dict[str, Any], *, data_dir: Path, session: Session | N
     metrics = eval_specs.check_metrics(spec["metrics"])
     targets = []
     for ref in spec["models"]:
-        target = _eval_target(ref, spec["guidance"], data_dir, session)
-        eval_specs.check_applicable(metrics, model=target.ref, dataset=target.dataset, num_classes=target.num_classes)
+        target = _eval_target(ref, spec["guidance"], spec["prompts"], data_dir, session)
+        eval_specs.check_applicable(metrics, model=target.ref, dataset=target.dataset, num_classes=target.num_classes,
+                                    prompts=target.prompts.name if target.prompts else "")
         eval_specs.check_n(spec["n"], target.dataset, metrics)
+        if target.prompts is not None:
+            eval_prompts.check_seeds(target.prompts, spec["seed"], spec["n"])
+            if "alignment" in metrics:
+                eval_prompts.check_grammar(target.prompts)
         targets.append(dataclasses.replace(target, extractor=eval_specs.check_extractor(spec["extractor"], target.dataset)))
     if spec["extractor"] is not None and all(t.extractor is None for t in targets):
         raise ValueError(f"extractor: no model here has reference data for {spec['extractor']!r}")
     return {**spec, "models": [t.ref for t in targets], "metrics": list(metrics)}, targets
 
 
-def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | None) -> EvalTarget:
+def _eval_target(ref: str, guidance: float, prompts: str | None, data_dir: Path,
+                 session: Session | None) -> EvalTarget:
     parsed = parse_ref(ref)
     if parsed.is_teacher:
-        info = check_prompt_free(_teacher_info(parsed.name, data_dir))
-        if guidance != 1.0 and not info.num_classes:
-            raise ValueError(f"guidance: {parsed.name!r} is unconditional; guidance needs a class-conditional teacher")
-        return EvalTarget(ref, eval_specs.guided_model(parsed.at(None).text, guidance), "teacher", parsed.name,
-                          default_steps(parsed), info.benchmark, info.num_classes, None)
+        info = _teacher_info(parsed.name, data_dir)
+        if guidance != 1.0 and not (info.num_classes or info.is_text_to_image):
+            raise ValueError(f"guidance: {parsed.name!r} is unconditional; guidance needs a class-conditional or "
+                             "text-to-image teacher")
+        target = EvalTarget(ref, eval_specs.guided_model(parsed.at(None).text, guidance), "teacher", parsed.name,
+                            default_steps(parsed), info.benchmark, info.num_classes, None)
+        return _with_prompts(target, prompts, info)
     if guidance != 1.0:
         raise ValueError(f"guidance: students are sampled unguided (guidance belongs to the teacher); {ref!r} is one")
     if parsed.kind == "run":
@@ -291,8 +305,17 @@ def _eval_target(ref: str, guidance: float, data_dir: Path, session: Session | N
         raise ValueError(f"model: {ref!r} is a one-step {student['method']} generator; evaluate it at @1")
     info = get_teacher_info(student["teacher"], data_dir)
     canonical = ref if parsed.kind == "run" else ModelRef.folder(model, parsed.steps).text
-    return EvalTarget(canonical, model, "student", str(folder), steps, info.benchmark,
-                      info.num_classes, None)
+    return _with_prompts(EvalTarget(canonical, model, "student", str(folder), steps, info.benchmark, info.num_classes,
+                                    None), prompts, info)
+
+
+def _with_prompts(target: EvalTarget, prompts: str | None, info) -> EvalTarget:
+    """The target with the prompts it draws if its teacher (`info`) is text-to-image; a built-in set's scenes are then
+    what its samples are compared with."""
+    resolved = eval_prompts.resolve_prompts(prompts, target.ref, info)
+    if resolved is None:
+        return target
+    return dataclasses.replace(target, dataset=resolved.name if resolved.builtin else target.dataset, prompts=resolved)
 
 
 def _total(kind: str, spec: dict[str, Any]) -> int | None:
@@ -302,7 +325,7 @@ def _total(kind: str, spec: dict[str, Any]) -> int | None:
         return spec["iterations"]
     if kind == "sample":
         return len(spec["seeds"])
-    return spec.get("iterations") or BUILTIN_TEACHERS[spec["name"]].train.iterations
+    return teacher_training_steps(spec["name"], spec.get("iterations"))
 
 
 class Jobs:

@@ -95,9 +95,10 @@ def _recipe(name: str) -> int | None:
 def train_teacher(ctx: Studio, user: str, name: str, iterations) -> str:
     if iterations is None or (isinstance(iterations, float) and not iterations.is_integer()):
         raise ValueError(f"iterations: must be a whole number, got {iterations!r}")
-    check_trainable(name, field="name")
+    info = check_trainable(name, field="name")
     ctx.throttle(user)
-    spec = {"name": name, "iterations": int(iterations)}
+    # The recipe's own count is sent as none: for shapes a given count applies to both of its stages.
+    spec = {"name": name, "iterations": None if int(iterations) == info.train.iterations else int(iterations)}
     try:
         run_id = ctx.jobs.submit("teacher", spec)
     except BrokerUnavailable as exc:

@@ -48,11 +48,14 @@ def _checks(caption: str, pred: dict[str, torch.Tensor], i: int) -> list[tuple[s
     return out
 
 
-def alignment(model: ShapesClassifier, images: torch.Tensor, captions: Sequence[str]) -> Alignment:
-    """Alignment of images [B,3,32,32] in [-1, 1] with the captions they were drawn for."""
+def alignment(model: ShapesClassifier, images: torch.Tensor, captions: Sequence[str],
+              batch_size: int = 1024) -> Alignment:
+    """Alignment of images [B,3,32,32] in [-1, 1] with the captions they were drawn for; the classifier reads
+    `batch_size` images at a time (an evaluation's 100,000 would not fit in memory at once)."""
     if len(captions) != images.shape[0]:
         raise ValueError(f"alignment: {images.shape[0]} images for {len(captions)} captions")
-    pred = predict(model.eval(), images)
+    parts = [predict(model.eval(), images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    pred = {head: torch.cat([part[head] for part in parts]) for head in parts[0]}
     kinds: dict[str, list[bool]] = {}
     shown, every = 0, 0
     total = 0

@@ -15,7 +15,7 @@ import pytest
 from tests.app.cli_helpers import ok, one_error_line
 
 BUILTINS = {"toy2d-ring-gmm": ([2], 0), "toy2d-grid-gmm": ([2], 0), "toy2d-ring": ([2], 0), "toy2d-grid": ([2], 0),
-            "digits": ([1, 16, 16], 10)}
+            "digits": ([1, 16, 16], 10), "shapes": ([4, 16, 16], 0)}
 
 
 # -- teachers list / import --------------------------------------------------------------------------------

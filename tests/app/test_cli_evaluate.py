@@ -7,6 +7,7 @@ marked; `--submit` on a real Redis (database 9 of 127.0.0.1:6379, or STUDIO_TEST
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from storage.db import make_engine, make_session_factory, session_scope
 from storage.settings import get_settings
 from tests.app.cli_helpers import ok, one_error_line
 from tests.services import REDIS_URL, clear_studio_caches
+from tests.tiny_pipelines import save_tiny_sd, write_shapes_prompts
 
 TOY = ["--model", "teacher:toy2d-ring@4", "--model", "teacher:toy2d-ring@50"]
 
@@ -100,6 +102,22 @@ def test_an_evaluation_of_at_least_2000_samples_is_not_labelled_a_small_sample_e
     assert "small-sample" not in cli("leaderboard").stdout
 
 
+def test_a_text_to_image_teacher_is_evaluated_on_a_prompt_file_given_by_a_relative_path(cli, tmp_path, monkeypatch):
+    assert cli("teachers", "import", save_tiny_sd(tmp_path / "sd"), "--name", "sd-tiny").exit_code == 0
+    prompts = write_shapes_prompts(tmp_path / "shapes.txt")
+    monkeypatch.chdir(tmp_path)
+    args = ["evaluate", "--model", "teacher:sd-tiny@1", "--prompts", "shapes.txt", "--metrics", "alignment,speed",
+            "--n", "10"]
+    (model,) = ok(cli(*args, "--json"))["models"]
+    label = f"{prompts.resolve()} sha256:{hashlib.sha256(prompts.read_bytes()).hexdigest()[:12]}"  # made absolute
+    assert (model["prompts"], model["nfe"], model["reference"]) == (label, 1, "")
+    assert 0 <= model["values"]["alignment"] <= 1 and 0 <= model["values"]["alignment_all"] <= 1
+    assert cli(*args).stdout.startswith(f"teacher:sd-tiny @1 (NFE 1, prompts {label}): alignment ")
+    table = cli("leaderboard").stdout.splitlines()
+    assert table[0].split()[-1] == "prompts" and table[1].endswith(f"-  {label}")
+    assert [(r["model"], r["prompts"]) for r in ok(cli("leaderboard", "--json"))["rows"]] == [("teacher:sd-tiny", label)]
+
+
 def test_an_empty_leaderboard(cli):
     assert ok(cli("leaderboard", "--json")) == {"rows": [], "fid_vs_nfe": {}}
     assert cli("leaderboard").stdout.startswith("no evaluations yet")
@@ -117,6 +135,8 @@ def test_an_empty_leaderboard(cli):
     (["--metrics", "accuracy"], "error: metrics: accuracy needs a class-conditional digits model"),
     (["--extractor", "inception"], "error: extractor: 'inception' does not apply to toy2d-ring (use: toy2d)"),
     (["--seed", "-1"], "error: seed: Input should be greater than or equal to 0"),
+    (["--prompts", "shapes-test"],
+     "error: prompts: teacher:toy2d-ring is not a text-to-image model ('toy2d-ring' takes no prompts); leave prompts out"),
 ])
 @pytest.mark.parametrize("submit", [False, True])
 def test_bad_evaluate_input_is_one_line_naming_the_field(cli, data_dir, args, message, submit):
@@ -155,7 +175,7 @@ def test_evaluate_submit_queues_one_run(cli, queue):
     (run,) = ok(cli("runs", "list", "--json"))
     assert (run["kind"], run["status"], run["total"]) == ("evaluate", "queued", 256)
     assert run["spec"] == {"models": ["teacher:toy2d-ring@4", "teacher:toy2d-ring@50"], "metrics": ["fid", "kid"],
-                           "n": 128, "seed": 0, "extractor": None, "guidance": 1.0}
+                           "n": 128, "seed": 0, "extractor": None, "guidance": 1.0, "prompts": None}
     assert "evaluate teacher:toy2d-ring@4 teacher:toy2d-ring@50 on fid,kid" in cli("runs", "list").stdout
     assert _evaluations() == []  # the worker measures it
 

@@ -31,11 +31,16 @@ def test_sample_a_prompt_writes_pngs_at_pixel_resolution_a_grid_and_a_summary(cl
     assert (out / "grid.png").is_file() and summary["grid"] == str(out / "grid.png")
     assert json.loads((out / "sample.json").read_text())["prompts"] == ["a photograph of a cat"]
 
-    # Seed 6's image does not depend on the batch it was drawn in; unguided sampling costs 1 NFE a step.
+    # Seed 6's image does not depend on the batch it was drawn in; unguided sampling costs 1 NFE a step. Why one
+    # level: a batch of 1 and of 3 can take different CPU kernels (seen with one torch thread), whose float rounding
+    # differs by ~1e-6 and may move a pixel across an 8-bit rounding boundary; another seed's noise would move
+    # pixels by far more.
     alone = ok(cli("sample", "--model", sd_tiny, "--prompt", "a photograph of a cat", "--n", 1, "--seed", 6,
                    "--steps", 2, "--guidance", 4, "--out", tmp_path / "alone", "--json"))
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "alone" / "prompt-000-seed-000006.png")),
-                          np.asarray(Image.open(out / "prompt-000-seed-000006.png")))
+    a = np.asarray(Image.open(tmp_path / "alone" / "prompt-000-seed-000006.png")).astype(int)
+    b = np.asarray(Image.open(out / "prompt-000-seed-000006.png")).astype(int)
+    c = np.asarray(Image.open(out / "prompt-000-seed-000005.png")).astype(int)
+    assert np.abs(a - b).max() <= 1 < np.abs(a - c).max()
     assert alone["nfe"] == 4
     plain = ok(cli("sample", "--model", sd_tiny, "--prompt", "a dog", "--n", 1, "--steps", 2,
                    "--out", tmp_path / "plain", "--json"))

@@ -68,7 +68,7 @@ def test_an_sd_teacher_is_listed_and_its_preview_explains_why_it_cannot_be_sampl
 
     cells, status, pending = teachers.sample_grid(ctx, "local", "sd-tiny")
     assert (cells, pending) == ([], False)
-    assert status == ("'sd-tiny' is a text-to-image teacher; evaluating and queued sampling do not take prompts yet "
+    assert status == ("'sd-tiny' is a text-to-image teacher; queued sampling does not take prompts yet "
                       "(sample it, or a student of it, with `distill-studio sample --prompt`).")
     assert all_runs(ctx) == []  # nothing queued
     assert teachers.import_message(manifest) == \

@@ -1,7 +1,7 @@
 """Imported Stable Diffusion and SDXL pipelines: tiny random folders (built from configs, nothing downloaded) are
 checked end to end and registered with their resolution, latent shape and prediction type; anything else is refused
 naming the part, with nothing registered; until the methods take prompts, distilling them is refused, and sampling
-without a prompt is refused naming the field."""
+or evaluating without prompts is refused naming the field."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from core.teachers import load_teacher
 from core.teachers.imported import TeacherImportError, import_folder
 from tests.tiny_pipelines import save_tiny_sd
 
-REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; evaluating and queued sampling do not take prompts yet " \
+REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; queued sampling does not take prompts yet " \
           r"\(sample it, or a student of it, with `distill-studio sample --prompt`\)"
 PROMPT_REFUSAL = r"prompt: 'sd-tiny' is a text-to-image teacher; give --prompt TEXT or --prompts FILE"
 
@@ -172,7 +172,7 @@ def test_a_null_class_is_refused_for_a_prompt_conditioned_pipeline(pipelines, da
     assert _entries(data_dir) == []
 
 
-# -- Distilled with prompts or data; not yet evaluated or sampled by a queued job; no sample without a prompt --------
+# -- Distilled with prompts or data; not sampled by a queued job; no sample or evaluation without prompts -------
 
 def test_sd_teacher_is_distillable_but_promptless_runs_and_queued_samples_refuse_it(pipelines, data_dir, tmp_path):
     from workers.local import distill, sample_model
@@ -191,6 +191,8 @@ def test_sd_teacher_is_distillable_but_promptless_runs_and_queued_samples_refuse
         validate_spec("distill", {"teacher": "sd-tiny", "method": "emd"}, data_dir=data_dir)
     with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
         validate_spec("sample", {"model": "teacher:sd-tiny", "seeds": [0]}, data_dir=data_dir)
-    with pytest.raises(ValueError, match=f"^{REFUSAL}$"):
+    with pytest.raises(ValueError, match=r"^prompts: teacher:sd-tiny is a text-to-image model of 'sd-tiny', which "
+                                         r"has no default prompt set; give a built-in set \(shapes-test, shapes-heldout\) "
+                                         r"or a prompt file$"):
         validate_spec("evaluate", {"models": ["teacher:sd-tiny"], "metrics": ["speed"]}, data_dir=data_dir)
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()

@@ -109,3 +109,22 @@ def test_a_refused_foreground_run_writes_nothing(world, tmp_path):
                 prompts=world["prompts"])
     assert not (tmp_path / "run").exists()
     assert not Path(world["data_dir"] / "cache").exists()
+
+
+@pytest.mark.parametrize("method", ["mmd", "emd"])
+def test_the_builtin_shapes_teacher_trains_on_its_generator_without_inputs(method):
+    from core.shapes import evaluation_scenes
+    from core.specs import BUILTIN_TEACHERS
+
+    config = build_method_config(method)
+    inputs = check_text_inputs(BUILTIN_TEACHERS["shapes"], config.needs_data, method, None, None)
+    assert (inputs.benchmark, inputs.has_data, inputs.record()) == ("shapes", True, {"benchmark": "shapes"})
+    # The fixed preview prompts are the first of its test prompt set.
+    assert inputs.train_prompts == tuple(s.caption for s in evaluation_scenes("shapes-test", 4))
+
+
+def test_the_builtin_shapes_teacher_also_takes_a_prompt_file(tmp_path):
+    from core.specs import BUILTIN_TEACHERS
+
+    inputs = check_text_inputs(BUILTIN_TEACHERS["shapes"], False, "emd", write_prompts(tmp_path / "p.txt"), None)
+    assert inputs.benchmark is None and inputs.prompts is not None and not inputs.has_data

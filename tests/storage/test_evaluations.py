@@ -94,6 +94,26 @@ def test_fids_rank_only_among_rows_measured_on_the_same_reference_features(db):
                                                                  ("run:1", None)]  # unknown features: after
 
 
+def test_a_text_to_image_model_has_a_row_and_a_series_per_prompt_set(db):
+    with session_scope(db) as session:
+        for prompts, fid, alignment in (("shapes-test", 20.0, 0.8), ("shapes-heldout", 30.0, 0.6)):
+            for metric, value in (("fid", fid), ("alignment", alignment)):
+                repo.record_evaluation(session=session, model="teacher:shapes", metric=metric, value=value, n=500,
+                                       extractor="shapes", reference=f"{prompts}-seeds0-499-shapes-32-500",
+                                       reference_hash=REF_HASH, seed=0, seed_last=499, steps=4, nfe=4, prompts=prompts)
+        _add(session, "teacher:digits", 4, 4, fid=9.0)
+    with session_scope(db) as session:
+        assert [e.prompts for e in repo.list_evaluations(session=session)] == ["shapes-test"] * 2 + \
+            ["shapes-heldout"] * 2 + [""]
+        board = repo.leaderboard(session=session)
+    rows = {(r["model"], r["prompts"]): r["metrics"] for r in board["rows"]}
+    assert rows == {("teacher:shapes", "shapes-test"): {"alignment": 0.8, "fid": 20.0},
+                    ("teacher:shapes", "shapes-heldout"): {"alignment": 0.6, "fid": 30.0},
+                    ("teacher:digits", ""): {"fid": 9.0}}
+    assert board["fid_vs_nfe"] == {"teacher:digits": [[4, 9.0]], "teacher:shapes (shapes-heldout)": [[4, 30.0]],
+                                   "teacher:shapes (shapes-test)": [[4, 20.0]]}
+
+
 def test_a_seed_range_that_ends_before_it_starts_is_refused(db):
     with pytest.raises(ValueError, match=r"^seed_last: 3 is below the first seed 4"), session_scope(db) as session:
         repo.record_evaluation(session=session, model="run:1", metric="fid", value=1.0, n=10, extractor="digits",

@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from storage.db import make_engine
 from storage.migrate import alembic_config, upgrade
@@ -72,19 +73,25 @@ def test_upgrading_twice_is_a_no_op(new_database):
     assert schema(url) == before
 
 
-def test_0006_gives_existing_evaluations_their_seed_range_and_an_unknown_reference_hash(new_database):
-    url = new_database()
+def _upgrade_from(url: str, revision: str, *inserts: str) -> None:
+    """Migrate a new database to `revision`, write rows there as that revision's code did, then upgrade to the head."""
     engine = make_engine(url)
     with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), "0005")
-        connection.execute(text(
-            "INSERT INTO evaluations (model, metric, value, n, extractor, reference, seed, steps, nfe) VALUES "
-            "('teacher:digits', 'fid', 0.5, 500, 'digits', 'digits-digits-16-500', 7, 4, 4)"))
-        connection.execute(text("INSERT INTO reference_stats (dataset, extractor, resolution, n, path) VALUES "
-                                "('digits', 'digits', 16, 500, 'reference/digits-digits-16-500.npz')"))
+        command.upgrade(alembic_config(connection), revision)
+        for insert in inserts:
+            connection.execute(text(insert))
     engine.dispose()
     result = upgrade(url)
-    assert (result.before, result.after) == ("0005", HEAD)
+    assert (result.before, result.after) == (revision, HEAD)
+
+
+def test_0006_gives_existing_evaluations_their_seed_range_and_an_unknown_reference_hash(new_database):
+    url = new_database()
+    _upgrade_from(url, "0005",
+                  "INSERT INTO evaluations (model, metric, value, n, extractor, reference, seed, steps, nfe) VALUES "
+                  "('teacher:digits', 'fid', 0.5, 500, 'digits', 'digits-digits-16-500', 7, 4, 4)",
+                  "INSERT INTO reference_stats (dataset, extractor, resolution, n, path) VALUES "
+                  "('digits', 'digits', 16, 500, 'reference/digits-digits-16-500.npz')")
     engine = make_engine(url)
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT model, value, n, seed, seed_last, reference, reference_hash "
@@ -93,6 +100,27 @@ def test_0006_gives_existing_evaluations_their_seed_range_and_an_unknown_referen
     engine.dispose()
     assert [tuple(r) for r in rows] == [("teacher:digits", 0.5, 500, 7, 506, "digits-digits-16-500", None)]
     assert [tuple(r) for r in references] == [("reference/digits-digits-16-500.npz", None)]
+
+
+def test_0007_gives_existing_evaluations_no_prompt_set_and_downgrades(new_database):
+    url = new_database()
+    _upgrade_from(url, "0006",
+                  "INSERT INTO evaluations (model, metric, value, n, extractor, reference, seed, seed_last, steps, nfe) "
+                  "VALUES ('teacher:digits', 'fid', 0.5, 500, 'digits', 'digits-digits-16-500', 7, 506, 4, 4)")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        rows = connection.execute(text("SELECT model, seed_last, prompts FROM evaluations")).all()
+        connection.execute(text(
+            "INSERT INTO evaluations (model, metric, value, n, extractor, reference, seed, seed_last, steps, nfe, "
+            "prompts) VALUES ('teacher:shapes', 'alignment', 0.9, 10, '', '', 0, 9, 4, 4, 'shapes-test')"))
+        with pytest.raises(IntegrityError), connection.begin_nested():  # the column is NOT NULL
+            connection.execute(text("UPDATE evaluations SET prompts = NULL"))
+        command.downgrade(alembic_config(connection), "0006")
+        columns = [c["name"] for c in inspect(connection).get_columns("evaluations")]
+        kept = connection.execute(text("SELECT model FROM evaluations ORDER BY id")).scalars().all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("teacher:digits", 506, "")]
+    assert "prompts" not in columns and "seed_last" in columns and kept == ["teacher:digits", "teacher:shapes"]
 
 
 @pytest.mark.postgres

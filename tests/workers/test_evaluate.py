@@ -267,7 +267,8 @@ def test_an_evaluate_spec_is_normalised_for_the_worker(db, data_dir, tmp_path, m
     with session_scope(db) as session:
         clean = validate_spec("evaluate", spec, data_dir=data_dir, session=session)
     assert clean == {"models": ["teacher:toy2d-ring@4", str((tmp_path / "student").resolve())],
-                     "metrics": ["fid", "modes", "speed"], "n": 256, "seed": 0, "extractor": None, "guidance": 1.0}
+                     "metrics": ["fid", "modes", "speed"], "n": 256, "seed": 0, "extractor": None, "guidance": 1.0,
+                     "prompts": None}
     assert _total("evaluate", clean) == 512
     json.dumps(clean)  # stored on the run row
     with pytest.raises(ValueError, match=r"^metrics: unknown metric 'is'"), session_scope(db) as session:

@@ -17,7 +17,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from core.specs import BUILTIN_TEACHERS
+from core.specs import BUILTIN_TEACHERS, SHAPES_TRAIN, SHAPES_VAE_TRAIN
 from storage import repo
 from storage.db import session_scope
 from storage.migrate import upgrade
@@ -206,15 +206,20 @@ def test_each_kind_has_its_task_and_total(jobs, broker, env):
     teacher = jobs.submit("teacher", {"name": "digits"})
     teacher_short = jobs.submit("teacher", {"name": "toy2d-grid", "iterations": 77, "seed": 3})
     sample = jobs.submit("sample", {"model": "teacher:digits", "seeds": [5, 6, 7], "class_id": 3, "guidance": 2})
+    # shapes trains in two stages (VAE, then text encoder + UNet): its progress runs over both.
+    shapes = jobs.submit("teacher", {"name": "shapes"})
+    shapes_short = jobs.submit("teacher", {"name": "shapes", "iterations": 5})
     runs = _runs(jobs)
     assert [(r.id, r.kind, r.total) for r in runs] == [
         (teacher, "teacher", BUILTIN_TEACHERS["digits"].train.iterations), (teacher_short, "teacher", 77),
-        (sample, "sample", 3)]
+        (sample, "sample", 3), (shapes, "teacher", SHAPES_VAE_TRAIN.iterations + SHAPES_TRAIN.iterations),
+        (shapes_short, "teacher", 10)]
     assert runs[0].spec == {"name": "digits", "iterations": None, "seed": None}
     assert runs[2].spec == {"model": "teacher:digits", "seeds": [5, 6, 7], "steps": None, "class_id": 3,
                             "guidance": 2.0, "sampler": "ddim", "eta": 0.0, "checkpoint": None}
     assert _messages(broker, env) == [("studio.train_teacher", [teacher]), ("studio.train_teacher", [teacher_short]),
-                                      ("studio.sample", [sample])]
+                                      ("studio.sample", [sample]), ("studio.train_teacher", [shapes]),
+                                      ("studio.train_teacher", [shapes_short])]
 
 
 # -- the broker is down ---------------------------------------------------------------------------------------

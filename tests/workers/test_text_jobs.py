@@ -1,6 +1,7 @@
 """A queued distillation of an imported SD teacher: the spec carries the prompt file (or image folder) by absolute path,
 the job trains from it and records which file it read; a second stage starts from the first by run:ID; a spec that
-lacks what the method needs is refused before a row is written."""
+lacks what the method needs is refused before a row is written. A queued evaluation of the teacher and the student
+draws its prompts from a file named the same way, and its rows name that file."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from core.teachers.imported import import_folder
 from storage import repo
 from storage.db import session_scope
-from tests.tiny_pipelines import save_tiny_sd, write_prompts
+from tests.tiny_pipelines import save_tiny_sd, write_prompts, write_shapes_prompts
 from tests.workers.local_jobs import job, validate
 
 
@@ -46,3 +47,34 @@ def test_a_queued_text_to_image_distillation_trains_from_its_prompt_file(jobs_db
         assert repo.get_run(session=s, run_id=second).spec["init"] == str(folder)
     started = json.loads((jobs_db.data_dir / "runs" / str(second) / "student.json").read_text())["init"]
     assert (started["from"], started["step"], started["nets"]) == (str(folder), 2, ["student", "fake"])
+
+    # A queued evaluation of the teacher and the first student on a file of shapes captions (absolute, like `prompts`
+    # above): every row names the file and its hash; the stored spec re-validates in the worker.
+    shapes = write_shapes_prompts(tmp_path / "shapes.txt")
+    label = f"{shapes} sha256:{hashlib.sha256(shapes.read_bytes()).hexdigest()[:12]}"
+    evaluation = {"models": ["teacher:sd-tiny@1", f"run:{run_id}"], "metrics": ["alignment", "speed"], "n": 10,
+                  "prompts": str(shapes)}
+    eval_id = job(jobs_db, "evaluate", evaluation)
+    with session_scope(jobs_db.factory) as s:
+        rows = repo.list_evaluations(session=s, run_id=eval_id)
+        assert repo.get_run(session=s, run_id=eval_id).spec["prompts"] == str(shapes)
+    assert sorted((r.model, r.metric, r.prompts) for r in rows) == sorted(
+        (model, metric, label) for model in ("teacher:sd-tiny", f"run:{run_id}")
+        for metric in ("alignment", "alignment_all", "ms_per_image", "images_per_s"))
+    assert all(0 <= r.value <= 1 for r in rows if r.metric.startswith("alignment"))
+    with pytest.raises(ValueError, match=r"^prompts: must be a built-in set \(shapes-test, shapes-heldout\) or a prompt "
+                                         r"file's absolute path"):
+        validate(jobs_db, "evaluate", {**evaluation, "prompts": "shapes.txt"})
+
+
+def test_a_queued_shapes_distillation_trains_on_the_benchmarks_generator(jobs_db):
+    """The built-in shapes teacher needs neither a prompt file nor a data folder: a method that needs images (mmd)
+    is queued without either and trains on freshly drawn scenes."""
+    spec = {"teacher": "shapes", "method": "mmd", "preset": "shapes", "student_steps": 2, "iterations": 2,
+            "batch_size": 4}
+    run_id = job(jobs_db, "distill", spec)
+    student = json.loads((jobs_db.data_dir / "runs" / str(run_id) / "student.json").read_text())
+    assert student["inputs"] == {"benchmark": "shapes"} and student["config"]["student_steps"] == 2
+    with session_scope(jobs_db.factory) as s:
+        assert repo.get_run(session=s, run_id=run_id).status == "succeeded"
+

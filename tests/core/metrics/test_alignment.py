@@ -29,6 +29,7 @@ def test_renders_of_their_own_captions_align_fully(model):
     # The classifier reads real renders at 100 % (its own test); allow one miss in 300 scenes.
     assert result.all_right >= 299 / 300 and result.attribute_share > 0.998
     assert set(result.per_attribute) == {"background", "position", "shape", "colour", "size", "empty"}
+    assert alignment(model, _images(scenes), [s.caption for s in scenes], batch_size=7) == result  # read in parts
 
 
 def test_wrong_images_lose_exactly_the_attributes_they_get_wrong(model):
