@@ -66,7 +66,7 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
     if info.is_text_to_image:
         return _train_pipeline_teacher(name, out_dir, changes, install=install, device=device, command=command,
                                        progress=progress, should_stop=should_stop, on_checkpoint=on_checkpoint)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, git = time.process_time(), time.perf_counter(), _git_revision()  # the code that trains
     result = train_builtin_teacher(
         name, out_dir, config=config, device=device, should_stop=should_stop, on_checkpoint=on_checkpoint,
         on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
@@ -75,7 +75,7 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
         "cpu_minutes": round((time.process_time() - cpu0) / 60, 2),
         "wall_minutes": round((time.perf_counter() - wall0) / 60, 2),
         "torch_threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "git": _git_revision(),
+        "cpus": os.cpu_count(), "torch": torch.__version__, "git": git,
     }
     out = {"name": name, "status": result.status, "step": result.step, "out_dir": str(out_dir),
            "model": str(result.model_path) if result.model_path else None, "training": record}
@@ -100,7 +100,7 @@ def _train_pipeline_teacher(name: str, out_dir: Path, changes: dict, *, install:
 
     vae_config = SHAPES_VAE_TRAIN.replace(**changes)
     unet_config = BUILTIN_TEACHERS[name].train.replace(**changes)
-    wall0 = time.perf_counter()
+    wall0, git = time.perf_counter(), _git_revision()  # the code that trains, not the revision when it ends
 
     def report(p):  # one bar over both stages: stage 2's step n is step vae_iterations + n
         if progress:
@@ -115,7 +115,7 @@ def _train_pipeline_teacher(name: str, out_dir: Path, changes: dict, *, install:
         "vae_iterations": vae_config.iterations, "vae_train": vae_config.to_dict(), "train": unet_config.to_dict(),
         "cpu_minutes": result.cpu_minutes, "wall_minutes": round((time.perf_counter() - wall0) / 60, 2),
         "torch_threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "git": _git_revision(),
+        "cpus": os.cpu_count(), "torch": torch.__version__, "git": git,
     }
     out = {"name": name, "status": result.status, "stage": result.stage, "step": result.step, "out_dir": str(out_dir),
            "model": str(result.pipeline) if result.pipeline else None, "training": record}
