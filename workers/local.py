@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +63,9 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
     config = info.train.replace(**changes)
     check_writable(out_dir)
     if info.is_text_to_image:
-        return _train_pipeline_teacher(name, out_dir, changes, install=install, device=device, command=command,
+        from workers.pipeline_teacher import train_pipeline_teacher
+
+        return train_pipeline_teacher(name, out_dir, changes, install=install, device=device, command=command,
                                        progress=progress, should_stop=should_stop, on_checkpoint=on_checkpoint)
     cpu0, wall0, git = time.process_time(), time.perf_counter(), _git_revision()  # the code that trains
     result = train_builtin_teacher(
@@ -87,69 +88,6 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
         (WEIGHTS_DIR / f"{name}.json").write_text(json.dumps(doc, indent=1))
         out["installed"] = str(WEIGHTS_DIR / f"{name}.safetensors")
     return out
-
-
-def _train_pipeline_teacher(name: str, out_dir: Path, changes: dict, *, install: bool, device: str, command: str,
-                            progress, should_stop, on_checkpoint) -> dict:
-    """The shapes teacher: two stages (VAE, then text encoder + UNet; `iterations` and `seed` apply to both), a
-    StableDiffusionPipeline folder, and with `install` that folder checked as an import is and shipped in
-    core/teachers/weights/NAME with its teacher.json (the import's manifest plus the training record)."""
-    from core.specs import BUILTIN_TEACHERS, SHAPES_VAE_TRAIN
-    from core.teachers.shapes_parts import ShapesArchitecture
-    from core.teachers.shapes_trainer import train_shapes
-
-    vae_config = SHAPES_VAE_TRAIN.replace(**changes)
-    unet_config = BUILTIN_TEACHERS[name].train.replace(**changes)
-    wall0, git = time.perf_counter(), _git_revision()  # the code that trains, not the revision when it ends
-
-    def report(p):  # one bar over both stages: stage 2's step n is step vae_iterations + n
-        if progress:
-            done = p["step"] + (vae_config.iterations if p["stage"] == "unet" else 0)
-            progress(done, vae_config.iterations + unet_config.iterations, p["metrics"])
-
-    result = train_shapes(out_dir, arch=ShapesArchitecture(), vae_config=vae_config, unet_config=unet_config,
-                          seed=unet_config.seed, device=device, on_progress=report, should_stop=should_stop,
-                          on_checkpoint=on_checkpoint)
-    record = {
-        "command": command, "seed": unet_config.seed, "iterations": unet_config.iterations,
-        "vae_iterations": vae_config.iterations, "vae_train": vae_config.to_dict(), "train": unet_config.to_dict(),
-        "cpu_minutes": result.cpu_minutes, "wall_minutes": round((time.perf_counter() - wall0) / 60, 2),
-        "torch_threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "git": git,
-    }
-    out = {"name": name, "status": result.status, "stage": result.stage, "step": result.step, "out_dir": str(out_dir),
-           "model": str(result.pipeline) if result.pipeline else None, "training": record}
-    if install and result.pipeline:
-        out["installed"] = str(install_pipeline_teacher(name, result.pipeline, record))
-    return out
-
-
-def install_pipeline_teacher(name: str, pipeline: Path, record: dict) -> Path:
-    """Check `pipeline` as `teachers import` would and ship it as core/teachers/weights/NAME (all or nothing)."""
-    from core.catalogue import MANIFEST
-    from core.specs import BUILTIN_TEACHERS
-    from core.teachers.imported import inspect_folder
-    from core.teachers.imported_sd import copy_sd_parts
-
-    fields = inspect_folder(pipeline)
-    info = BUILTIN_TEACHERS[name]
-    expected = (info.kind, list(info.data_shape), info.resolution, info.prediction_type)
-    got = (fields["kind"], fields["data_shape"], fields["resolution"], fields["prediction_type"])
-    if got != expected:
-        raise ValueError(f"{name}: the trained pipeline is {got}, the catalogue says {expected}")
-    manifest = {"name": name, "source": "built-in", "description": info.description, **fields, "training": record}
-    dest = WEIGHTS_DIR / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=WEIGHTS_DIR))
-    try:
-        copy_sd_parts(pipeline, tmp, fields["kind"])
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
 
 
 def _labels(request: SampleRequest, cond: torch.Tensor | None) -> list[str]:

@@ -17,9 +17,9 @@ RUN = ["--iterations", "2", "--batch-size", "4", "--json"]
 
 
 def test_teachers_train_shapes_runs_both_stages_records_them_and_installs_a_checked_folder(cli, tmp_path, monkeypatch):
-    import workers.local
+    import workers.pipeline_teacher
 
-    monkeypatch.setattr(workers.local, "WEIGHTS_DIR", tmp_path / "weights")  # never the shipped folder
+    monkeypatch.setattr(workers.pipeline_teacher, "WEIGHTS_DIR", tmp_path / "weights")  # never the shipped folder
     (tmp_path / "weights").mkdir()
     result = ok(cli("teachers", "train", "shapes", "--iterations", "2", "--out", tmp_path / "run", "--install",
                     "--json"))
