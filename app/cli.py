@@ -61,6 +61,8 @@ def teachers_train(
     seed: int = typer.Option(None, min=0, help="Run seed (default: the teacher's own)."),
     out: Path = typer.Option(None, help="Run folder (default: DATA_DIR/teacher-runs/NAME)."),
     install: bool = typer.Option(False, help="Ship the trained weights in core/teachers/weights."),
+    vae: Path = typer.Option(None, help="Text-to-image teachers: reuse this pipeline folder's autoencoder (vae/) "
+                             "instead of training one, e.g. core/teachers/weights/shapes."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Train a built-in teacher with the studio's own loop (resumes an interrupted run in the same folder)."""
@@ -70,7 +72,7 @@ def teachers_train(
     out = out or get_settings().data_dir / "teacher-runs" / name
     bar = Bar(f"train {name}", enabled=not as_json)
     try:
-        result = train_teacher(name, out, iterations=iterations, seed=seed, install=install,
+        result = train_teacher(name, out, iterations=iterations, seed=seed, install=install, vae_from=vae,
                                device=get_settings().device, command=shlex.join(["distill-studio", *sys.argv[1:]]),
                                progress=bar)
     finally:

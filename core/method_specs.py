@@ -55,7 +55,7 @@ _TOY_MMD_INSTANT = {**_TOY, "lr_gen": 3e-4, "weighting": "unit"}
 _DIGITS = {"sigma_data": 0.64}
 # shapes: the teacher's latents are scaled to unit std (its VAE's scaling_factor = 1 / std), and the teacher is guided
 # at its default weight. DMD2's fake score trains on the eps-MSE, as for Stable Diffusion (the teacher is an SD-format
-# epsilon model on SD's schedule).
+# v-prediction model on SD's schedule, as SD 2.x).
 _SHAPES = {"sigma_data": 1.0, "guidance": SHAPES_GUIDANCE}
 _SHAPES_DMD2 = {**_SHAPES, "fake_weighting": "eps"}
 

@@ -56,9 +56,12 @@ def check_writable(folder: Path) -> Path:
 
 def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, seed: int | None = None,
                   install: bool = False, device: str = "cpu", command: str = "", progress=None,
-                  should_stop=None, on_checkpoint=None) -> dict:
-    """Train a built-in teacher; with `install`, ship its weights in core/teachers/weights."""
+                  should_stop=None, on_checkpoint=None, vae_from: Path | None = None) -> dict:
+    """Train a built-in teacher; with `install`, ship its weights in core/teachers/weights. `vae_from`: text-to-image
+    teachers only, reuse that pipeline folder's autoencoder instead of training one."""
     info = check_trainable(name)
+    if vae_from is not None and not info.is_text_to_image:
+        raise ValueError(f"vae: {name} is not a text-to-image teacher; it has no autoencoder to reuse")
     changes = {k: v for k, v in {"iterations": iterations, "seed": seed}.items() if v is not None}
     config = info.train.replace(**changes)
     check_writable(out_dir)
@@ -66,7 +69,8 @@ def train_teacher(name: str, out_dir: Path, *, iterations: int | None = None, se
         from workers.pipeline_teacher import train_pipeline_teacher
 
         return train_pipeline_teacher(name, out_dir, changes, install=install, device=device, command=command,
-                                       progress=progress, should_stop=should_stop, on_checkpoint=on_checkpoint)
+                                       progress=progress, should_stop=should_stop, on_checkpoint=on_checkpoint,
+                                       vae_from=vae_from)
     cpu0, wall0, git = time.process_time(), time.perf_counter(), _git_revision()  # the code that trains
     result = train_builtin_teacher(
         name, out_dir, config=config, device=device, should_stop=should_stop, on_checkpoint=on_checkpoint,

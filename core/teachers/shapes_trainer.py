@@ -104,15 +104,16 @@ class TextToImageTrainer(DenoiserTrainer):
     guidance and decode them through the frozen VAE."""
 
     def __init__(self, net: TextNet, alphas_cumprod, latent_shape, config, vae: nn.Module, scaling_factor: float,
-                 tokens, guidance: float = 4.0, device="cpu"):
-        denoiser = NetworkDenoiser(net, DiscreteSchedule(alphas_cumprod), "epsilon", latent_shape)
+                 tokens, guidance: float = 4.0, device="cpu", prediction_type: str = "epsilon"):
+        denoiser = NetworkDenoiser(net, DiscreteSchedule(alphas_cumprod), prediction_type, latent_shape)
         super().__init__(denoiser, config, device=device)
         self.vae, self.scaling_factor, self.tokens, self.guidance = vae.to(device), scaling_factor, tokens, guidance
 
     @torch.no_grad()
     def preview(self, seeds: tuple[int, ...], module: nn.Module) -> torch.Tensor:
         captions = [s.caption for s in evaluation_scenes("shapes-test", len(seeds))]
-        previewer = _TokenDenoiser(module, self.denoiser.schedule, self.denoiser.data_shape).eval()
+        previewer = _TokenDenoiser(module, self.denoiser.schedule, self.denoiser.prediction_type,
+                                   self.denoiser.data_shape).eval()
         guided = CFGDenoiser(previewer, self.guidance)
         noise = seeded_noise(seeds, self.denoiser.data_shape, device=self.device)
         cond = TextCond(self.tokens(captions).to(self.device)[:, :, None].float())
@@ -126,8 +127,8 @@ class _TokenDenoiser(NetworkDenoiser):
 
     takes_prompts = True
 
-    def __init__(self, net: TextNet, schedule, data_shape):
-        super().__init__(net, schedule, "epsilon", data_shape)
+    def __init__(self, net: TextNet, schedule, prediction_type: str, data_shape):
+        super().__init__(net, schedule, prediction_type, data_shape)
 
     def null_cond(self, batch: int, device=None) -> TextCond:
         return TextCond(self.net.null_ids.expand(batch, -1)[:, :, None].float())
@@ -182,13 +183,30 @@ class CpuClock:
         self.path.write_text(json.dumps({"cpu_s": self.seconds}))
 
 
+def load_vae(folder: Path, arch) -> nn.Module:
+    """The AutoencoderKL of a pipeline folder (folder/vae) to reuse instead of training stage 1; refused unless it is
+    the recipe's architecture (the UNet's latent shape and the shipped record depend on it)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(folder) / "vae"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"vae: {folder} has no vae/config.json (give a StableDiffusionPipeline folder)")
+    config = json.loads((path / "config.json").read_text())
+    for key, want in arch.vae.items():  # before loading: a mismatched folder fails here, not in load_state_dict
+        got = config.get(key)
+        if (list(got) if isinstance(got, (list, tuple)) else got) != (list(want) if isinstance(want, tuple) else want):
+            raise ValueError(f"vae: {path} has {key}={got!r}; the shapes recipe needs {want!r}")
+    return AutoencoderKL.from_pretrained(path)
+
+
 def train_shapes(out_dir: Path, *, arch, vae_config, unet_config, seed: int = 0, device="cpu", on_progress=None,
-                 should_stop=None, on_checkpoint=None) -> ShapesResult:
+                 should_stop=None, on_checkpoint=None, vae_from: Path | None = None) -> ShapesResult:
     """Both stages (each resumable from its own checkpoints) and the pipeline folder out_dir/pipeline.
 
     The shipped weights are each stage's EMA weights (what run_training exports). `on_progress` gets the loop's
     progress dicts with "stage" added; `on_checkpoint` is called for stage 2's checkpoints only (stage 1's steps would
-    repeat its step numbers)."""
+    repeat its step numbers). `vae_from` (a pipeline folder) skips stage 1 and reuses that folder's autoencoder: the
+    text encoder and UNet can be retrained on the same latents without paying for the VAE again."""
     from core.checkpoints import load_state
     from core.teachers.shapes_parts import LatentCaptionBatches, build_parts
     from core.train import run_training
@@ -212,18 +230,21 @@ def train_shapes(out_dir: Path, *, arch, vae_config, unet_config, seed: int = 0,
         return ShapesResult(status, stage, step, pipeline, round(sum(c.seconds for c in clocks.values()) / 60, 2))
 
     parts = build_parts(arch, out_dir / "tokenizer-files", seed)
-    vae = parts["vae"]
-    first = stage_run("vae", VAETrainer(vae, vae_config, device), image_batches, vae_config, {"stage": "vae"})
-    if first.status != "completed":
-        return result(first.status, "vae", first.step)
-    vae.load_state_dict(load_state(first.model_path)[0])
+    if vae_from is not None:
+        vae = load_vae(vae_from, arch)
+    else:
+        vae = parts["vae"]
+        first = stage_run("vae", VAETrainer(vae, vae_config, device), image_batches, vae_config, {"stage": "vae"})
+        if first.status != "completed":
+            return result(first.status, "vae", first.step)
+        vae.load_state_dict(load_state(first.model_path)[0])
     vae.eval().requires_grad_(False)
     scale = latent_scale(vae)
     batches = LatentCaptionBatches(vae, parts["tokenizer"], scale)
     net = TextNet(parts["text_encoder"], parts["unet"], batches.tokens([""])[0])
     latent_shape = (arch.unet["in_channels"], arch.unet["sample_size"], arch.unet["sample_size"])
     trainer = TextToImageTrainer(net, parts["scheduler"].alphas_cumprod, latent_shape, unet_config, vae, scale,
-                                 batches.tokens, device=device)
+                                 batches.tokens, device=device, prediction_type=arch.prediction_type)
     second = stage_run("unet", trainer, batches, unet_config, {"stage": "unet", "scaling_factor": scale},
                        on_checkpoint)
     if second.status != "completed":

@@ -5,6 +5,7 @@ sampled with a prompt and exported to a pipeline diffusers runs."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -35,6 +36,47 @@ def test_teachers_train_shapes_runs_both_stages_records_them_and_installs_a_chec
     assert (manifest["kind"], manifest["data_shape"], manifest["resolution"]) == ("sd", [4, 16, 16], 32)
     assert manifest["training"] == record
     assert not list(tmp_path.joinpath("weights").glob(".shapes-*"))  # no temporary folder left behind
+
+
+def test_teachers_train_shapes_reuses_a_pipelines_vae_and_keeps_its_record(cli, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from core.catalogue import BUILTIN_WEIGHTS_DIR
+
+    shipped = BUILTIN_WEIGHTS_DIR / "shapes"
+    result = ok(cli("teachers", "train", "shapes", "--iterations", "2", "--vae", shipped, "--out", tmp_path / "run",
+                    "--json"))
+    assert (result["status"], result["stage"], result["step"]) == ("completed", "unet", 2)
+    assert not (tmp_path / "run" / "vae").exists()  # stage 1 never ran
+    record = result["training"]
+    assert "vae_iterations" not in record
+    source = json.loads((shipped / "teacher.json").read_text())["training"]
+    reused = record["vae_from"]
+    assert reused["folder"] == str(shipped)
+    assert {k: reused[k] for k in ("vae_iterations", "git")} == (
+        source["vae_from"] if "vae_from" in source else {k: source[k] for k in ("vae_iterations", "git")})
+    got, want = (AutoencoderKL.from_pretrained(f / "vae") for f in (tmp_path / "run" / "pipeline", shipped))
+    for (name, a), b in zip(got.state_dict().items(), want.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert got.config.scaling_factor == pytest.approx(want.config.scaling_factor, rel=1e-6)
+
+
+def test_teachers_train_refuses_a_vae_that_is_not_the_recipes(cli, tmp_path):
+    from core.catalogue import BUILTIN_WEIGHTS_DIR
+
+    shutil.copytree(BUILTIN_WEIGHTS_DIR / "shapes" / "vae", tmp_path / "other" / "vae")
+    config = json.loads((tmp_path / "other" / "vae" / "config.json").read_text())
+    (tmp_path / "other" / "vae" / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
+    line = one_error_line(cli("teachers", "train", "shapes", "--iterations", "1", "--vae", tmp_path / "other",
+                              "--out", tmp_path / "run"))
+    assert line.startswith("error: vae:") and "latent_channels=8" in line
+    line = one_error_line(cli("teachers", "train", "shapes", "--iterations", "1", "--vae", tmp_path,
+                              "--out", tmp_path / "run"))
+    assert line.startswith("error: vae:") and "no vae/config.json" in line
+    line = one_error_line(cli("teachers", "train", "digits", "--iterations", "1", "--vae", tmp_path / "other",
+                              "--out", tmp_path / "run2"))
+    assert line.startswith("error: vae:") and "not a text-to-image teacher" in line
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
