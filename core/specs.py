@@ -104,7 +104,7 @@ _TOY_TRAIN = TrainConfig(iterations=8000, batch_size=512, lr=1e-3, warmup=100, e
 # objects on the named side for 92.5 % of held-out objects after 400 steps, where the uniform epsilon recipe never did.
 SHAPES_VAE_TRAIN = TrainConfig(iterations=3000, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999, grad_clip=1.0,
                                checkpoint_every=250, log_every=50, preview_every=1000, preview_seeds=tuple(range(8)))
-SHAPES_TRAIN = TrainConfig(iterations=4500, batch_size=64, lr=5e-4, warmup=200, ema_decay=0.999, grad_clip=1.0,
+SHAPES_TRAIN = TrainConfig(iterations=3000, batch_size=64, lr=5e-4, warmup=200, ema_decay=0.999, grad_clip=1.0,
                            t_shift=3.0, cond_drop=0.0, checkpoint_every=250, log_every=50, preview_every=2000,
                            preview_seeds=tuple(range(8)))
 
