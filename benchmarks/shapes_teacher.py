@@ -3,7 +3,7 @@
 Prompt i of a set ("shapes-test": every composition; "shapes-heldout": each scene shows a colour-shape pair never seen
 in training) is drawn from the noise of seed i, with the studio's DDIM in latent space and classifier-free guidance,
 decoded by the teacher's VAE and read by the shipped attribute classifier (core/metrics/alignment.py). `--diffusers`
-also draws the held-out prompts with diffusers' own StableDiffusionPipeline (its default PNDM scheduler), so the figure
+also draws the held-out prompts with diffusers' own StableDiffusionPipeline (the folder's own scheduler), so the figure
 holds for the folder as a user loads it.
 
 Run: .venv/bin/python benchmarks/shapes_teacher.py [--n 1000] [--steps 50,8,4,2,1] [--guidance 4]
@@ -59,7 +59,8 @@ def studio_images(sd, captions: list[str], steps: int, guidance: float) -> tuple
 
 
 @torch.no_grad()
-def diffusers_images(captions: list[str], steps: int, guidance: float) -> torch.Tensor:
+def diffusers_images(captions: list[str], steps: int, guidance: float) -> tuple[torch.Tensor, str]:
+    """Images in [-1, 1] drawn by diffusers' own pipeline from the shipped folder, and its scheduler's class."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(pipeline_folder(BUILTIN_TEACHERS["shapes"], None),
@@ -70,7 +71,7 @@ def diffusers_images(captions: list[str], steps: int, guidance: float) -> torch.
         out = pipe(captions[lo:lo + BATCH], num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                    generator=torch.Generator().manual_seed(lo)).images
         chunks.append(torch.from_numpy(out).permute(0, 3, 1, 2) * 2 - 1)
-    return torch.cat(chunks)
+    return torch.cat(chunks), type(pipe.scheduler).__name__
 
 
 def row(classifier, images, captions, **fields) -> dict:
@@ -100,9 +101,9 @@ def main() -> None:
                                 guidance=w, ms_per_image=1000 * seconds / args.n))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_attribute"}), flush=True)
     if args.diffusers:
-        images = diffusers_images(sets["shapes-heldout"], 50, args.guidance)
+        images, scheduler = diffusers_images(sets["shapes-heldout"], 50, args.guidance)
         rows.append(row(classifier, images, sets["shapes-heldout"], set="shapes-heldout",
-                        sampler="diffusers StableDiffusionPipeline (PNDM)", steps=50, guidance=args.guidance))
+                        sampler=f"diffusers StableDiffusionPipeline ({scheduler})", steps=50, guidance=args.guidance))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_attribute"}), flush=True)
     result = {"git": git_revision(), "machine": platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "rows": rows}

@@ -31,7 +31,10 @@ def test_the_shipped_folder_is_small_safetensors_only_and_records_its_training()
     record = manifest["training"]
     # The record describes the recipe the catalogue ships, so the README's command reproduces it.
     assert record["command"].startswith("distill-studio teachers train shapes")
-    assert record["iterations"] == INFO.train.iterations and record["vae_iterations"] == SHAPES_VAE_TRAIN.iterations
+    # Stage 2 may have been retrained on an earlier run's autoencoder (`--vae`): the record then keeps that VAE's record.
+    vae = record.get("vae_from", record)
+    assert record["iterations"] == INFO.train.iterations and vae["vae_iterations"] == SHAPES_VAE_TRAIN.iterations
+    assert record["train"]["t_shift"] == INFO.train.t_shift
     assert record["seed"] == INFO.train.seed
     assert record["cpu_minutes"] > 0 and record["git"]
 
@@ -45,19 +48,20 @@ def pipe():
     return pipe
 
 
-def test_diffusers_draws_scenes_that_follow_their_prompts(pipe):
-    """diffusers' own pipeline at 50 steps with the teacher's default guidance on the first 16 test prompts, seed 0:
-    each image shows more of its own prompt's attributes than of the next image's prompt. A pipeline that ignored its
-    prompt would show both alike; why 0.1: the shares cover about 200 attributes each, so their difference has a
-    standard deviation near 0.05 by chance. The quality bar (every attribute right on 90 % of held-out prompts) is
-    measured by benchmarks/shapes_teacher.py, not here (README: the shipped teacher misses it so far)."""
-    captions = [scene.caption for scene in evaluation_scenes("shapes-test", 16)]
+def test_diffusers_draws_held_out_scenes_with_every_attribute_right(pipe):
+    """diffusers' own pipeline from the folder, at 50 steps with the teacher's default guidance, seed 0, on the first
+    16 held-out prompts (each shows a colour-shape pair no training scene has), read by the shipped classifier. Why
+    13 of 16: benchmarks/shapes_teacher.py measured 94 % of 200 held-out prompts with every attribute right; at that
+    rate 12 or fewer of 16 happen about 1 % of the time; the first, side-blind teacher reached 12.5 %. The same
+    images read against the next image's prompt must show far fewer attributes: they follow their own prompts."""
+    captions = [scene.caption for scene in evaluation_scenes("shapes-heldout", 16)]
     images = pipe(captions, num_inference_steps=50, guidance_scale=SHAPES_GUIDANCE, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (16, 32, 32, 3) and np.isfinite(images).all()
     x = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
     own = alignment(load_classifier(), x, captions)
     other = alignment(load_classifier(), x, captions[1:] + captions[:1])
+    assert own.all_right >= 13 / 16, own.to_dict()
     assert own.attribute_share > other.attribute_share + 0.1, (own.to_dict(), other.to_dict())
 
 
