@@ -85,13 +85,17 @@ NATIVE = {
 DIGITS_ITERATIONS = {("mmd", 8): 1000, ("mmd", 4): 1000, ("mmd-instant", 8): 900, ("emd", 1): 1000,
                      ("diff-instruct", 1): 1600, ("dmd2", 1): 2000, ("dmd2", 4): 700}
 # shapes: every method at its native steps with the `shapes` preset, DMD2 with and without its GAN (the paper's claim
-# that the GAN helps did not reproduce on digits or the ring; an imperfect teacher may differ). The issue's budget is
-# 30 CPU minutes per student; SHAPES_ITERATIONS is sized from the measured seconds per iteration of each method.
+# that the GAN helps did not reproduce on digits or the ring; an imperfect teacher may differ). The issue's cap is 30 CPU
+# minutes per student; each is given about 18 (so that the whole table fits one working session on 2 cores), sized from
+# the seconds per iteration measured on shapes with one thread (batch 64): dmd2 2.1 s on fake-score turns and 4.4 s on
+# generator turns (2.5 s on average at TTUR 5), mmd 2.4 s; the others scaled from their digits costs relative to dmd2
+# (without GAN and diff-instruct 0.8x, emd 1.3x, mmd-instant 1.7x).
 SHAPES_NATIVE = [("mmd", "shapes", 8), ("mmd-instant", "shapes", 8), ("emd", "shapes", 1),
                  ("diff-instruct", "shapes", 1), ("dmd2", "shapes", 1), ("dmd2", "shapes+no-gan", 1),
                  ("dmd2", "shapes", 4)]
-SHAPES_ITERATIONS = {("mmd", 8): 1000, ("mmd-instant", 8): 1000, ("emd", 1): 1000, ("diff-instruct", 1): 1000,
-                     ("dmd2", 1): 1000, ("dmd2", 4): 1000}
+SHAPES_ITERATIONS = {("mmd", 8, "shapes"): 450, ("mmd-instant", 8, "shapes"): 250, ("emd", 1, "shapes"): 340,
+                     ("diff-instruct", 1, "shapes"): 540, ("dmd2", 1, "shapes"): 430,
+                     ("dmd2", 1, "shapes+no-gan"): 540, ("dmd2", 4, "shapes"): 430}
 SHAPES_SETS = 3  # disjoint seed sets (and so disjoint prompts and reference scenes) of n samples each
 SHAPES_METRICS = "fid,kid,precision,alignment,speed"
 # The papers' ablations: (method, steps, [(label, preset), ...]); the first variant is the reference.
@@ -329,15 +333,16 @@ def part_shapes(args) -> None:
     method's student at its native steps, each over three disjoint seed sets of shapes-test prompts."""
     from core.specs import SHAPES_GUIDANCE
 
-    for steps in TEACHER_STEPS:
+    for steps in [] if args.skip_teacher else TEACHER_STEPS:
         if args.teacher or not (ROWS / "shapes" / f"teacher-{steps}.json").exists():
             save_row("shapes", f"teacher-{steps}", {"model": "teacher (DDIM)", "steps": steps,
                                                     "guidance": SHAPES_GUIDANCE,
                                                     **shapes_scores(f"teacher:shapes@{steps}", args.n, SHAPES_GUIDANCE)})
     for method, preset, steps in SHAPES_NATIVE:
-        if not chosen(args, method, steps, preset):
+        if not chosen(args, method, steps, preset) or (
+                args.skip_existing and (ROWS / "shapes" / f"{row_slug(method, steps, preset)}.json").exists()):
             continue
-        iterations = args.iterations or SHAPES_ITERATIONS[(method, steps)]
+        iterations = args.iterations or SHAPES_ITERATIONS[(method, steps, preset)]
         folder, info = train_student("shapes", method, preset, steps, iterations, args.seed)
         save_row("shapes", row_slug(method, steps, preset), {"model": method, "steps": steps, "preset": preset,
                                                              **info, **shapes_scores(f"{folder}@{steps}", args.n)})
@@ -424,7 +429,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2],
                         help="ablation seeds")
     parser.add_argument("--teacher", action="store_true", help="recompute the teacher rows")
-    parser.add_argument("--skip-existing", action="store_true", help="ablations: keep stored rows; speed: keep re-timed rows")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="ablations and shapes: keep stored rows; speed: keep re-timed rows")
+    parser.add_argument("--skip-teacher", action="store_true", help="shapes: only the students' rows")
     args = parser.parse_args()
     args.n = args.n or (2000 if args.part in ("digits", "shapes", "speed", "spread") else 8192)
     torch.manual_seed(0)

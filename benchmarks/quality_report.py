@@ -98,6 +98,76 @@ def target_checks(toy: list[dict], digits: list[dict], spread: list[dict]) -> li
             *lines, ""] if lines else []
 
 
+def _spread(r: dict, key: str = "fid") -> str:
+    return "–".join(f"{v:.3g}" for v in (min(r[f"{key}_sets"]), max(r[f"{key}_sets"])))
+
+
+def _percent_spread(r: dict) -> str:
+    return "–".join(f"{100 * v:.1f}" for v in (min(r["alignment_all_sets"]), max(r["alignment_all_sets"])))
+
+
+def _gan_verdict(with_gan: list[float], without: list[float]) -> str:
+    if max(with_gan) < min(without):
+        return "the GAN helps (every set)"
+    if min(with_gan) > max(without):
+        return "the GAN hurts (every set)"
+    return "no measurable difference (the sets overlap)"
+
+
+def shapes_target_checks(rows: list[dict]) -> list[str]:
+    """The shapes benchmark's targets, measured: FID ratios use the mean over the three seed sets; "measurably worse"
+    means that every set of the k-step teacher is worse than every set of its 50 steps (the sets' ranges do not
+    overlap)."""
+    teacher = {r["steps"]: r for r in rows if r["model"].startswith("teacher")}
+    students = [r for r in rows if not r["model"].startswith("teacher")]
+    if 50 not in teacher:
+        return []
+    best, lines = teacher[50], []
+    for k in (4, 8):
+        if k in teacher:
+            worse_fid = min(teacher[k]["fid_sets"]) > max(best["fid_sets"])
+            worse_alignment = max(teacher[k]["alignment_all_sets"]) < min(best["alignment_all_sets"])
+            worse = worse_fid or worse_alignment
+            lines.append(f"| teacher | {k} | FID {teacher[k]['fid']:.3g} (sets {_spread(teacher[k])}) against 50 steps' "
+                         f"{best['fid']:.3g} (sets {_spread(best)}); every attribute right "
+                         f"{100 * teacher[k]['alignment_all']:.1f}% (sets {_percent_spread(teacher[k])}) against "
+                         f"{100 * best['alignment_all']:.1f}% (sets {_percent_spread(best)}) | "
+                         + ("met: measurably worse in " + " and ".join(
+                             x for x, w in (("FID", worse_fid), ("alignment", worse_alignment)) if w)
+                            if worse else "missed: not measurably worse (saturated)") + " |")
+    one_step = {}
+    for r in students:
+        label = r["model"] + (f" `{r['preset']}`" if "+" in r.get("preset", "") else "")
+        checks, ok = [f"FID {r['fid'] / best['fid']:.2f}× the teacher's 50-step"], r["cpu_minutes"] <= 30
+        if r["model"] == "mmd" and r["steps"] == 8:
+            gap = 100 * (best["alignment_all"] - r["alignment_all"])
+            checks.append(f"(≤ 1.1×); all-right alignment {100 * r['alignment_all']:.1f}%, {gap:.1f} points below the "
+                          "teacher's (≤ 2)")
+            ok = ok and r["fid"] <= 1.1 * best["fid"] and gap <= 2
+        if r["steps"] == 1 and 1 in teacher:
+            one_step[label] = r["fid"] / best["fid"]
+            gain = teacher[1]["fid"] / r["fid"]
+            checks.append(f"{gain:.1f}× better than the teacher's 1-step (≥ 3×)")
+            ok = ok and gain >= 3
+        checks.append(f"{r['cpu_minutes']} CPU min (≤ 30)")
+        verdict = "met" if ok else "missed"
+        if r["steps"] > 1 and not (r["model"] == "mmd" and r["steps"] == 8):
+            verdict = "CPU " + verdict + "; no quality target"
+        lines.append(f"| {label} | {r['steps']} | {'; '.join(checks)} | {verdict} |")
+    if one_step:
+        top = min(one_step, key=one_step.get)
+        lines.append(f"| best 1-step | 1 | {top}: {one_step[top]:.2f}× the teacher's 50-step FID (≤ 1.5×) | "
+                     f"{'met' if one_step[top] <= 1.5 else 'missed'} |")
+    gan = {r.get("preset"): r for r in students if r["model"] == "dmd2" and r["steps"] == 1}
+    if "shapes" in gan and "shapes+no-gan" in gan:
+        with_gan, without = gan["shapes"], gan["shapes+no-gan"]
+        lines.append(f"| dmd2 GAN | 1 | FID with GAN {with_gan['fid']:.3g} (sets {_spread(with_gan)}), without "
+                     f"{without['fid']:.3g} (sets {_spread(without)}); all-right alignment "
+                     f"{100 * with_gan['alignment_all']:.1f}% / {100 * without['alignment_all']:.1f}% | "
+                     f"{_gan_verdict(with_gan['fid_sets'], without['fid_sets'])} |")
+    return ["## shapes targets", "", "| model | steps | measured | target |", "|---|---|---|---|", *lines, ""]
+
+
 def report(ablations: list, rare_weight: float) -> None:
     """Rebuild results/quality.json and quality.md from the stored rows; `ablations` orders the ablation rows."""
     doc = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__}
@@ -144,7 +214,7 @@ def report(ablations: list, rare_weight: float) -> None:
                   "the shapes classifier's features; alignment: share of prompts drawn with every attribute right)", "",
                   *table(shapes, ["model", "steps", "preset", "nfe", "n", "fid", "kid", "precision", "recall",
                                   "alignment_all", "alignment", "ms_per_image", "iterations", "cpu_minutes",
-                                  "peak_rss_mb"]), ""]
+                                  "peak_rss_mb"]), "", *shapes_target_checks(shapes)]
     legacy = load_rows("digits-mlp")
     if legacy:  # not comparable with the classifier FID (other features): shown until every row is re-measured with it
         doc["digits_mlp_features"] = legacy

@@ -58,6 +58,10 @@ _DIGITS = {"sigma_data": 0.64}
 # v-prediction model on SD's schedule, as SD 2.x).
 _SHAPES = {"sigma_data": 1.0, "guidance": SHAPES_GUIDANCE}
 _SHAPES_DMD2 = {**_SHAPES, "fake_weighting": "eps"}
+# mmd-instant spends its first precond_batches iterations on the preconditioner; at the benchmark's 30-CPU-minute cap a
+# shapes student gets ~250 iterations (4.3 s each), so the default 200 would leave 50 to train: 50 batches of 64 still
+# average Adam's v over 3,200 examples.
+_SHAPES_MMD_INSTANT = {**_SHAPES, "precond_batches": 50}
 
 
 def _presets(cls, extra: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -88,6 +92,7 @@ PRESET_CHANGES: dict[str, dict[str, dict[str, Any]]] = {
     "mmd": _presets(MMDConfig, {"toy2d": _TOY_MMD, "paper": _PAPER_LR, "marginal-renoise": {"renoise": "marginal"},
                                 "4-step": {"student_steps": 4}, "2-step": {"student_steps": 2}}),
     "mmd-instant": _presets(MMDInstantConfig, {"toy2d": _TOY_MMD_INSTANT, "paper": _PAPER_LR,
+                                               "shapes": _SHAPES_MMD_INSTANT,
                                                "toy2d-1step": {**_TOY_MMD_INSTANT, "lr_gen": 1e-3, "student_steps": 1}}),
     "emd": _presets(EMDConfig, {"paper": {**_PAPER_LR, "langevin_steps": 16}, "no-cancel": {"noise_cancel": "none"},
                                 "k1": {"langevin_steps": 1}, "k8": {"langevin_steps": 8}}),
@@ -113,7 +118,8 @@ PRESET_NOTES: dict[str, str] = {
              "(core/method_specs.py gives the figures)",
     "digits": "[choice] the digits' measured data std (0.64)",
     "shapes": "[choice] the shapes teacher's latents (unit std by its VAE's scaling factor) and its default guidance; "
-              "DMD2's fake score on the eps-MSE as for Stable Diffusion",
+              "DMD2's fake score on the eps-MSE as for Stable Diffusion; mmd-instant's preconditioner on 50 batches "
+              "(the benchmark's 30-CPU-minute cap)",
     "paper": "[paper] settings for ~300M-parameter teachers; the learning rate is the unofficial reproduction's [code]",
     "toy2d-1step": "[choice] measured: the 1-step student needs lr 1e-3 to reach every mode of the ring",
     "marginal-renoise": "[paper] MMD's re-noising ablation (Fig. 3)",
