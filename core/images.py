@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,37 @@ def grid_image(images: np.ndarray, labels: Sequence[str] | None = None, title: s
         canvas.paste(tile, (x0, y0 + label_h))
         if labels:
             draw.text((x0 + 1, y0), labels[i], fill="black")
+    return canvas
+
+
+def prompt_grid_image(images: np.ndarray, prompts: Sequence[str], title: str | None = None, scale: int = 4,
+                      pad: int = 2) -> Image.Image:
+    """One row per prompt: consecutive images with the same prompt (its seeds) side by side, the prompt written in
+    full above them (wrapped to the row's width), so a preview is read without a legend."""
+    if len(prompts) != len(images):
+        raise ValueError(f"prompts: {len(prompts)} captions for {len(images)} images")
+    rows = [(text, len(list(group))) for text, group in groupby(prompts)]
+    cols = max(n for _, n in rows)
+    h, w = images.shape[1:3]
+    cell_w, cell_h = w * scale, h * scale
+    width = cols * (cell_w + pad) + pad
+    chars = max(8, (width - 2 * pad) // 6)  # PIL's default bitmap font is 6 px a character
+    wrapped = [textwrap.wrap(text, chars) or [""] for text, _ in rows]
+    title_h, line_h = (16 if title else 0), 11
+    height = title_h + sum(len(lines) * line_h + cell_h + 2 * pad for lines in wrapped) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 2), title, fill="black")
+    y, i = title_h + pad, 0
+    for (_, n), lines in zip(rows, wrapped):
+        for line in lines:
+            draw.text((pad, y), line, fill="black")
+            y += line_h
+        for c in range(n):
+            tile = Image.fromarray(images[i + c]).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
+            canvas.paste(tile, (pad + c * (cell_w + pad), y))
+        y, i = y + cell_h + 2 * pad, i + n
     return canvas
 
 

@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.checkpoints import checkpoint_path, list_checkpoints, load_state, save_state
-from core.images import grid_image, scatter_image, to_uint8
+from core.images import grid_image, prompt_grid_image, scatter_image, to_uint8
 from core.noise import step_generator, step_seed
 from core.specs import TrainConfig
 
@@ -62,10 +62,14 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def save_preview(images: torch.Tensor, path: Path, title: str) -> Path:
+def save_preview(images: torch.Tensor, path: Path, title: str, captions: Sequence[str] | None = None) -> Path:
+    """A preview PNG: a scatter for 2-D points, a grid for images; with `captions` (a text-to-image run's prompt per
+    image) one row per prompt under its text."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if images.ndim == 2:
         scatter_image(images.detach().cpu().numpy(), title=title).save(path)
+    elif captions:
+        prompt_grid_image(to_uint8(images), captions, title=title).save(path)
     else:
         grid_image(to_uint8(images), title=title).save(path)
     return path
@@ -97,6 +101,7 @@ def run_training(
     resume: bool = True,                              # continue from the latest checkpoint in out_dir
     on_progress: Callable[[dict], None] | None = None,  # {"step", "iterations", "metrics", "elapsed_s", ...}
     on_preview: Callable[[int, Path], None] | None = None,
+    preview_captions: Sequence[str] | None = None,    # one per preview seed: the prompt it draws (text-to-image)
     on_checkpoint: Callable[[int, Path], None] | None = None,
     should_stop: Callable[[], bool] | None = None,    # polled every step; True -> checkpoint and return
 ) -> TrainResult:
@@ -147,7 +152,8 @@ def run_training(
     def preview(step: int) -> None:
         module = ema if ema is not None else source
         images = task.preview(tuple(config.preview_seeds), module)
-        path = save_preview(images, preview_dir / f"step-{step:07d}.png", f"{spec.get('name', '')} step {step}")
+        path = save_preview(images, preview_dir / f"step-{step:07d}.png", f"{spec.get('name', '')} step {step}",
+                            preview_captions)
         if on_preview:
             on_preview(step, path)
 

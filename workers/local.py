@@ -282,6 +282,7 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
     cpu0 = time.process_time()
     result = run_training(task, sample_batch, train, out_dir=out_dir, spec=spec, device=device,
                           should_stop=should_stop, on_checkpoint=on_checkpoint,
+                          preview_captions=None if text is None else text.preview_prompts(),
                           on_progress=(lambda p: progress(p["step"], p["iterations"], p["metrics"])) if progress else None)
     return {"status": result.status, "step": result.step, "out_dir": str(out_dir),
             "model": str(result.model_path) if result.model_path else None, "method": method, "teacher": teacher,

@@ -15,6 +15,7 @@ import pandas as pd
 from app.studio.context import Studio
 from app.studio.files import servable
 from app.studio.forms import knob_sets, knobs, presets
+from app.studio.run_inputs import inputs_help, is_text_to_image, text_fields
 from core.catalogue import distillable_teachers, list_teachers
 from core.method_specs import METHOD_CONFIGS
 from storage import repo, views
@@ -26,34 +27,52 @@ from workers.submit import BrokerUnavailable
 RUN_COLUMNS = ["id", "kind", "teacher", "method", "steps", "status", "progress %", "started", "duration", "error"]
 LOG_LINES = 200
 REFRESH_S = 3.0
+VISIBLE_FOR_PROMPTS = ("guidance",)  # knobs shown on the form itself, outside "Method knobs", for text-to-image teachers
 
 
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def network_teachers(ctx: Studio) -> list[str]:
-    """Teachers a student can be distilled from (core.catalogue.is_distillable), less the text-to-image ones: the form
-    takes no prompts yet (distill them with `distill-studio distill --prompts/--data`)."""
-    return [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False)]
+    """Teachers a student can be distilled from (core.catalogue.is_distillable): networks, built in or imported."""
+    return [t.name for t in distillable_teachers(ctx.data_dir)]
 
 
 def start_run(ctx: Studio, user: str, teacher: str, method: str, preset: str, student_steps, iterations, seed,
-              knob_values: dict[str, Any]) -> tuple[int, str]:
-    """Queue a distill run from the form; (run id, message). ValueError names the bad field; nothing is written."""
+              knob_values: dict[str, Any], *, prompt_file=None, data_folder=None) -> tuple[int, str]:
+    """Queue a distill run from the form; (run id, message). ValueError names the bad field; nothing is written.
+    Text-to-image teachers also take an uploaded prompt file and a data folder (app/studio/run_inputs.py)."""
     for name, value in (("student_steps", student_steps), ("iterations", iterations), ("seed", seed)):
         if value is None or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"{name}: must be a whole number, got {value!r}")
     if method not in METHOD_CONFIGS:
         raise ValueError(f"method: choose one of {', '.join(METHOD_CONFIGS)}")
     sets = knob_sets(method, preset, knob_values)
+    text = text_fields(ctx, teacher, prompt_file, data_folder)
     spec = {"teacher": teacher, "method": method, "preset": preset, "student_steps": int(student_steps),
-            "iterations": int(iterations), "seed": int(seed), "sets": list(sets)}
+            "iterations": int(iterations), "seed": int(seed), "sets": list(sets), **text}
     ctx.throttle(user)
     try:
         run_id = ctx.jobs.submit("distill", spec)
     except BrokerUnavailable as exc:
         return -1, f"Queued, but not yet sent: {exc}"
     changed = f" with {', '.join(sets)}" if sets else ""
-    return run_id, f"Run {run_id} queued: {method} ({int(student_steps)}-step) from {teacher}, preset {preset}{changed}."
+    return run_id, (f"Run {run_id} queued: {method} ({int(student_steps)}-step) from {teacher}, preset {preset}{changed}"
+                    f"{_inputs_text(text)}.")
+
+
+def _inputs_text(text: dict[str, str | None]) -> str:
+    if text.get("prompts"):
+        return f", on the prompts of {Path(text['prompts']).name}"
+    if text.get("data"):
+        return f", on the images of {text['data']}"
+    return ", on its benchmark's captioned scenes" if text else ""
+
+
+def teacher_preset(ctx: Studio, teacher: str | None, method: str) -> str:
+    """The method's preset named for the teacher's benchmark (toy2d, digits, shapes), else its default."""
+    bench = next((t.benchmark for t in list_teachers(ctx.data_dir) if t.name == teacher), "")
+    own = "toy2d" if bench.startswith("toy2d") else bench
+    return own if own in presets(method) else "default"
 
 
 def display_status(run: Run, now: datetime | None = None) -> str:
@@ -211,32 +230,43 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
             student_steps = gr.Number(1, precision=0, label="Student steps", elem_id="new-steps", interactive=True,
                                       info="dmd2: default 1; any count ≥ 1")
             preset = gr.Dropdown(presets("dmd2"), value="toy2d", label="Preset", elem_id="new-preset", interactive=True,
-                                 info="benchmark scale (toy2d, digits), paper settings or an ablation")
+                                 info="benchmark scale (toy2d, digits, shapes), paper settings or an ablation")
             iterations = gr.Number(2000, precision=0, label="Iterations", elem_id="new-iterations", interactive=True)
             seed = gr.Number(0, precision=0, label="Seed", elem_id="new-seed", interactive=True)
+            with gr.Group(visible=is_text_to_image(ctx, default_teacher), elem_id="new-text") as text_group:
+                text_help = gr.Markdown(inputs_help(ctx, default_teacher), elem_id="new-text-help")
+                prompt_file = gr.File(label="Prompt file (prompts)", file_types=[".txt"], type="filepath",
+                                      elem_id="new-prompts")
+                data_folder = gr.Textbox(label="Data folder (data)", elem_id="new-data",
+                                         info="absolute; only under STUDIO_IMPORT_ROOTS (default DATA_DIR/import)")
             start = gr.Button("Start run", variant="primary", elem_id="start-run")
             form_status = gr.Markdown(elem_id="form-status")
-            with gr.Accordion("Method knobs", open=False, elem_id="knobs"):
-                @gr.render(inputs=[method, preset])
-                def render_knobs(method_name, preset_name):
+
+            @gr.render(inputs=[teacher, method, preset])
+            def render_knobs(teacher_name, method_name, preset_name):
+                try:
+                    fields = knobs(method_name, preset_name)
+                except ValueError as exc:
+                    gr.Markdown(_error(exc))
+                    return
+                # A text-to-image teacher's guidance is shown on the form itself: it decides what the student copies.
+                shown = [k for k in fields if k.name in VISIBLE_FOR_PROMPTS] if is_text_to_image(ctx, teacher_name) else []
+                inputs = [_knob_input(k) for k in shown]
+                with gr.Accordion("Method knobs", open=False, elem_id="knobs"):
+                    inputs += [_knob_input(k) for k in fields if k not in shown]
+                names = [k.name for k in shown] + [k.name for k in fields if k not in shown]
+
+                def on_start(request: gr.Request, t, m, p, k, n, s, prompts, data, *values):
                     try:
-                        fields = knobs(method_name, preset_name)
-                    except ValueError as exc:
-                        gr.Markdown(_error(exc))
-                        return
-                    inputs = [_knob_input(k) for k in fields]
-                    names = [k.name for k in fields]
+                        user = ctx.require_researcher(request)
+                        run_id, message = start_run(ctx, user, t, m, p, k, n, s, dict(zip(names, values)),
+                                                    prompt_file=prompts, data_folder=data)
+                    except (ValueError, PermissionError) as exc:
+                        return _error(exc), gr.skip()
+                    return message, gr.Dropdown(choices=run_choices(ctx), value=run_id if run_id > 0 else None)
 
-                    def on_start(request: gr.Request, t, m, p, k, n, s, *values):
-                        try:
-                            user = ctx.require_researcher(request)
-                            run_id, message = start_run(ctx, user, t, m, p, k, n, s, dict(zip(names, values)))
-                        except (ValueError, PermissionError) as exc:
-                            return _error(exc), gr.skip()
-                        return message, gr.Dropdown(choices=run_choices(ctx), value=run_id if run_id > 0 else None)
-
-                    start.click(on_start, [teacher, method, preset, student_steps, iterations, seed, *inputs],
-                                [form_status, run_pick], concurrency_limit=None)
+                start.click(on_start, [teacher, method, preset, student_steps, iterations, seed, prompt_file,
+                                       data_folder, *inputs], [form_status, run_pick], concurrency_limit=None)
 
         with gr.Column(scale=3):
             gr.Markdown("### Runs")
@@ -256,21 +286,20 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
             log = gr.Code(label="Log (last 200 lines)", language=None, interactive=False, elem_id="run-log",
                           max_lines=20)
 
-    def on_method(name):
+    def on_method(name, teacher_name):
         cls = METHOD_CONFIGS[name]
         one_step = cls.one_step_only
         steps = 1 if one_step else cls().student_steps
         hint = f"{name}: one-step only" if one_step else f"{name}: default {steps}; any count ≥ 1"
-        names = presets(name)
-        return gr.Dropdown(names, value="toy2d" if "toy2d" in names else names[0]), gr.Number(steps, info=hint)
+        return gr.Dropdown(presets(name), value=teacher_preset(ctx, teacher_name, name)), gr.Number(steps, info=hint)
 
-    method.change(on_method, method, [preset, student_steps])
+    method.change(on_method, [method, teacher], [preset, student_steps])
 
-    def on_teacher(name):
-        bench = next((t.benchmark for t in list_teachers(ctx.data_dir) if t.name == name), "")
-        return gr.Dropdown(value="digits" if bench == "digits" else "toy2d" if bench.startswith("toy2d") else "default")
+    def on_teacher(name, method_name):
+        text = is_text_to_image(ctx, name)
+        return gr.Dropdown(value=teacher_preset(ctx, name, method_name)), gr.Group(visible=text), inputs_help(ctx, name)
 
-    teacher.change(on_teacher, teacher, preset)
+    teacher.change(on_teacher, [teacher, method], [preset, text_group, text_help])
 
     seen = gr.State([])  # the preview steps on screen: a tick moves the slider only when new ones appear
 

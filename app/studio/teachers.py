@@ -41,20 +41,21 @@ def import_roots(ctx: Studio) -> list[Path]:
         [(ctx.data_dir / "import").resolve()]
 
 
-def check_import_path(ctx: Studio, text: str) -> Path:
-    """The folder to import, which must lie under a configured root (STUDIO_IMPORT_ROOTS); errors name `path`."""
+def check_import_path(ctx: Studio, text: str, field: str = "path", what: str = "a local diffusers folder") -> Path:
+    """The folder to read, which must lie under a configured root (STUDIO_IMPORT_ROOTS): a teacher to import, or a
+    run's data folder; errors name `field`."""
     if not text or not text.strip():
-        raise ValueError("path: give a local diffusers folder")
+        raise ValueError(f"{field}: give {what}")
     path = Path(text.strip()).expanduser()
     if not path.is_absolute():
-        raise ValueError(f"path: must be absolute, got {text!r}")
+        raise ValueError(f"{field}: must be absolute, got {text!r}")
     path = path.resolve()
     roots = import_roots(ctx)
     if not any(path.is_relative_to(root) for root in roots):
-        raise ValueError(f"path: only folders under {', '.join(map(str, roots))} can be imported "
+        raise ValueError(f"{field}: only folders under {', '.join(map(str, roots))} can be used "
                          "(set STUDIO_IMPORT_ROOTS to allow others)")
     if not path.is_dir():
-        raise ValueError(f"path: {str(path)!r} is not a folder")
+        raise ValueError(f"{field}: {str(path)!r} is not a folder")
     return path
 
 

@@ -11,6 +11,7 @@ import re
 from playwright.sync_api import expect
 from sqlalchemy import func, select
 
+from core.specs import SHAPES_GUIDANCE
 from storage.db import make_engine
 from storage.models import Run
 from tests.browser.conftest import shoot
@@ -119,6 +120,32 @@ def test_invalid_values_are_rejected_inline_and_queue_nothing(page, studio):
     expect(page.locator("#form-status")).to_contain_text("iterations")
     start_run(page, method="dmd2", steps="1", iterations="60", knobs={"ttur_ratio": "0"})
     expect(page.locator("#form-status")).to_contain_text("ttur_ratio must be an integer >= 1")
+    assert run_count(studio) == before
+
+
+def test_a_text_to_image_teacher_asks_for_prompts_and_refuses_a_method_without_images(page, studio, tmp_path):
+    before = run_count(studio)
+    runs = tab(page, "Runs")
+    expect(runs.locator("#new-text")).to_be_hidden()  # toy2d-ring takes no prompts
+    choose(page, runs, "Teacher", "shapes")
+    expect(runs.locator("#new-text-help")).to_contain_text("own captioned scenes")
+    expect(runs.get_by_label("Preset", exact=True)).to_have_value("shapes")  # named for the teacher's benchmark
+    choose(page, runs, "Method", "mmd")
+    expect(runs.locator("#new-steps")).to_contain_text("mmd: ")
+    expect(runs.get_by_label("guidance", exact=True)).to_have_value(f"{SHAPES_GUIDANCE:g}")  # on the form, not folded
+    # Prompts alone: MMD trains on images, and a prompt file replaces the benchmark's scenes, so it has none.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red circle on the left, on a white background\n")
+    upload = runs.locator("#new-prompts input[type=file]")
+    upload.set_input_files(str(prompts))
+    runs.get_by_role("button", name="Start run").click()
+    expect(page.locator("#form-status")).to_contain_text("data: mmd with these settings trains on real images")
+    bad = tmp_path / "bad prompts.txt"
+    bad.write_text("\n\n")
+    runs.locator("#new-prompts").get_by_role("button", name="Clear").click()
+    upload.set_input_files(str(bad))
+    runs.get_by_role("button", name="Start run").click()
+    expect(page.locator("#form-status")).to_contain_text("prompts: bad prompts.txt has no prompts")
     assert run_count(studio) == before
 
 

@@ -76,6 +76,8 @@ def test_every_method_trains_on_an_sd_format_teacher_through_the_one_loop(world,
     # Previews: fixed prompts at fixed seeds, decoded through the VAE to images at the teacher's resolution.
     preview = Image.open(sorted((tmp_path / "run" / "previews").iterdir())[-1])
     assert preview.size[0] >= sd.resolution * 2 and preview.mode == "RGB"
+    # One row per prompt (its text above its seeds; core.images.prompt_grid_image), not one strip of eight.
+    assert preview.size[1] > PREVIEW_PROMPTS * sd.resolution * 4
 
 
 def test_the_guided_teacher_is_one_batched_call_worth_two_nfe(world):
