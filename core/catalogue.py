@@ -79,15 +79,18 @@ def is_distillable(info: TeacherInfo) -> bool:
 
 
 def text_to_image_refusal(name: str) -> str:
-    return (f"teacher: {name!r} is a text-to-image teacher; queued sampling does not take prompts yet "
-            "(sample it, or a student of it, with `distill-studio sample --prompt`)")
+    return (f"teacher: {name!r} is a text-to-image teacher; it draws from prompts, so it loads through "
+            "core.teachers.load_text_to_image_teacher")
 
 
-def check_prompt_free(info: TeacherInfo) -> TeacherInfo:
-    """Refuse a text-to-image teacher where prompts do not reach it yet: queued sample jobs (the foreground `sample`
-    command loads it through core.teachers.load_text_to_image_teacher instead, and `evaluate` takes its prompts)."""
-    if info.is_text_to_image:
-        raise ValueError(text_to_image_refusal(info.name))
+def check_prompts_fit(info: TeacherInfo, prompts, field: str = "prompts") -> TeacherInfo:
+    """A text-to-image teacher (or a student of one) needs prompts; any other teacher takes none. ValueError naming
+    `field` otherwise."""
+    if info.is_text_to_image and not prompts:
+        raise ValueError(f"{field}: {info.name!r} is a text-to-image teacher; give one or more prompts")
+    if prompts and not info.is_text_to_image:
+        condition = "classes" if info.num_classes else "no condition"
+        raise ValueError(f"{field}: {info.name!r} takes {condition}, not prompts; leave {field} out")
     return info
 
 

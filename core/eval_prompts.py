@@ -22,6 +22,10 @@ from core.specs import TeacherInfo
 SEED_LIMIT = 200_000
 DEFAULT_PROMPTS = {"shapes": "shapes-test"}  # teacher benchmark -> the set its models are evaluated on by default
 LABEL_CHARS = 1024  # Evaluation.prompts holds this many characters
+# What a teacher's card draws when its benchmark has no prompt set of its own (imported SD/SDXL pipelines): everyday
+# scenes that show at a glance whether a pipeline follows objects, colours, styles and counts.
+SHOWCASE_PROMPTS = ("a photograph of an astronaut riding a horse", "a red apple on a wooden table",
+                    "a watercolor painting of a lighthouse at sunset", "two cats sleeping on a blue sofa")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,15 @@ class EvalPrompts:
         if self.file is None:
             return [scene.caption for scene in set_scenes(self.name, seeds)]
         return [self.file.prompts[s % len(self.file)] for s in seeds]
+
+
+def showcase_prompts(info: TeacherInfo, k: int = 4) -> list[str]:
+    """The fixed prompts a text-to-image teacher's card (and its students') are drawn with: the first `k` of its
+    benchmark's evaluation set, else SHOWCASE_PROMPTS."""
+    default = DEFAULT_PROMPTS.get(info.benchmark)
+    if default is not None:
+        return [scene.caption for scene in evaluation_scenes(default, k)]
+    return list(SHOWCASE_PROMPTS[:k])
 
 
 def set_scenes(name: str, seeds: Sequence[int]) -> list[Scene]:

@@ -110,6 +110,15 @@ SHAPES_TRAIN = TrainConfig(iterations=3000, batch_size=64, lr=5e-4, warmup=200, 
 
 # The shapes teacher's default classifier-free guidance weight: its presets, and the guidance its quality is stated at.
 SHAPES_GUIDANCE = 4.0
+# Imported pipelines' own defaults (diffusers' guidance_scale, the same w as core.denoisers.CFGDenoiser): SD 7.5, SDXL 5.
+PIPELINE_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}
+
+
+def default_guidance(info: TeacherInfo) -> float:
+    """The guidance a text-to-image teacher is drawn with unless told otherwise (1: none, for every other teacher)."""
+    if info.benchmark == "shapes":
+        return SHAPES_GUIDANCE
+    return PIPELINE_GUIDANCE.get(info.kind, 1.0)
 
 BUILTIN_TEACHERS: dict[str, TeacherInfo] = {
     "toy2d-ring-gmm": TeacherInfo("toy2d-ring-gmm", "toy2d-ring", "analytic", (2,),

@@ -86,7 +86,8 @@ def test_app_stays_torch_free():
         elif _under(name, ("core",)) and not _under(name, ("core.specs", "core.catalogue", "core.method_specs",
                                                                     "core.eval_specs", "core.refs", "core.study",
                                                                     "core.method_configs", "core.knobs", "core.prompts",
-                                                                    "core.datasets", "core.text_inputs")):
+                                                                    "core.datasets", "core.text_inputs", "core.eval_prompts",
+                                                                    "core.shapes")):
             bad.append((where, name))
         elif _under(name, ("workers.local",)) and not nested:
             bad.append((where, f"{name} at module level (import it inside the function that needs it)"))

@@ -312,6 +312,7 @@ def run_teacher(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
 def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
     """Sample a teacher or a run (its final model, or spec["checkpoint"]: the snapshot of that step); each PNG is
     recorded under the checkpoint step actually sampled (0 for teachers)."""
+    from core.eval_specs import guided_model
     from core.refs import parse_ref
     from core.specs import SampleRequest
     from workers.local import default_steps, sample_model
@@ -321,9 +322,10 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
     if ref.kind == "run":
         with session_scope(factory) as session:
             model = str(resolve(settings.data_dir, repo.get_run(session=session, run_id=ref.run_id).out_dir))
+    prompts = tuple(spec.get("prompts") or ())  # specs queued before prompts existed lack them
     request = SampleRequest(model=model, seeds=tuple(spec["seeds"]), steps=spec["steps"] or default_steps(model, checkpoint),
                             class_id=spec["class_id"], guidance=spec["guidance"], sampler=spec["sampler"],
-                            eta=spec["eta"], checkpoint=checkpoint)
+                            eta=spec["eta"], checkpoint=checkpoint, prompts=prompts)
 
     def progress(done: int, total: int) -> None:
         lease.progress(done, total)
@@ -331,11 +333,16 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
             raise Stop
 
     summary = sample_model(request, out_dir, data_dir=settings.data_dir, device=settings.device, progress=progress)
+    # A guided teacher's images are kept under its guided key (teacher:NAME+cfgW, as evaluations are), so images drawn
+    # with another guidance never stand in for them.
+    key = guided_model(spec["model"], spec["guidance"])
+    files = [(p, text, out_dir / f"prompt-{p:03d}-seed-{seed:06d}.png", seed)
+             for p, text in enumerate(prompts) for seed in request.seeds] or \
+            [(0, "", out_dir / f"seed-{seed:06d}.png", seed) for seed in request.seeds]
     with session_scope(factory) as session:
-        for seed in request.seeds:
-            png = out_dir / f"seed-{seed:06d}.png"
+        for _, text, png, seed in files:
             if png.is_file():
-                repo.record_image(session=session, model=spec["model"], seed=seed, class_id=request.class_id,
+                repo.record_image(session=session, model=key, seed=seed, class_id=request.class_id, prompt=text,
                                   steps=summary["steps"], checkpoint=summary["checkpoint"] or 0,
                                   path=relative_path(settings.data_dir, png), run_id=lease.run_id)
     return "succeeded"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_prompts, eval_specs
-from core.catalogue import check_distillable, check_prompt_free, check_trainable, get_teacher_info
+from core.catalogue import check_distillable, check_prompts_fit, check_trainable, get_teacher_info
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
@@ -38,6 +38,7 @@ class _Spec(BaseModel):
 
 
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
+MAX_SAMPLE_PROMPTS = 64  # why: a sample job feeds one grid page (64 cells) or one study's prompts
 
 
 class TeacherSpec(_Spec):
@@ -83,6 +84,8 @@ class SampleSpec(_Spec):
     eta: float = knob(0.0, "choice", "DDIM's stochasticity (0: deterministic)", ge=0.0, le=1.0)
     checkpoint: int | None = knob(None, "choice", "run:ID only: a recorded training step (repo.checkpoint_steps)",
                                   ge=0)
+    prompts: tuple[str, ...] = knob((), "choice", "text-to-image models only: each prompt is drawn at every seed",
+                                    max_length=MAX_SAMPLE_PROMPTS)
 
 
 class EvaluateSpec(_Spec):
@@ -183,20 +186,20 @@ def init_folder(value: str, data_dir: Path, session: Session | None) -> Path:
 def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> None:
     ref = _sample_ref(spec.model)
     if ref.is_teacher:
-        info = check_prompt_free(_teacher_info(ref.name, data_dir))
+        info = check_prompts_fit(_teacher_info(ref.name, data_dir), spec.prompts)
     else:
         run = _distill_run(session, ref.run_id, "model")
         if spec.checkpoint is None and run.status != "succeeded":
             raise ValueError(f"model: run {ref.run_id} has not succeeded (status {run.status})")
         if spec.checkpoint is not None:
             _check_checkpoint(run, spec.checkpoint, data_dir, session)
-        info = get_teacher_info(run.spec["teacher"], data_dir)
+        info = check_prompts_fit(get_teacher_info(run.spec["teacher"], data_dir), spec.prompts)
         if spec.guidance != 1.0:
             raise ValueError("guidance: students are sampled unguided (guidance belongs to the teacher)")
     if spec.checkpoint is not None and ref.is_teacher:
         raise ValueError("checkpoint: only run:ID models have checkpoints; a teacher is sampled as it is")
     SampleRequest(model=spec.model, seeds=spec.seeds, steps=spec.steps or 1, class_id=spec.class_id,
-                  guidance=spec.guidance, sampler=spec.sampler, eta=spec.eta)
+                  guidance=spec.guidance, sampler=spec.sampler, eta=spec.eta, prompts=spec.prompts)
     if spec.class_id is not None and not (info.num_classes and spec.class_id < info.num_classes):
         limit = f"must be in [0, {info.num_classes - 1}]" if info.num_classes else "must be left out (unconditional)"
         raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
@@ -324,7 +327,7 @@ def _total(kind: str, spec: dict[str, Any]) -> int | None:
     if kind == "distill":
         return spec["iterations"]
     if kind == "sample":
-        return len(spec["seeds"])
+        return len(spec["seeds"]) * max(1, len(spec.get("prompts") or ()))
     return teacher_training_steps(spec["name"], spec.get("iterations"))
 
 

@@ -7,20 +7,25 @@ Point teachers (toy2d) have no per-seed images: their cell is the scatter of all
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from app.studio.context import Studio
-from app.studio.files import placeholder, servable
+from app.studio.files import placeholder, servable, text_tile
 from core.catalogue import distillable_teachers, get_teacher_info
+from core.eval_prompts import EvalPrompts, showcase_prompts
+from core.eval_specs import guided_model
+from core.prompts import prompt_problem
 from core.refs import ModelRef, parse_ref, student_steps
-from core.specs import parse_seeds
+from core.shapes import EVAL_SETS
+from core.specs import default_guidance, parse_seeds
 from storage import repo, views
 from storage.artifacts import resolve
 from storage.db import session_scope
-from workers.submit import BrokerUnavailable
+from workers.submit import MAX_SAMPLE_PROMPTS, BrokerUnavailable
 
 PAGE_CELLS = 64  # why: bigger grids make the page sluggish (docs/study.md#the-grid)
 ANY_CLASS = "any (unconditional)"
@@ -28,21 +33,38 @@ ANY_CLASS = "any (unconditional)"
 
 @dataclass(frozen=True)
 class Variant:
-    """One grid row: a model reference at a step count and (students) a checkpoint step."""
+    """One grid row: a model reference at a step count and (students) a checkpoint step; a text-to-image teacher
+    also at its guidance."""
 
-    model: str               # teacher:NAME or run:ID (core.refs), the key its images are stored under
+    model: str               # teacher:NAME or run:ID (core.refs)
     steps: int
     checkpoint: int          # 0 for teachers; the training step of a student's weights
     final: bool              # a student's final weights (sampled without naming a checkpoint)
     label: str
+    guidance: float = 1.0    # teachers only: classifier-free guidance w (1: none)
+
+    @property
+    def key(self) -> str:
+        """The model its images are stored under: a guided teacher as teacher:NAME+cfgW (workers/jobs.run_sample)."""
+        return guided_model(self.model, self.guidance)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per image: a guided step costs two (conditional and unconditional)."""
+        return self.steps * (2 if self.guidance != 1.0 else 1)
 
     def caption(self, seed: int | None) -> str:
         where = "" if parse_ref(self.model).is_teacher else f" · step {self.checkpoint}"
         at = "" if seed is None else f" · seed {seed}"
-        return f"{self.label}{where}{at} · {self.steps} NFE"
+        guided = f" · w={self.guidance:g}" if self.guidance != 1.0 else ""
+        return f"{self.label}{where}{guided}{at} · {self.nfe} NFE"
 
-    def sample_spec(self, seeds, class_id: int | None) -> dict[str, Any]:
+    def sample_spec(self, seeds, class_id: int | None, prompts: Sequence[str] = ()) -> dict[str, Any]:
         spec = {"model": self.model, "seeds": list(seeds), "steps": self.steps, "class_id": class_id}
+        if prompts:
+            spec["prompts"] = list(prompts)
+        if self.guidance != 1.0:
+            spec["guidance"] = self.guidance
         if not self.final:
             spec["checkpoint"] = self.checkpoint
         return spec
@@ -74,10 +96,12 @@ def parse_steps(text: str) -> list[int]:
     return list(dict.fromkeys(steps))
 
 
-def variants(ctx: Studio, teacher: str, teacher_steps: str, students: list[str], step) -> list[Variant]:
-    """The grid's rows: the teacher at each step count, then each student at its checkpoint at or below `step`
-    (the global slider; None or beyond the end means its final weights)."""
-    rows = [Variant(ModelRef.teacher(teacher).text, s, 0, True, f"teacher {teacher}") for s in parse_steps(teacher_steps)]
+def variants(ctx: Studio, teacher: str, teacher_steps: str, students: list[str], step,
+             guidance: float = 1.0) -> list[Variant]:
+    """The grid's rows: the teacher at each step count (a text-to-image one at `guidance`), then each student at its
+    checkpoint at or below `step` (the global slider; None or beyond the end means its final weights)."""
+    rows = [Variant(ModelRef.teacher(teacher).text, s, 0, True, f"teacher {teacher}", guidance)
+            for s in parse_steps(teacher_steps)]
     with session_scope(ctx.factory) as session:
         for ref in students:
             run = repo.get_run(session=session, run_id=student_run_id(ref))
@@ -114,9 +138,12 @@ def matching_sample_run(session, spec: dict[str, Any], statuses=("queued", "runn
     return None
 
 
-def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class_id: int | None) -> dict[str, Any]:
+def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class_id: int | None,
+         prompts: Sequence[str] = ()) -> dict[str, Any]:
     """{cells: [(path or None, caption)] row-major, columns, missing: {row index: seeds}, pending: run ids,
-    failed: why the last sample job of a row with missing cells did not deliver (Compare queues a new one)}."""
+    failed: why the last sample job of a row with missing cells did not deliver (Compare queues a new one)}.
+    With `prompts` (text-to-image teachers) the columns are prompt x seed, prompt-major; a row's missing seeds are
+    those absent for any prompt, and its sample job draws every prompt at them."""
     points = _is_points(ctx, teacher)
     cells, missing, pending, failed = [], {}, [], []
     with session_scope(ctx.factory) as session:
@@ -137,12 +164,14 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
                         failed.append(_why(row, run))
                 cells.append((path, row.caption(None) + f" · {len(seeds)} seeds"))
                 continue
-            found = repo.find_images(session=session, model=row.model, steps=row.steps, checkpoint=row.checkpoint,
-                                     class_id=class_id, seeds=seeds)
-            found = {s: image for s, image in found.items() if resolve(ctx.data_dir, image.path).is_file()}  # else redraw
-            absent = [s for s in seeds if s not in found]
+            found = {}
+            for text in prompts or [""]:
+                images = repo.find_images(session=session, model=row.key, steps=row.steps, checkpoint=row.checkpoint,
+                                          class_id=class_id, seeds=seeds, prompt=text)
+                found[text] = {s: im for s, im in images.items() if resolve(ctx.data_dir, im.path).is_file()}  # else redraw
+            absent = [s for s in seeds if any(s not in found[text] for text in found)]
             if absent:
-                spec = row.sample_spec(absent, class_id)
+                spec = row.sample_spec(absent, class_id, prompts)
                 run = matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
                 if run is not None and run.status in ("queued", "running"):
                     pending.append(run.id)
@@ -150,11 +179,12 @@ def grid(ctx: Studio, teacher: str, rows: list[Variant], seeds: list[int], class
                     missing[i] = absent
                     if run is not None:
                         failed.append(_why(row, run))
-            for s in seeds:
-                path = servable(ctx.data_dir, found[s].path) if s in found else None
-                cells.append((path, row.caption(s)))
-    return {"cells": cells, "columns": 1 if points else len(seeds), "missing": missing, "pending": pending,
-            "failed": failed, "points": points}
+            for text in found:
+                for s in seeds:
+                    path = servable(ctx.data_dir, found[text][s].path) if s in found[text] else None
+                    cells.append((path, row.caption(s)))
+    return {"cells": cells, "columns": 1 if points else len(seeds) * max(1, len(prompts)), "missing": missing,
+            "pending": pending, "failed": failed, "points": points}
 
 
 def _why(row: Variant, run) -> str:
@@ -162,13 +192,13 @@ def _why(row: Variant, run) -> str:
 
 
 def request_missing(ctx: Studio, user: str, rows: list[Variant], missing: dict[int, list[int]],
-                    class_id: int | None) -> list[int]:
+                    class_id: int | None, prompts: Sequence[str] = ()) -> list[int]:
     """Queue one sample job per row with missing cells; the run ids."""
     ids = []
     for i, seeds in missing.items():
         ctx.throttle(user)
         try:
-            ids.append(ctx.jobs.submit("sample", rows[i].sample_spec(seeds, class_id)))
+            ids.append(ctx.jobs.submit("sample", rows[i].sample_spec(seeds, class_id, prompts)))
         except BrokerUnavailable:
             pass  # the row is queued; a worker's reaper sends it once the broker is back
     return ids
@@ -211,6 +241,43 @@ def parse_class(choice) -> int | None:
     return None if choice in (None, "", ANY_CLASS) else int(choice)
 
 
+def takes_prompts(ctx: Studio, teacher: str | None) -> bool:
+    return bool(teacher) and get_teacher_info(teacher, ctx.data_dir).is_text_to_image
+
+
+def set_prompts(ctx: Studio, teacher: str, choice: str | None, k: int = 3) -> str:
+    """The prompts box's text for a prompt-set choice: the first `k` prompts of a built-in set, else the teacher's
+    fixed card prompts (core.eval_prompts.showcase_prompts), one per line."""
+    if choice in EVAL_SETS:
+        return "\n".join(p for p in EvalPrompts(choice).prompts(range(k)))
+    return "\n".join(showcase_prompts(get_teacher_info(teacher, ctx.data_dir), k))
+
+
+def parse_prompts(text: str | None) -> list[str]:
+    """The typed prompts, one per line (blank lines skipped, duplicates once); errors name `prompts`."""
+    prompts = list(dict.fromkeys(line.strip() for line in str(text or "").splitlines() if line.strip()))
+    if not prompts:
+        raise ValueError("prompts: type one or more prompts, one per line, or pick a prompt set")
+    for i, line in enumerate(prompts, start=1):
+        problem = prompt_problem(line)
+        if problem:
+            raise ValueError(f"prompts: line {i} {problem}")
+    if len(prompts) > MAX_SAMPLE_PROMPTS:
+        raise ValueError(f"prompts: at most {MAX_SAMPLE_PROMPTS} prompts, got {len(prompts)}")
+    return prompts
+
+
+def headers(ctx: Studio, prompts: list[str], seeds: list[int]) -> list[tuple[str, str]]:
+    """The header cell above every prompt x seed column: the prompt in full, and the seed."""
+    return [(text_tile(ctx.data_dir, f"{p} · seed {s}"), f"{p} · seed {s}") for p in prompts for s in seeds]
+
+
+def _guidance(value) -> float:
+    if value is None or not 0.0 <= float(value) <= 20.0:
+        raise ValueError(f"guidance: must be in [0, 20], got {value!r}")
+    return float(value)
+
+
 def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
     """(first, last) saved step over the chosen students, for the global step slider."""
     steps = []
@@ -223,7 +290,7 @@ def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
 # -- Layout and wiring ----------------------------------------------------------------------------------------
 
 def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
-    teachers = [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False)]
+    teachers = [t.name for t in distillable_teachers(ctx.data_dir)]
     default = "digits" if "digits" in teachers else (teachers[0] if teachers else None)
     state = gr.State({})  # the shown grid's request: rows, seeds, class, page
 
@@ -236,6 +303,13 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
                                         elem_id="cmp-students")
             klass = gr.Dropdown(class_choices(ctx, default) if default else [ANY_CLASS], value=ANY_CLASS,
                                 label="Class", elem_id="cmp-class")
+            with gr.Group(visible=False, elem_id="cmp-text") as text_group:
+                prompt_set = gr.Dropdown(["typed", *EVAL_SETS], value="typed", label="Prompt set",
+                                         elem_id="cmp-prompt-set", info="fills Prompts with its first three; edit freely")
+                prompts_box = gr.Textbox("", lines=3, label="Prompts", elem_id="cmp-prompts",
+                                         info="one per line; every model draws each prompt at every seed")
+                guidance = gr.Number(1.0, minimum=0, maximum=20, label="Teacher guidance", elem_id="cmp-guidance",
+                                     info="classifier-free w of the teacher rows (a guided step costs 2 NFE)")
             seeds = gr.Textbox("0-7", label="Seeds", elem_id="cmp-seeds", info="e.g. 0-7 or 3,17,42; same noise per seed")
             step = gr.Slider(0, 1, value=1, step=1, label="Checkpoint step", elem_id="cmp-step",
                              info="every student row shows its checkpoint at or below this step")
@@ -253,10 +327,14 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
                                     elem_id="cmp-slider", buttons=["download", "fullscreen"])
 
     def on_teacher(name):
+        text = takes_prompts(ctx, name)
+        guided = default_guidance(get_teacher_info(name, ctx.data_dir)) if name else 1.0
         return (gr.CheckboxGroup(choices=student_choices(ctx, name), value=[]),
-                gr.Dropdown(choices=class_choices(ctx, name), value=ANY_CLASS))
+                gr.Dropdown(choices=class_choices(ctx, name), value=ANY_CLASS, visible=not text),
+                gr.Group(visible=text), set_prompts(ctx, name, "typed") if text else "", guided)
 
-    teacher.change(on_teacher, teacher, [students, klass])
+    teacher.change(on_teacher, teacher, [students, klass, text_group, prompts_box, guidance])
+    prompt_set.change(lambda name, choice: set_prompts(ctx, name, choice), [teacher, prompt_set], prompts_box)
     refresh_students.click(lambda name: gr.CheckboxGroup(choices=student_choices(ctx, name)), teacher, students)
 
     def on_students(chosen):
@@ -266,16 +344,22 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
     students.change(on_students, students, step)
 
     def render(req: dict, request: gr.Request | None, submit: bool):
-        rows = variants(ctx, req["teacher"], req["teacher_steps"], req["students"], req["step"])
-        got = grid(ctx, req["teacher"], rows, req["seeds"], req["class_id"])
+        prompts = req.get("prompts") or []
+        rows = variants(ctx, req["teacher"], req["teacher_steps"], req["students"], req["step"], req.get("guidance", 1.0))
+        got = grid(ctx, req["teacher"], rows, req["seeds"], req["class_id"], prompts)
         queued = []
         if submit and got["missing"]:
-            queued = request_missing(ctx, ctx.require_researcher(request), rows, got["missing"], req["class_id"])
+            queued = request_missing(ctx, ctx.require_researcher(request), rows, got["missing"], req["class_id"],
+                                     prompts)
+        if prompts:  # every cell says its prompt too (the fullscreen view and the slider show one cell alone)
+            columns = [p for p in prompts for _ in req["seeds"]] * len(rows)
+            got["cells"] = [(path, f'{c} · "{p}"') for (path, c), p in zip(got["cells"], columns)]
         cells, index, pages, cols = page(got["cells"], got["columns"], len(rows), req.get("page", 0))
-        req = {**req, "page": index, "pending": bool(got["pending"] or queued),
+        top = page(headers(ctx, prompts, req["seeds"]), got["columns"], 1, index)[0] if prompts else []
+        req = {**req, "page": index, "pending": bool(got["pending"] or queued), "header": len(top),
                "captions": [c for _, c in cells], "paths": [p for p, _ in cells], "cols": cols}
         waiting = job_progress(ctx, got["pending"] + queued)
-        text = f"{len(rows)} models × {len(req['seeds'])} seeds"
+        text = f"{len(rows)} models × " + (f"{len(prompts)} prompts × " if prompts else "") + f"{len(req['seeds'])} seeds"
         if waiting:
             text += f" · generating: {waiting}"
         elif got["missing"]:
@@ -286,23 +370,27 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
             text += "\n\nRows, top to bottom: " + " · ".join(f"**{i + 1}.** {row.caption(None)}" for i, row in enumerate(rows))
         if got["failed"] and not queued:
             text += "\n\n**Failed:** " + "; ".join(got["failed"])
-        shown = [(p or placeholder(ctx.data_dir), c if p else f"{c} · pending") for p, c in cells]
+        shown = top + [(p or placeholder(ctx.data_dir), c if p else f"{c} · pending") for p, c in cells]
         # A points grid has one scatter per model: lay the models side by side.
         columns = min(4, len(rows)) if got["points"] else cols
         return (req, text, gr.Gallery(value=shown, columns=columns), f"page {index + 1} of {pages}")
 
-    def on_show(name, steps_text, chosen, class_choice, seeds_text, at_step, request: gr.Request):
+    def on_show(name, steps_text, chosen, class_choice, seeds_text, at_step, prompts_text, w, request: gr.Request):
         try:
             ctx.require_researcher(request)
+            text = takes_prompts(ctx, name)
             req = {"teacher": name, "teacher_steps": steps_text, "students": list(chosen or []),
-                   "class_id": parse_class(class_choice), "seeds": list(parse_seeds(seeds_text, limit=ctx.settings.max_samples)),
-                   "step": at_step if chosen else None, "page": 0}
+                   "class_id": None if text else parse_class(class_choice),
+                   "seeds": list(parse_seeds(seeds_text, limit=ctx.settings.max_samples)),
+                   "step": at_step if chosen else None, "page": 0,
+                   "prompts": parse_prompts(prompts_text) if text else [], "guidance": _guidance(w) if text else 1.0}
             return render(req, request, submit=True)
         except (ValueError, PermissionError) as exc:
             return gr.skip(), f"**Error** — {exc}", gr.skip(), gr.skip()
 
     outputs = [state, status, gallery, page_label]
-    show.click(on_show, [teacher, teacher_steps, students, klass, seeds, step], outputs, concurrency_limit=None)
+    show.click(on_show, [teacher, teacher_steps, students, klass, seeds, step, prompts_box, guidance], outputs,
+               concurrency_limit=None)
 
     def on_tick(req, request: gr.Request):
         if not req or not req.get("pending"):
@@ -325,7 +413,7 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
         """Teacher | student for the chosen cell's seed: the teacher's best row against the chosen student row (or
         the chosen teacher cell against the first student row)."""
         paths, captions, cols = req.get("paths", []), req.get("captions", []), req.get("cols", 1)
-        cell = evt.index if isinstance(evt.index, int) else -1
+        cell = (evt.index if isinstance(evt.index, int) else -1) - req.get("header", 0)  # below the prompt headers
         if not 0 <= cell < len(paths) or paths[cell] is None:
             return gr.ImageSlider()
         col = cell % cols

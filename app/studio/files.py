@@ -52,3 +52,26 @@ def placeholder(data_dir: Path) -> str:
         image.save(tmp, format="PNG")
         tmp.replace(target)
     return str(target)
+
+
+def text_tile(data_dir: Path, text: str, size: int = 256) -> str:
+    """A white square PNG with `text` wrapped on it in full: the header cell above a gallery column (a prompt), so it
+    lines up with the images below whatever the gallery's thumbnail size."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    target = served_dir(data_dir) / f"text-{hashlib.sha256(f'{size}|{text}'.encode()).hexdigest()[:24]}.png"
+    if not target.is_file():
+        font_px = 26 if len(text) <= 120 else 18  # why: a CLIP-length prompt (~300 characters) still fits the square
+        font = ImageFont.load_default(size=font_px)
+        lines = textwrap.wrap(text, width=max(8, int(size / (0.55 * font_px)))) or [""]
+        image = Image.new("RGB", (size, size), "white")
+        draw = ImageDraw.Draw(image)
+        for i, line in enumerate(lines[: size // (font_px + 4)]):
+            draw.text((6, 6 + i * (font_px + 4)), line, fill="black", font=font)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{secrets.token_hex(6)}.tmp")
+        image.save(tmp, format="PNG")
+        tmp.replace(target)
+    return str(target)

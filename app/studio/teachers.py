@@ -15,11 +15,17 @@ import gradio as gr
 from app.studio.compare import Variant, grid, request_missing
 from app.studio.context import Studio
 from app.studio.files import placeholder
-from core.catalogue import check_trainable, get_teacher_info, list_teachers, text_to_image_refusal, trainable_teachers
-from core.refs import ModelRef, default_steps
+from core.catalogue import check_trainable, get_teacher_info, list_teachers, trainable_teachers
+from core.eval_prompts import showcase_prompts
+from core.prompts import prompt_problem
+from core.refs import ModelRef, default_steps, student_steps
+from core.specs import default_guidance
+from storage import repo
+from storage.db import session_scope
 from workers.submit import BrokerUnavailable
 
 GRID_SEEDS = list(range(16))
+PROMPT_SEEDS = 4  # a text-to-image teacher's card: each fixed prompt at this many of the grid's seeds
 IMPORT_TIMEOUT_S = 300
 
 
@@ -108,22 +114,66 @@ def train_teacher(ctx: Studio, user: str, name: str, iterations) -> str:
 
 
 def sample_grid(ctx: Studio, user: str | None, name: str) -> tuple[list, str, bool]:
-    """(gallery cells, status, pending) of 16 fixed seeds at the default DDIM steps, queueing a sample job when
-    missing."""
+    """(gallery cells, status, pending) of the teacher's card at its default DDIM steps, queueing a sample job when
+    missing: 16 fixed seeds, or for a text-to-image teacher 4 fixed prompts (core.eval_prompts.showcase_prompts) at 4
+    seeds each, at its default guidance, one prompt a row."""
     info = get_teacher_info(name, ctx.data_dir)
     if info.kind == "analytic":
         return [], f"{name} is analytic (exact); sample it on the Compare tab's points view or the CLI.", False
-    if info.is_text_to_image:
-        return [], text_to_image_refusal(name).removeprefix("teacher: ") + ".", False
     ref = ModelRef.teacher(name)
     steps = default_steps(ref)
-    rows = [Variant(ref.text, steps, 0, True, f"teacher {name}")]
-    got = grid(ctx, name, rows, GRID_SEEDS, None)
-    if got["missing"] and user is not None:
-        request_missing(ctx, user, rows, got["missing"], None)
-    pending = bool(got["missing"] or got["pending"])
+    prompts = showcase_prompts(info) if info.is_text_to_image else []
+    seeds = GRID_SEEDS[:PROMPT_SEEDS] if prompts else GRID_SEEDS
+    rows = [Variant(ref.text, steps, 0, True, f"teacher {name}", default_guidance(info))]
+    got = grid(ctx, name, rows, seeds, None, prompts)
+    pending = _request(ctx, user, rows, got, prompts)
+    captions = [f'"{p}" · seed {s}' for p in prompts for s in seeds] or [c for _, c in got["cells"]]
+    cells = [(p or placeholder(ctx.data_dir), c) for (p, _), c in zip(got["cells"], captions)]
+    if pending or got["missing"]:
+        return cells, "generating…" if pending else "**Failed:** " + "; ".join(got["failed"]), pending
+    drawn = f"{steps} DDIM steps" + (f", guidance {rows[0].guidance:g}" if rows[0].guidance != 1.0 else "")
+    what = f"{len(prompts)} fixed prompts (a row each) × seeds 0-{len(seeds) - 1}" if prompts else "seeds 0-15"
+    return cells, f"{name} · {drawn} · {what}", False
+
+
+def try_prompt(ctx: Studio, user: str | None, name: str, prompt: str, seed) -> tuple[list, str, bool]:
+    """(gallery cells, status, pending) of one typed prompt and seed drawn by the teacher (its default steps and
+    guidance) and by every finished student of it, through sample jobs; errors name `prompt` or `seed`."""
+    info = get_teacher_info(name, ctx.data_dir)
+    if not info.is_text_to_image:
+        raise ValueError(f"prompt: {name!r} takes no prompts; its card shows fixed seeds")
+    text = (prompt or "").strip()
+    problem = "is empty" if not text else prompt_problem(text)
+    if problem:
+        raise ValueError(f"prompt: {problem}")
+    if seed is None or (isinstance(seed, float) and not seed.is_integer()) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed: a whole number >= 0, got {seed!r}")
+    ref = ModelRef.teacher(name)
+    rows = [Variant(ref.text, default_steps(ref), 0, True, f"teacher {name}", default_guidance(info))]
+    rows += [v for v in finished_students(ctx, name)]
+    got = grid(ctx, name, rows, [int(seed)], None, [text])
+    pending = _request(ctx, user, rows, got, [text])
     cells = [(p or placeholder(ctx.data_dir), c) for p, c in got["cells"]]
-    return cells, "generating…" if pending else f"{name} · {steps} DDIM steps · seeds 0-15", pending
+    if pending or got["missing"]:
+        return cells, "generating…" if pending else "**Failed:** " + "; ".join(got["failed"]), pending
+    return cells, f'"{text}" · seed {int(seed)} · {len(rows)} models', False
+
+
+def _request(ctx: Studio, user: str | None, rows: list[Variant], got: dict, prompts: list[str]) -> bool:
+    """Queue sample jobs for a grid's missing cells when a user asks (a timer's refresh passes none, so a failed job
+    is not retried every tick); whether images are still coming."""
+    queued = request_missing(ctx, user, rows, got["missing"], None, prompts) if got["missing"] and user else []
+    return bool(got["pending"] or queued)
+
+
+def finished_students(ctx: Studio, teacher: str) -> list[Variant]:
+    """A row for every succeeded distill run of `teacher`: its final weights at its own step count."""
+    with session_scope(ctx.factory) as session:
+        runs = [run for run in repo.list_runs(session=session, kind="distill", limit=500)
+                if run.spec["teacher"] == teacher and run.status == "succeeded"]
+        return [Variant(ModelRef.run(run.id).text, student_steps(run.spec),
+                        max(repo.checkpoint_steps(session=session, run_id=run.id) or [run.step]), True,
+                        f"{run.spec['method']} run {run.id}") for run in runs]
 
 
 # -- Layout and wiring ----------------------------------------------------------------------------------------
@@ -132,6 +182,7 @@ def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
     names = [t.name for t in list_teachers(ctx.data_dir)]
     trainable = trainable_teachers()
     pending = gr.State("")
+    try_pending = gr.State(None)  # [teacher, prompt, seed] while the typed prompt's images are being drawn
     with gr.Row():
         with gr.Column(scale=3):
             table = gr.Dataframe(teacher_rows(ctx), headers=["name", "source", "kind", "data", "shape", "classes",
@@ -141,6 +192,15 @@ def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
             status = gr.Markdown(elem_id="t-status")
             gallery = gr.Gallery(label="Samples", columns=8, height="auto", format="png", elem_id="t-grid",
                                  buttons=["download", "fullscreen"])
+            with gr.Group(visible=False, elem_id="t-try-box") as try_box:
+                gr.Markdown("#### Try a prompt — the teacher and every finished student of it, same noise")
+                with gr.Row():
+                    try_prompt_text = gr.Textbox(label="Prompt", elem_id="t-try-prompt", scale=4)
+                    try_seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="t-try-seed", scale=1)
+                    try_button = gr.Button("Draw", elem_id="t-try", scale=1)
+                try_status = gr.Markdown(elem_id="t-try-status")
+                try_gallery = gr.Gallery(label="Drawn", columns=4, height="auto", format="png", elem_id="t-try-grid",
+                                         buttons=["download", "fullscreen"])
         with gr.Column(scale=1, min_width=300):
             gr.Markdown("### Train a built-in teacher")
             train_name = gr.Dropdown(trainable, value=trainable[0] if trainable else None, label="Built-in teacher",
@@ -158,23 +218,48 @@ def build_teachers_tab(ctx: Studio, timer: gr.Timer) -> None:
             do_import = gr.Button("Import", elem_id="t-import")
             import_status = gr.Markdown(elem_id="t-import-status")
 
-    def show(teacher, request: gr.Request):
+    def show(teacher, request: gr.Request, submit: bool = True):
         if not teacher:
             return [], "", ""
         try:
-            cells, text, waiting = sample_grid(ctx, ctx.require_researcher(request), teacher)
+            user = ctx.require_researcher(request)
+            cells, text, waiting = sample_grid(ctx, user if submit else None, teacher)
         except (ValueError, PermissionError) as exc:
             return [], f"**Error** — {exc}", ""
-        return cells, text, teacher if waiting else ""
+        prompts = get_teacher_info(teacher, ctx.data_dir).is_text_to_image
+        return gr.Gallery(value=cells, columns=PROMPT_SEEDS if prompts else 8), text, teacher if waiting else ""
 
-    pick.change(show, pick, [gallery, status, pending])
+    def on_pick(teacher, request: gr.Request):
+        prompts = bool(teacher) and get_teacher_info(teacher, ctx.data_dir).is_text_to_image
+        return (*show(teacher, request), gr.Group(visible=prompts), [], "", None)
+
+    pick.change(on_pick, pick, [gallery, status, pending, try_box, try_gallery, try_status, try_pending])
 
     def tick(waiting, request: gr.Request):
         if not waiting:
             return gr.skip(), gr.skip(), gr.skip()
-        return show(waiting, request)
+        return show(waiting, request, submit=False)
 
     timer.tick(tick, pending, [gallery, status, pending], show_progress="hidden", concurrency_limit=None)
+
+    def draw(teacher, prompt, seed, request: gr.Request, submit: bool = True):
+        try:
+            user = ctx.require_researcher(request)
+            cells, text, waiting = try_prompt(ctx, user if submit else None, teacher, prompt, seed)
+        except (ValueError, PermissionError) as exc:
+            return gr.skip(), f"**Error** — {exc}", None
+        return cells, text, [teacher, prompt, seed] if waiting else None
+
+    try_button.click(draw, [pick, try_prompt_text, try_seed], [try_gallery, try_status, try_pending])
+    try_prompt_text.submit(draw, [pick, try_prompt_text, try_seed], [try_gallery, try_status, try_pending])
+
+    def try_tick(waiting, request: gr.Request):
+        if not waiting:
+            return gr.skip(), gr.skip(), gr.skip()
+        return draw(*waiting, request, submit=False)
+
+    timer.tick(try_tick, try_pending, [try_gallery, try_status, try_pending], show_progress="hidden",
+               concurrency_limit=None)
 
     train_name.change(lambda n: gr.Number(_recipe(n)), train_name, train_iters)
 

@@ -4,6 +4,7 @@ database and the embedded SQLite broker in a temporary data dir. Runs are put in
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,63 @@ def test_points_grid_shows_a_finished_scatter(ctx):
     assert got["cells"][0][0] is None and Path(got["cells"][1][0]).read_bytes() == scatter.read_bytes()
     scatter.unlink()  # the run's folder cleaned up: draw it again rather than wait forever
     assert compare.grid(ctx, "toy2d-ring", rows, [0, 1, 2], None)["missing"] == {0: [0, 1, 2], 1: [0, 1, 2]}
+
+
+# -- Compare with prompts (text-to-image teachers) ------------------------------------------------------------
+
+def _record_prompt(ctx, model: str, steps: int, seed: int, prompt: str, color) -> Path:
+    relative = f"runs/p/{hashlib.sha256(f'{model}|{steps}|{seed}|{prompt}'.encode()).hexdigest()[:16]}.png"
+    path = write_png(ctx.data_dir / relative, color)
+    with session_scope(ctx.factory) as session:
+        repo.record_image(session=session, model=model, seed=seed, class_id=None, steps=steps, path=relative,
+                          prompt=prompt)
+    return path
+
+
+def test_a_guided_teacher_row_costs_two_nfe_a_step_and_asks_for_its_prompts(ctx):
+    [row] = compare.variants(ctx, "shapes", "4", [], None, guidance=4.0)
+    assert (row.key, row.nfe, row.caption(2)) == ("teacher:shapes+cfg4", 8, "teacher shapes · w=4 · seed 2 · 8 NFE")
+    assert row.sample_spec([0, 1], None, ["a red circle"]) == {
+        "model": "teacher:shapes", "seeds": [0, 1], "steps": 4, "class_id": None, "prompts": ["a red circle"],
+        "guidance": 4.0}
+    [plain] = compare.variants(ctx, "shapes", "4", [], None)
+    assert (plain.key, plain.nfe, "prompts" in plain.sample_spec([0], None)) == ("teacher:shapes", 4, False)
+
+
+def test_a_prompt_grid_has_prompt_by_seed_columns_and_one_job_per_row_for_what_is_missing(ctx):
+    prompts = ["a small red circle on the left, on a white background", "a large blue square at the top"]
+    rows = compare.variants(ctx, "shapes", "4,50", [], None, guidance=4.0)
+    red = _record_prompt(ctx, "teacher:shapes+cfg4", 4, 0, prompts[0], (200, 0, 0))
+    blue = _record_prompt(ctx, "teacher:shapes+cfg4", 4, 1, prompts[1], (0, 0, 200))
+    _record_prompt(ctx, "teacher:shapes", 4, 1, prompts[0], (9, 9, 9))  # unguided: not this row's
+    got = compare.grid(ctx, "shapes", rows, [0, 1], None, prompts)
+    assert got["columns"] == 4  # prompt-major: (p0, s0), (p0, s1), (p1, s0), (p1, s1)
+    paths = [p for p, _ in got["cells"]]
+    assert [p is not None for p in paths] == [True, False, False, True] + [False] * 4
+    assert Path(paths[0]).read_bytes() == red.read_bytes() and Path(paths[3]).read_bytes() == blue.read_bytes()
+    assert got["missing"] == {0: [0, 1], 1: [0, 1]}  # seeds absent for any prompt
+    ids = compare.request_missing(ctx, "local", rows, got["missing"], None, prompts)
+    specs = [get(ctx, i).spec for i in ids]
+    assert [(s["steps"], s["prompts"], s["seeds"], s["guidance"]) for s in specs] == [(4, prompts, [0, 1], 4.0),
+                                                                                     (50, prompts, [0, 1], 4.0)]
+    again = compare.grid(ctx, "shapes", rows, [0, 1], None, prompts)
+    assert (again["missing"], sorted(again["pending"])) == ({}, sorted(ids))  # not asked twice while they run
+    assert compare.grid(ctx, "shapes", rows, [0, 1], None, prompts[:1] + ["another"])["missing"] == {0: [0, 1],
+                                                                                                    1: [0, 1]}
+
+
+def test_prompt_headers_and_typed_prompts(ctx):
+    heads = compare.headers(ctx, ["a red circle", "a blue star"], [0, 7])
+    assert [c for _, c in heads] == ["a red circle · seed 0", "a red circle · seed 7", "a blue star · seed 0",
+                                     "a blue star · seed 7"]
+    assert all(Path(p).parent == served_dir(ctx.data_dir).resolve() and Path(p).suffix == ".png" for p, _ in heads)
+    assert len({Path(p).read_bytes() for p, _ in heads}) == 4
+    assert compare.parse_prompts(" a red circle \n\n a blue star\na red circle\n") == ["a red circle", "a blue star"]
+    for text, rule in (("\n \n", "type one or more prompts"), ("ok\nbad\x07", "line 2 "),
+                       ("\n".join(f"p{i}" for i in range(65)), "at most 64 prompts")):
+        with pytest.raises(ValueError, match=rf"^prompts: {rule}"):
+            compare.parse_prompts(text)
+    test_set = compare.set_prompts(ctx, "shapes", "shapes-test").splitlines()
+    assert len(test_set) == 3 and all(" on a " in p and p.endswith("background") for p in test_set)
+    assert compare.set_prompts(ctx, "shapes", "typed").splitlines() == test_set  # its card's prompts: the same set
+    assert compare.takes_prompts(ctx, "shapes") and not compare.takes_prompts(ctx, "digits")

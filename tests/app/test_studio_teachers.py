@@ -57,7 +57,8 @@ def test_teacher_rows_and_training(ctx):
 
 # -- Imported teachers: text-to-image pipelines and class-conditional folders --------------------------------
 
-def test_an_sd_teacher_is_listed_and_its_preview_explains_why_it_cannot_be_sampled(ctx, tmp_path):
+def test_an_sd_teacher_is_listed_and_its_card_draws_fixed_prompts_at_its_guidance(ctx, tmp_path):
+    from core.eval_prompts import SHOWCASE_PROMPTS
     from core.teachers.imported import import_folder
     from tests.tiny_pipelines import save_tiny_sd
 
@@ -67,10 +68,13 @@ def test_an_sd_teacher_is_listed_and_its_preview_explains_why_it_cannot_be_sampl
     assert "StableDiffusionXLPipeline (64 px)" in rows["sd-tiny"][6]
 
     cells, status, pending = teachers.sample_grid(ctx, "local", "sd-tiny")
-    assert (cells, pending) == ([], False)
-    assert status == ("'sd-tiny' is a text-to-image teacher; queued sampling does not take prompts yet "
-                      "(sample it, or a student of it, with `distill-studio sample --prompt`).")
-    assert all_runs(ctx) == []  # nothing queued
+    assert (status, pending, len(cells)) == ("generating…", True, 16)
+    assert [c for _, c in cells[:5]] == [f'"{SHOWCASE_PROMPTS[0]}" · seed {s}' for s in range(4)] + \
+        [f'"{SHOWCASE_PROMPTS[1]}" · seed 0']
+    [run] = all_runs(ctx)  # one sample job: every prompt at every seed, at SDXL's own default guidance
+    assert (run.kind, run.total) == ("sample", 16)
+    assert (run.spec["prompts"], run.spec["seeds"], run.spec["guidance"]) == (list(SHOWCASE_PROMPTS), [0, 1, 2, 3], 5.0)
+    assert teachers.sample_grid(ctx, "local", "sd-tiny")[1] == "generating…" and len(all_runs(ctx)) == 1  # not twice
     assert teachers.import_message(manifest) == \
         "Imported **sd-tiny**: StableDiffusionXLPipeline, epsilon, 64×64 px (latent 4×32×32)."
 

@@ -149,6 +149,36 @@ def test_a_text_to_image_teacher_asks_for_prompts_and_refuses_a_method_without_i
     assert run_count(studio) == before
 
 
+def test_a_text_to_image_teachers_card_a_typed_prompt_and_a_comparison_by_prompt(page):
+    """The shapes teacher's card draws fixed prompts (a row each); a typed prompt and seed is drawn on demand; Compare
+    lays out prompt x seed columns under a header cell naming each prompt in full."""
+    teachers = tab(page, "Teachers")
+    choose(page, teachers, "Teacher", "shapes")
+    expect(page.locator("#t-status")).to_contain_text("4 fixed prompts (a row each)", timeout=RUN_S)
+    expect(page.locator("#t-grid img")).to_have_count(16)
+    prompt = "a large green star at the bottom, on a black background"
+    fill(teachers, "Prompt", prompt)
+    fill(teachers, "Seed", "3")
+    teachers.get_by_role("button", name="Draw").click()
+    expect(page.locator("#t-try-status")).to_contain_text(f'"{prompt}" · seed 3 · 1 models', timeout=RUN_S)
+    expect(page.locator("#t-try-grid img")).to_have_count(1)
+
+    compare = tab(page, "Compare")
+    choose(page, compare, "Teacher", "shapes")
+    expect(compare.get_by_label("Teacher guidance")).to_have_value(f"{SHAPES_GUIDANCE:g}")
+    fill(compare, "Teacher steps", "4")
+    compare.get_by_label("Prompts").fill(f"{prompt}\na small red circle on the left, on a white background")
+    fill(compare, "Seeds", "0-1")
+    compare.get_by_role("button", name="Compare", exact=True).click()
+    status = page.locator("#cmp-status")
+    expect(status).to_contain_text("1 models × 2 prompts × 2 seeds")
+    expect(status).to_contain_text("all images ready", timeout=RUN_S)
+    grid = page.locator("#cmp-grid")
+    expect(grid.locator("img")).to_have_count(8)  # a header row of 4 prompt x seed cells, then the teacher's row
+    expect(grid).to_contain_text(f"{prompt} · seed 1")
+    expect(grid).to_contain_text("teacher shapes · w=4 · seed 0 · 8 NFE")
+
+
 def test_cancel_a_running_run(page):
     start_run(page, method="dmd2", steps="1", iterations="200000")
     run_id = queued_id(page)

@@ -17,8 +17,7 @@ from core.teachers import load_teacher
 from core.teachers.imported import TeacherImportError, import_folder
 from tests.tiny_pipelines import save_tiny_sd
 
-REFUSAL = r"teacher: 'sd-tiny' is a text-to-image teacher; queued sampling does not take prompts yet " \
-          r"\(sample it, or a student of it, with `distill-studio sample --prompt`\)"
+REFUSAL = r"prompts: 'sd-tiny' is a text-to-image teacher; give one or more prompts"
 PROMPT_REFUSAL = r"prompt: 'sd-tiny' is a text-to-image teacher; give --prompt TEXT or --prompts FILE"
 
 

@@ -216,7 +216,7 @@ def test_each_kind_has_its_task_and_total(jobs, broker, env):
         (shapes_short, "teacher", 10)]
     assert runs[0].spec == {"name": "digits", "iterations": None, "seed": None}
     assert runs[2].spec == {"model": "teacher:digits", "seeds": [5, 6, 7], "steps": None, "class_id": 3,
-                            "guidance": 2.0, "sampler": "ddim", "eta": 0.0, "checkpoint": None}
+                            "guidance": 2.0, "sampler": "ddim", "eta": 0.0, "checkpoint": None, "prompts": []}
     assert _messages(broker, env) == [("studio.train_teacher", [teacher]), ("studio.train_teacher", [teacher_short]),
                                       ("studio.sample", [sample]), ("studio.train_teacher", [shapes]),
                                       ("studio.train_teacher", [shapes_short])]

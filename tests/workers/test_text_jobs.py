@@ -78,3 +78,40 @@ def test_a_queued_shapes_distillation_trains_on_the_benchmarks_generator(jobs_db
     with session_scope(jobs_db.factory) as s:
         assert repo.get_run(session=s, run_id=run_id).status == "succeeded"
 
+
+
+def test_a_queued_sample_draws_every_prompt_at_every_seed_and_keeps_each_image_under_its_prompt(jobs_db, tmp_path):
+    """What the studio's Compare and Teachers tabs ask of a text-to-image teacher: one job for prompts x seeds, its
+    images found again by (model at its guidance, prompt, seed); a student of it is sampled the same way, unguided."""
+    import_folder(save_tiny_sd(tmp_path / "sd"), "sd-tiny", jobs_db.data_dir)
+    prompts = ["a red circle on the left", "a blue square"]
+    run_id = job(jobs_db, "sample", {"model": "teacher:sd-tiny", "seeds": [3, 5], "steps": 2, "guidance": 2.5,
+                                     "prompts": prompts})
+    with session_scope(jobs_db.factory) as s:
+        assert repo.get_run(session=s, run_id=run_id).total == 4
+        guided = {p: repo.find_images(session=s, model="teacher:sd-tiny+cfg2.5", steps=2, checkpoint=0, class_id=None,
+                                      seeds=[3, 5], prompt=p) for p in prompts}
+        plain = repo.find_images(session=s, model="teacher:sd-tiny", steps=2, checkpoint=0, class_id=None,
+                                 seeds=[3, 5], prompt=prompts[0])
+    assert plain == {}  # drawn with guidance 2.5: never found as the unguided teacher's
+    files = {p: {seed: (jobs_db.data_dir / image.path).read_bytes() for seed, image in found.items()}
+             for p, found in guided.items()}
+    assert all(sorted(found) == [3, 5] for found in files.values())
+    assert files[prompts[0]][3] != files[prompts[1]][3] and files[prompts[0]][3] != files[prompts[0]][5]
+
+    # The same prompt and seed again, alone in its job: the same image, since a seed's noise never depends on the batch.
+    again = job(jobs_db, "sample", {"model": "teacher:sd-tiny", "seeds": [5], "steps": 2, "guidance": 2.5,
+                                    "prompts": [prompts[0]]})
+    with session_scope(jobs_db.factory) as s:
+        [image] = repo.find_images(session=s, model="teacher:sd-tiny+cfg2.5", steps=2, checkpoint=0, class_id=None,
+                                   seeds=[5], prompt=prompts[0]).values()
+        assert image.run_id == again
+    assert (jobs_db.data_dir / image.path).read_bytes() == files[prompts[0]][5]
+
+    for spec, error in (({"model": "teacher:sd-tiny", "seeds": [0]}, r"^prompts: 'sd-tiny' is a text-to-image teacher"),
+                        ({"model": "teacher:digits", "seeds": [0], "prompts": ["x"]},
+                         r"^prompts: 'digits' takes classes, not prompts"),
+                        ({"model": "teacher:sd-tiny", "seeds": [0], "prompts": ["x"] * 65}, r"^prompts: "),
+                        ({"model": "teacher:sd-tiny", "seeds": [0], "prompts": ["ok", "bad\x07"]}, r"^prompt: prompt 2 ")):
+        with pytest.raises(ValueError, match=error):
+            validate(jobs_db, "sample", spec)
