@@ -342,6 +342,12 @@ class Jobs:
             factory = make_session_factory(engine)
         self.factory = factory
 
+    def validate(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The normalised spec, or ValueError naming the field; nothing is written (for a form that queues several
+        jobs and must refuse them all before the first is queued)."""
+        with session_scope(self.factory) as session:
+            return validate_spec(kind, spec, data_dir=self.settings.data_dir, session=session)
+
     def submit(self, kind: str, spec: dict[str, Any]) -> int:
         """Validate, write the queued run and send its task; returns the run id."""
         with session_scope(self.factory) as session:

@@ -4,6 +4,8 @@ temporary data dir."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from app.studio import leaderboard
@@ -30,7 +32,7 @@ def test_board_shapes_the_leaderboard(ctx):
     _evaluate(ctx, f"run:{run_id}", "kid", 0.0123456789, 1, 1, run_id)
     _evaluate(ctx, f"run:{run_id}", "ms_per_image", 0.5, 1, 1, run_id)
     _evaluate(ctx, f"run:{sample}", "fid", 30.0, 1, 1)  # not a distill run: shown by its reference
-    table, plot = leaderboard.board(ctx)
+    table, plot, _, references = leaderboard.board(ctx)
     assert list(table.columns) == leaderboard.COLUMNS
     name = f"run:{run_id} dmd2-1 of digits"
     assert table["model"].tolist() == ["teacher:digits", name, "teacher:digits", f"run:{sample}"]  # by FID
@@ -40,8 +42,11 @@ def test_board_shapes_the_leaderboard(ctx):
     assert row["precision"] is None or row["precision"] != row["precision"]  # missing: None or NaN
     assert {k: row[k] for k in ("reference hash", "seeds", "note")} == {
         "reference hash": "sha256:0123456789ab", "seeds": "0-999", "note": "† small-sample estimate: n < 2000"}
+    small = " · n=1000 †"  # every plotted point names its n, and its small-sample mark
     assert sorted(plot.itertuples(index=False, name=None)) == sorted(
-        [(4, 20.0, "teacher:digits"), (50, 3.21, "teacher:digits"), (1, 12.345678, name), (1, 30.0, f"run:{sample}")])
+        [(4, 20.0, "teacher:digits" + small), (50, 3.21, "teacher:digits" + small), (1, 12.345678, name + small),
+         (1, 30.0, f"run:{sample}" + small)])
+    assert references == "FID measured against: digits-train sha256:0123456789ab."
     assert [str(t) for t in plot.dtypes] == ["int64", "float64", "object"]
 
 
@@ -49,7 +54,7 @@ def test_board_labels_small_sample_figures_and_shows_their_reference_hash(ctx):
     _evaluate(ctx, "teacher:digits", "fid", 3.0, 50, 50, n=2000)
     _evaluate(ctx, "teacher:digits", "kid", 0.01, 50, 50, n=500)  # a KID on fewer samples than the row's FID
     _evaluate(ctx, "teacher:digits", "fid", 9.0, 4, 4, n=1999, reference_hash=None)  # a row whose hash is unknown
-    table, _ = leaderboard.board(ctx)
+    table = leaderboard.board(ctx).table
     rows = {r["steps"]: r for r in table.to_dict("records")}
     assert {k: rows[50][k] for k in ("n", "reference", "reference hash", "seeds")} == {
         "n": 2000, "reference": "digits-train", "reference hash": "sha256:0123456789ab", "seeds": "0-1999"}
@@ -61,9 +66,10 @@ def test_board_labels_small_sample_figures_and_shows_their_reference_hash(ctx):
 
 
 def test_board_of_an_empty_store(ctx):
-    table, plot = leaderboard.board(ctx)
+    table, plot, aligned, references = leaderboard.board(ctx)
     assert table.empty and list(table.columns) == leaderboard.COLUMNS
-    assert plot is None  # no value at all: a plot given an empty frame never draws later points
+    assert plot is None and aligned is None  # no value at all: a plot given an empty frame never draws later points
+    assert references == ""
 
 
 @pytest.mark.parametrize("models, metrics, n, field", [
@@ -96,3 +102,48 @@ def test_model_choices_offer_teachers_and_succeeded_runs(ctx, students):
     assert "teacher:digits@4" in refs and "teacher:toy2d-ring@50" in refs
     assert not any(ref.startswith("teacher:toy2d-ring-gmm") for ref in refs)  # analytic
     assert [ref for ref in refs if ref.startswith("run:")] == [students[0]]
+
+
+def test_text_to_image_rows_are_per_prompt_set_with_alignment_and_guided_nfe(ctx):
+    with session_scope(ctx.factory) as session:
+        for model, steps, nfe, fid, right in (("teacher:shapes+cfg4", 50, 100, 0.107, 0.98),
+                                               ("teacher:shapes+cfg4", 4, 8, 0.121, 0.939)):
+            for metric, value in (("fid", fid), ("alignment", 0.998), ("alignment_all", right)):
+                repo.record_evaluation(session=session, model=model, metric=metric, value=value, n=2000,
+                                       extractor="shapes-classifier", reference="shapes-test-2000",
+                                       reference_hash="sha256:feedfacecafe", seed=0, seed_last=1999, steps=steps,
+                                       nfe=nfe, prompts="shapes-test")
+    shown = leaderboard.board(ctx)
+    rows = shown.table.to_dict("records")
+    assert [(r["model"], r["steps"], r["prompts"], r["NFE"], r["FID"], r["all right"]) for r in rows] == [
+        ("teacher:shapes+cfg4", 50, "shapes-test", 100, 0.107, 0.98),
+        ("teacher:shapes+cfg4", 4, "shapes-test", 8, 0.121, 0.939)]
+    series = "teacher:shapes+cfg4 (shapes-test) · n=2000"
+    assert sorted(shown.alignment.itertuples(index=False, name=None)) == [(8, 93.9, series), (100, 98.0, series)]
+    assert sorted(shown.fid.itertuples(index=False, name=None)) == [(8, 0.121, series), (100, 0.107, series)]
+    assert shown.references == "FID measured against: shapes-test-2000 sha256:feedfacecafe."
+
+
+def test_a_guided_evaluation_of_teachers_and_students_goes_in_two_jobs(ctx, students):
+    done, _ = students
+    folder = ctx.data_dir / "runs" / done.removeprefix("run:")  # what a finished run leaves (weights not read here)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "student.json").write_text(json.dumps({"method": "dmd2", "teacher": "digits",
+                                                     "config": {"student_steps": 1}}))
+    message = leaderboard.queue_evaluation(ctx, "local", ["teacher:digits@4", done], ["accuracy"], 100, None, 2.0)
+    jobs = [r for r in all_runs(ctx) if r.kind == "evaluate"]
+    assert [(r.spec["models"], r.spec["guidance"]) for r in jobs] == [(["teacher:digits@4"], 2.0), ([done], 1.0)]
+    assert message.startswith(f"Evaluation run {jobs[0].id} and run {jobs[1].id} queued (2 model(s), n = 100)")
+    assert "(teachers guided, students unguided)" in message
+    # One refused spec refuses both: alignment needs prompts, so neither job is queued.
+    with pytest.raises(ValueError, match=r"^metrics: alignment is for text-to-image models"):
+        leaderboard.queue_evaluation(ctx, "local", ["teacher:digits@4", done], ["alignment"], 100, None, 2.0)
+    assert len([r for r in all_runs(ctx) if r.kind == "evaluate"]) == 2
+
+
+def test_a_text_to_image_teacher_is_evaluated_on_a_chosen_prompt_set(ctx):
+    assert "teacher:shapes@50" in [ref for _, ref in leaderboard.model_choices(ctx)]
+    leaderboard.queue_evaluation(ctx, "local", ["teacher:shapes@4"], ["alignment", "speed"], 100, "shapes-heldout", 4.0)
+    leaderboard.queue_evaluation(ctx, "local", ["teacher:shapes@4"], ["speed"], 100, leaderboard.DEFAULT_PROMPTS, 4.0)
+    assert [(r.spec["prompts"], r.spec["guidance"]) for r in all_runs(ctx)] == [("shapes-heldout", 4.0), (None, 4.0)]
