@@ -25,6 +25,11 @@ def clear_studio_caches() -> None:
         get_app().close()
     get_app.cache_clear()
     get_settings.cache_clear()
+    from workers import jobs  # its session factory is built from the settings too (once per process id)
+
+    if jobs._factory_for.cache_info().currsize:
+        jobs._factory_for(os.getpid()).kw["bind"].dispose()
+    jobs._factory_for.cache_clear()
 
 
 def connect_redis(url: str = REDIS_URL) -> redis.Redis:

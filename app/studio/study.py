@@ -10,13 +10,14 @@ from typing import Any
 import gradio as gr
 
 from app.studio import study_pool
-from app.studio.compare import parse_steps, student_choices, student_run_id
+from app.studio.compare import parse_prompts, parse_steps, set_prompts, student_choices, student_run_id, takes_prompts
 from app.studio.context import Studio
 from app.studio.files import served_dir
 from app.studio.study_export import write_export
 from core.catalogue import distillable_teachers, get_teacher_info
 from core.refs import ModelRef, student_steps
-from core.specs import parse_seeds
+from core.shapes import EVAL_SETS
+from core.specs import default_guidance, parse_seeds
 from storage import repo, studies
 from storage.db import session_scope
 
@@ -27,7 +28,7 @@ STUDY_COLUMNS = ["id", "name", "status", "variants", "pairs", "gold", "votes", "
 # -- Handlers --------------------------------------------------------------------------------------------------
 
 def image_teachers(ctx: Studio) -> list[str]:
-    return [t.name for t in distillable_teachers(ctx.data_dir, text_to_image=False) if t.is_image]
+    return [t.name for t in distillable_teachers(ctx.data_dir) if t.is_image]
 
 
 def parse_classes(text: str, num_classes: int) -> list[int | None]:
@@ -56,24 +57,35 @@ def _count(value, field: str, lo: int, hi: int) -> int:
 
 
 def create_study(ctx: Studio, user: str, name: str, teacher: str, teacher_steps: str, students: list[str],
-                 classes_text: str, seeds_text: str, pairs, gold_pct, repeat_pct, quota) -> tuple[int, str]:
+                 classes_text: str, seeds_text: str, pairs, gold_pct, repeat_pct, quota, prompts_text: str = "",
+                 guidance=None) -> tuple[int, str]:
     """Validate the form, write the draft study with its variants and queue the sample jobs its pool needs.
-    ValueError names the field; nothing is written then."""
+    A text-to-image teacher's conditions are prompts (one per line) and its rows are drawn at `guidance` (none: its
+    default). ValueError names the field; nothing is written then."""
     if not name or not name.strip():
         raise ValueError("name: give the study a name (raters see it: say nothing about the models)")
     if teacher not in image_teachers(ctx):
         raise ValueError(f"teacher: studies need an image teacher ({', '.join(image_teachers(ctx))}), got {teacher!r}")
     info = get_teacher_info(teacher, ctx.data_dir)
     steps = parse_steps(teacher_steps)
-    classes = parse_classes(classes_text, info.num_classes)
+    prompts = parse_prompts(prompts_text) if info.is_text_to_image else []
+    classes = list(range(len(prompts))) if prompts else parse_classes(classes_text, info.num_classes)
     seeds = list(parse_seeds(seeds_text, limit=10_000))
     config = {"pairs_per_model_pair": _count(pairs, "pairs per model pair", 1, 10_000),
               "gold_rate": _fraction(gold_pct, "gold %", 30), "repeat_rate": _fraction(repeat_pct, "repeat %", 30),
               "quota": _count(quota, "quota", 1, 100_000), "undo_s": DEFAULTS["undo_s"], "classes": classes,
               "seeds": seeds}
+    guided = ""
+    if prompts:
+        w = default_guidance(info) if guidance in (None, "") else float(guidance)
+        if not 0.0 <= w <= 20.0:
+            raise ValueError(f"guidance: must be in [0, 20], got {guidance!r}")
+        config.update(prompts=prompts, guidance=w)
+        guided = f", w={w:g}" if w != 1.0 else ""
     anchor = max(steps)
     variants = [{"model": ModelRef.teacher(teacher).text, "steps": s, "checkpoint": 0,
-                 "label": f"teacher {teacher} @ {s} steps", "is_teacher": s == anchor} for s in sorted(steps, reverse=True)]
+                 "label": f"teacher {teacher} @ {s} steps{guided}", "is_teacher": s == anchor}
+                for s in sorted(steps, reverse=True)]
     valid = {ref for _, ref in student_choices(ctx, teacher)}
     with session_scope(ctx.factory) as session:
         for ref in students or []:
@@ -120,8 +132,9 @@ def study_state(ctx: Studio, study_id) -> tuple[str, bool, str]:
             raise ValueError(f"study: no study with id {study_id}")
         status, config = study.status, dict(study.config)
         pairs = studies.pair_counts(session=session, study_id=study.id)
+    conditions = f"{len(config['prompts'])} prompts" if config.get("prompts") else f"classes {config['classes']}"
     lines = [f"**{study.name}** · {status} · variants: " + ", ".join(config["variants"]),
-             f"classes {config['classes']} · seeds {len(config['seeds'])} · {config['pairs_per_model_pair']} pairs per "
+             f"{conditions} · seeds {len(config['seeds'])} · {config['pairs_per_model_pair']} pairs per "
              f"model pair · gold {config['gold_rate']:.0%} · repeats {config['repeat_rate']:.0%} · quota "
              f"{config['quota']} per rater"]
     ready = False
@@ -175,6 +188,13 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
                                         elem_id="st-students")
             refresh_students = gr.Button("Refresh students", size="sm", elem_id="st-refresh")
             classes = gr.Textbox("0-9", label="Classes", elem_id="st-classes", info="the conditions raters judge")
+            with gr.Group(visible=False, elem_id="st-text") as text_group:
+                prompt_set = gr.Dropdown(["typed", *EVAL_SETS], value="typed", label="Prompt set",
+                                         elem_id="st-prompt-set", info="fills Prompts with its first three; edit freely")
+                prompts = gr.Textbox("", lines=3, label="Prompts", elem_id="st-prompts",
+                                     info="the conditions raters judge, one per line; raters read the prompt")
+                guidance = gr.Number(None, minimum=0, maximum=20, label="Teacher guidance", elem_id="st-guidance",
+                                     info="the teacher rows' classifier-free w")
             seeds = gr.Textbox("0-9", label="Seeds", elem_id="st-seeds")
             pairs = gr.Number(DEFAULTS["pairs_per_model_pair"], precision=0, label="Pairs per model pair",
                               elem_id="st-pairs", interactive=True)
@@ -202,7 +222,14 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
                 export = gr.Button("Export votes", elem_id="st-export")
             files = gr.File(label="Exported votes", file_count="multiple", elem_id="st-files")
 
-    teacher.change(lambda t: gr.CheckboxGroup(choices=student_choices(ctx, t), value=[]), teacher, students)
+    def on_teacher(name):
+        text = takes_prompts(ctx, name)
+        return (gr.CheckboxGroup(choices=student_choices(ctx, name), value=[]), gr.Textbox(visible=not text),
+                gr.Group(visible=text), set_prompts(ctx, name, "typed") if text else "",
+                default_guidance(get_teacher_info(name, ctx.data_dir)) if text else None)
+
+    teacher.change(on_teacher, teacher, [students, classes, text_group, prompts, guidance])
+    prompt_set.change(lambda name, choice: set_prompts(ctx, name, choice), [teacher, prompt_set], prompts)
     refresh_students.click(lambda t: gr.CheckboxGroup(choices=student_choices(ctx, t)), teacher, students)
 
     def guarded(fn, n_outputs: int = 1):
@@ -219,8 +246,8 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
         study_id, message = create_study(ctx, user, *values)
         return message, studies_rows(ctx), gr.Dropdown(choices=study_choices(ctx), value=study_id)
 
-    create.click(guarded(on_create, 3), [name, teacher, teacher_steps, students, classes, seeds, pairs, gold, repeat, quota],
-                 [create_status, table, pick], concurrency_limit=None)
+    create.click(guarded(on_create, 3), [name, teacher, teacher_steps, students, classes, seeds, pairs, gold, repeat, quota,
+                                         prompts, guidance], [create_status, table, pick], concurrency_limit=None)
 
     def show(study_id, request: gr.Request):
         if study_id in (None, ""):

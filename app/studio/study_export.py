@@ -27,6 +27,7 @@ def votes_with_labels(factory: sessionmaker[Session], study_id: int, *, include_
         teacher = next(v.label for v in studies.study_variants(session=session, study_id=study_id) if v.is_teacher)
         rows = vote_rows.votes_frame(session=session, study_id=study_id, include_gold=include_gold)
         salt = study.salt
+        prompts = list(study.config.get("prompts") or [])
     frame = pd.DataFrame(rows, columns=["left", "right", "choice", "criterion", "condition", "rater", "latency_ms",
                                         "is_gold", "gold_expected", "repeat_of", "pair", "voted_at", "seq_in_session",
                                         "seed"])
@@ -36,6 +37,8 @@ def votes_with_labels(factory: sessionmaker[Session], study_id: int, *, include_
     for side in ("left", "right"):
         frame[side] = frame[side].map(lambda ref: labels.get(ref, BROKEN)).astype(object)
     frame["is_gold"] = frame["is_gold"].astype(bool)
+    if prompts:  # a text-to-image study: every vote carries the prompt its condition (gold-N for gold pairs) names
+        frame["prompt"] = frame["condition"].map(lambda c: prompts[int(str(c).removeprefix("gold-"))]).astype(object)
     return frame, teacher, salt
 
 

@@ -46,16 +46,33 @@ class Plan:
                    config["pairs_per_model_pair"])
 
 
-def condition_text(teacher: str, class_id: int | None, data_dir: Path) -> str:
-    """What the rater reads above the pair: never a model name."""
+def condition_text(teacher: str, class_id: int | None, data_dir: Path, config: dict | None = None) -> str:
+    """What the rater reads above the pair: the prompt, the class, or nothing; never a model name."""
+    prompts = (config or {}).get("prompts")
+    if prompts:
+        return f"the prompt: “{prompts[class_id]}”"
     if class_id is None:
         return "no prompt: judge the images alone"
     return f"the digit {class_id}" if get_teacher_info(teacher, data_dir).benchmark == "digits" else f"class {class_id}"
 
 
-def _row(variant: StudyVariant) -> Variant:
-    """The Compare tab's row for a variant: students are always sampled at their recorded checkpoint step."""
-    return Variant(variant.model, variant.steps, variant.checkpoint, parse_ref(variant.model).is_teacher, variant.label)
+def condition(config: dict, c: int | None) -> tuple[int | None, str]:
+    """(class id, prompt) of a study condition: a text-to-image study's conditions index its prompts."""
+    prompts = config.get("prompts")
+    return (None, prompts[c]) if prompts else (c, "")
+
+
+def _row(variant: StudyVariant, config: dict) -> Variant:
+    """The Compare tab's row for a variant: students are always sampled at their recorded checkpoint step; the teacher
+    at the study's guidance."""
+    is_teacher = parse_ref(variant.model).is_teacher
+    return Variant(variant.model, variant.steps, variant.checkpoint, is_teacher, variant.label,
+                   config.get("guidance", 1.0) if is_teacher else 1.0)
+
+
+def _spec(variant: StudyVariant, config: dict, c: int | None, seeds: list[int]) -> dict[str, Any]:
+    class_id, prompt = condition(config, c)
+    return _row(variant, config).sample_spec(seeds, class_id, [prompt] if prompt else ())
 
 
 def needs(ctx: Studio, study_id: int) -> dict[str, Any]:
@@ -63,20 +80,22 @@ def needs(ctx: Studio, study_id: int) -> dict[str, Any]:
     with session_scope(ctx.factory) as session:
         study = studies.get_study(session=session, study_id=study_id)
         variants = studies.study_variants(session=session, study_id=study_id)
-        plan = Plan.from_config(study.config)
+        config = dict(study.config)
+        plan = Plan.from_config(config)
         wanted = []
         for v in variants:
             for c in plan.classes:
                 seeds = list(plan.seeds) + (list(plan.gold_seeds) if v.is_teacher else [])
-                found = repo.find_images(session=session, model=v.model, steps=v.steps, checkpoint=v.checkpoint,
-                                         class_id=c, seeds=seeds)
+                class_id, prompt = condition(config, c)
+                found = repo.find_images(session=session, model=_row(v, config).key, steps=v.steps,
+                                         checkpoint=v.checkpoint, class_id=class_id, seeds=seeds, prompt=prompt)
                 absent = [s for s in seeds if s not in found or not resolve(ctx.data_dir, found[s].path).is_file()]
                 if absent:
                     wanted.append((v, c, absent))
     missing, pending, failed = [], [], []
     with session_scope(ctx.factory) as session:
         for v, c, absent in wanted:
-            spec = _row(v).sample_spec(absent, c)
+            spec = _spec(v, config, c, absent)
             run = matching_sample_run(session, spec, statuses=("queued", "running", "failed", "cancelled"))
             if run is not None and run.status in ("queued", "running"):
                 pending.append(run.id)
@@ -92,9 +111,10 @@ def request_images(ctx: Studio, user: str, study_id: int) -> list[int]:
     got, ids = needs(ctx, study_id), []
     with session_scope(ctx.factory) as session:
         by_id = {v.id: v for v in studies.study_variants(session=session, study_id=study_id)}
+        config = dict(studies.get_study(session=session, study_id=study_id).config)
     for variant_id, c, seeds in got["missing"]:
         ctx.throttle(user)
-        ids.append(ctx.jobs.submit("sample", _row(by_id[variant_id]).sample_spec(seeds, c)))
+        ids.append(ctx.jobs.submit("sample", _spec(by_id[variant_id], config, c, seeds)))
     return ids
 
 
@@ -136,9 +156,12 @@ def build_pool(ctx: Studio, study_id: int, seed: int = 0) -> dict[str, int]:
         variants = studies.study_variants(session=session, study_id=study_id)
         teacher = next(v for v in variants if v.is_teacher)
 
+        config = dict(study.config)
+
         def image(v: StudyVariant, c: int | None, s: int) -> Path:
-            found = repo.find_images(session=session, model=v.model, steps=v.steps, checkpoint=v.checkpoint,
-                                     class_id=c, seeds=[s])
+            class_id, prompt = condition(config, c)
+            found = repo.find_images(session=session, model=_row(v, config).key, steps=v.steps,
+                                     checkpoint=v.checkpoint, class_id=class_id, seeds=[s], prompt=prompt)
             return resolve(ctx.data_dir, found[s].path)
 
         def blind(path: Path) -> str:
@@ -150,7 +173,7 @@ def build_pool(ctx: Studio, study_id: int, seed: int = 0) -> dict[str, int]:
             for c, s in rng.sample(cells, min(plan.pairs_per_model_pair, len(cells))):
                 studies.add_pair(session=session, study_id=study_id, kind="normal", variant_a_id=a.id, variant_b_id=b.id,
                                  image_a=blind(image(a, c, s)), image_b=blind(image(b, c, s)), condition=str(c),
-                                 condition_text=condition_text(study.teacher, c, ctx.data_dir), seed=s)
+                                 condition_text=condition_text(study.teacher, c, ctx.data_dir, config), seed=s)
                 normal += 1
         gold = 0
         scratch = ctx.data_dir / "served" / "gold-scratch"
@@ -158,7 +181,7 @@ def build_pool(ctx: Studio, study_id: int, seed: int = 0) -> dict[str, int]:
         for i, (c, s) in enumerate(itertools.product(plan.classes, plan.gold_seeds)):
             kind = GOLD_KINDS[i % len(GOLD_KINDS)]
             clean = image(teacher, c, s)
-            text = condition_text(study.teacher, c, ctx.data_dir)
+            text = condition_text(study.teacher, c, ctx.data_dir, config)
             common = {"session": session, "study_id": study_id, "variant_a_id": teacher.id, "condition": f"gold-{c}",
                       "condition_text": text, "seed": s}
             if kind == "broken":

@@ -19,7 +19,7 @@ def judge_pseudonym(rater: str, salt: str) -> str:
 
 def fastchat_rows(votes: pd.DataFrame, salt: str, *, include_gold: bool = False) -> list[dict]:
     """One dict per vote (gold only on request): model_a, model_b, winner, judge, tstamp, question_id, anony, and
-    criterion, condition_id, seed (when the column exists), latency_ms (None when unknown), is_repeat."""
+    criterion, condition_id, prompt and seed (when those columns exist), latency_ms (None when unknown), is_repeat."""
     validate_votes(votes)
     if not salt:
         raise ValueError("fastchat_rows: salt must be a non-empty string (it keeps rater ids out of the export)")
@@ -28,6 +28,8 @@ def fastchat_rows(votes: pd.DataFrame, salt: str, *, include_gold: bool = False)
                         "winner": kept["choice"].map(WINNERS), "judge": [judge_pseudonym(str(r), salt) for r in kept["rater"]],
                         "tstamp": kept["voted_at"].astype(float), "question_id": kept["pair"].astype(str), "anony": True,
                         "criterion": kept["criterion"].astype(str), "condition_id": kept["condition"].astype(str)})
+    if "prompt" in kept.columns:  # text-to-image studies: the prompt the raters judged the pair against
+        out["prompt"] = kept["prompt"].astype(str)
     if "seed" in kept.columns:
         out["seed"] = pd.Series([None if pd.isna(s) else int(s) for s in kept["seed"]], index=kept.index, dtype=object)
     out["latency_ms"] = pd.Series([None if pd.isna(x) else float(x) for x in kept["latency_ms"]], index=kept.index, dtype=object)

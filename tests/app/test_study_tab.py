@@ -183,3 +183,49 @@ def test_adaptive_weights_are_stored_where_assignment_reads_them(ctx):
         if thread.name == f"weights-{study_id}" and thread.name not in before:
             thread.join(30)
     assert study_id not in study_weights._running
+
+
+def test_a_prompt_study_of_the_shapes_teacher_shows_raters_the_prompt_and_exports_it(ctx):
+    """A text-to-image study: its conditions are prompts, the teacher rows are drawn at its guidance, raters read the
+    prompt above the pair, an alignment gold pair sets a right-prompt image against a wrong-prompt one of the same
+    teacher, and every exported vote carries its prompt."""
+    from workers.jobs import execute
+
+    prompts = ["a small red circle on the left, on a white background", "a large blue square at the top, on a black "
+               "background"]
+    form = {**GOOD, "name": "Shapes A/B", "teacher": "shapes", "teacher_steps": "2,4", "classes_text": "ignored",
+            "seeds_text": "0-1", "prompts_text": "\n".join(prompts), "guidance": 4}
+    with pytest.raises(ValueError, match="^prompts: type one or more prompts"):
+        create_study(ctx, "alice", **{**form, "prompts_text": " \n"})
+    study_id, _ = create_study(ctx, "alice", **form)
+    with session_scope(ctx.factory) as session:
+        config = studies.get_study(session=session, study_id=study_id).config
+        jobs = session.query(Run).filter(Run.kind == "sample").all()
+        specs = [r.spec for r in jobs]
+    assert (config["prompts"], config["classes"], config["guidance"]) == (prompts, [0, 1], 4.0)
+    assert sorted((s["steps"], s["prompts"][0], s["guidance"], s["class_id"]) for s in specs) == sorted(
+        (steps, p, 4.0, None) for steps in (2, 4) for p in prompts)
+    for run_id in [r.id for r in jobs]:
+        assert execute(run_id, "sample") == "succeeded"
+    assert study_state(ctx, study_id)[1], study_state(ctx, study_id)[0]
+    study_pool.build_pool(ctx, study_id, seed=1)
+    with session_scope(ctx.factory) as session:
+        pairs = session.query(StudyPair).filter(StudyPair.study_id == study_id).all()
+        texts = {p.condition: p.condition_text for p in pairs}
+        wrong = [p for p in pairs if p.kind == "gold_broken" and p.variant_b_id is not None]
+    assert {texts[c] for c in texts if not c.startswith("gold")} <= {f"the prompt: “{p}”" for p in prompts}
+    assert all("teacher" not in t and "shapes" not in t for t in texts.values())  # nothing names a model
+    [pair] = wrong  # the right prompt's image against the same teacher's image of the other prompt
+    right = prompts[int(pair.condition.removeprefix("gold-"))]
+    assert pair.gold_expected == {"alignment": ["a"]} and pair.condition_text == f"the prompt: “{right}”"
+
+    rng = random.Random(0)
+    while True:
+        with session_scope(ctx.factory) as session:
+            assignment = votes.next_assignment(session=session, study_id=study_id, rater="rob", rng=rng)
+            if assignment is None:
+                break
+            votes.record_votes(session=session, token=assignment.token, rater="rob",
+                               answers={"quality": "left", "alignment": "right"}, client_ms=900.0)
+    lines = [json.loads(line) for p in export_votes(ctx, study_id, "jsonl", include_gold=True) for line in open(p)]
+    assert lines and all(row["prompt"] == prompts[int(row["condition_id"].removeprefix("gold-"))] for row in lines)
