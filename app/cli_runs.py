@@ -24,7 +24,7 @@ def _run_dict(run, metrics: dict | None = None) -> dict:
 def _describe(run) -> str:
     spec = run.spec
     what = {"distill": lambda: f"{spec['method']} {spec['teacher']}", "teacher": lambda: f"teacher {spec['name']}",
-            "sample": lambda: f"sample {spec['model']}",
+            "sample": lambda: f"sample {spec['model']}", "export": lambda: f"export {spec['model']}",
             "evaluate": lambda: f"evaluate {' '.join(spec['models'])} on {','.join(spec['metrics'])}"}.get(
         run.kind, lambda: run.kind)()
     done = f"{run.step}/{run.total}" if run.total else str(run.step)

@@ -45,16 +45,11 @@ from pathlib import Path
 
 import torch
 
-from core.catalogue import MANIFEST
 from core.denoisers import Denoiser
+from core.export_checks import RENOISING, SD_KINDS, check_exportable
 from core.schedules import CosineSchedule, DiscreteSchedule
-from core.specs import BUILTIN_TEACHERS
 
 EXPORT_FILE = "export.json"
-SD_KINDS = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
-# How each method re-noises between its steps (core/methods/*.py `sample`); a one-step student has no re-noising.
-RENOISING = {"dmd2": "marginal", "mmd": "ancestral", "mmd-instant": "ancestral", "emd": "one-step",
-             "diff-instruct": "one-step"}
 SCHEDULERS = {"one-step": "DDIMScheduler", "marginal": "LCMScheduler", "ancestral": "DDPMScheduler"}
 # The scheduler-config keys that define alphas_cumprod; the rest of the teacher's (sampler) config does not carry over.
 SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
@@ -71,31 +66,6 @@ STAND_IN_LEVELS = 1000
 # why 1e-9: the studio's grid t_top (1 - i/k) is float64 arithmetic (linspace), off by ~1e-16; a sampler on another
 # grid is off by at least 1/(2k).
 GRID_ATOL = 1e-9
-
-
-def check_exportable(spec: dict, teacher_folder: Path | None) -> dict:
-    """What the export needs to know of the teacher (its manifest: kind, prediction_type, num_classes) if a student of
-    it can be exported exactly; ValueError naming `model` otherwise.
-
-    Cheap (reads JSON only), so a caller can refuse before loading anything."""
-    name = spec.get("teacher")
-    if name in BUILTIN_TEACHERS and not BUILTIN_TEACHERS[name].is_text_to_image:
-        info = BUILTIN_TEACHERS[name]
-        if not (info.is_image and info.kind == "unet"):
-            raise ValueError(f"model: a student of the built-in teacher {name!r} cannot be exported as a diffusers "
-                             "pipeline: it is a 2-D point model, not an image model (students of digits and of imported "
-                             "diffusers, SD and SDXL teachers export)")
-        manifest = {"kind": "builtin", "prediction_type": info.prediction_type, "num_classes": info.num_classes}
-    elif teacher_folder is None or not (Path(teacher_folder) / MANIFEST).is_file():
-        raise ValueError(f"model: teacher {name!r} has no pipeline folder with a {MANIFEST} to export from")
-    else:
-        manifest = json.loads((Path(teacher_folder) / MANIFEST).read_text())
-    kind = manifest.get("kind", "diffusers")
-    if kind not in (*SD_KINDS, "diffusers", "builtin"):
-        raise ValueError(f"model: teacher {name!r} of kind {kind!r} cannot be exported")
-    if spec.get("method") not in RENOISING:
-        raise ValueError(f"model: method {spec.get('method')!r} has no diffusers scheduler (known: {', '.join(RENOISING)})")
-    return manifest
 
 
 class _Probe(Denoiser):

@@ -18,7 +18,7 @@ STUDY_STATUSES = ("draft", "open", "closed")
 PAIR_KINDS = ("normal", "gold_broken", "gold_identical", "repeat")
 CRITERIA = ("quality", "alignment")
 CHOICES = ("left", "right", "tie", "both_bad")
-RUN_KINDS = ("teacher", "distill", "sample", "evaluate")
+RUN_KINDS = ("teacher", "distill", "sample", "evaluate", "export")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 

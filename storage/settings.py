@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     users: str = ""
     users_file: Path | None = None
     import_roots: str = ""  # ':'-separated folders the Teachers tab may import from; empty: DATA_DIR/import
+    # The largest pipeline the studio zips for download (an SD 1.5 student in fp32 is ~4.3 GB); a bigger one is copied
+    # from its folder on the server instead.
+    max_archive_mb: int = Field(default=8192, ge=1, le=1_000_000)
     # Jobs: a worker renews its lease every lease_s / 3 seconds; a run whose lease lapses is requeued by the reaper.
     lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     queue: str = Field(default="studio", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # the Celery queue jobs go to

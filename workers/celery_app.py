@@ -18,7 +18,7 @@ from celery import Celery
 from storage.settings import Settings, get_settings
 
 TASK_NAMES = {"teacher": "studio.train_teacher", "distill": "studio.distill", "sample": "studio.sample",
-              "evaluate": "studio.evaluate"}
+              "evaluate": "studio.evaluate", "export": "studio.export"}
 
 
 def make_app(settings: Settings) -> Celery:

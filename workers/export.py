@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.catalogue import get_teacher_info, imported_dir, pipeline_folder
-from core.export import check_exportable, export_student
+from core.export import export_student
+from core.export_checks import check_exportable, teacher_folder
 from core.refs import parse_ref
 from storage import repo
 from storage.artifacts import resolve
@@ -45,15 +45,6 @@ def check_out(out: Path) -> Path:
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"out: {out} is not empty; give a new or empty folder")
     return check_writable(out)
-
-
-def teacher_folder(teacher: str, data_dir: Path | None) -> Path | None:
-    """The teacher's pipeline folder (imported, or the built-in shapes'); None for the other built-in teachers
-    (core.export exports digits' students on its own stand-in schedule and refuses the rest)."""
-    info = get_teacher_info(teacher, data_dir)
-    if info.is_text_to_image:
-        return pipeline_folder(info, data_dir)
-    return None if info.builtin else imported_dir(data_dir) / teacher
 
 
 def export(model: str, out: Path, *, step: int | None = None, data_dir: Path | None = None, device: str = "cpu",

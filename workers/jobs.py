@@ -365,4 +365,21 @@ def run_evaluate(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, set
     return "succeeded"
 
 
-JOBS = {"distill": run_distill, "teacher": run_teacher, "sample": run_sample, "evaluate": run_evaluate}
+def run_export(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, settings) -> str:
+    """Write the student as a diffusers pipeline into pipeline/ of this run's folder (a resumed run starts the folder
+    afresh), and its summary, with the lines that load it, into export.json."""
+    import shutil
+
+    from workers.export import export
+
+    target = out_dir / "pipeline"
+    shutil.rmtree(target, ignore_errors=True)  # a half-written folder of an interrupted attempt
+    summary = export(spec["model"], target, step=spec.get("step"), data_dir=settings.data_dir, device=settings.device,
+                     session_factory=factory)
+    (out_dir / "export.json").write_text(json.dumps(summary, indent=1))
+    lease.progress(1, 1)
+    return "succeeded"
+
+
+JOBS = {"distill": run_distill, "teacher": run_teacher, "sample": run_sample, "evaluate": run_evaluate,
+        "export": run_export}

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_prompts, eval_specs
 from core.catalogue import check_distillable, check_prompts_fit, check_trainable, get_teacher_info
+from core.export_checks import check_exportable, teacher_folder
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
 from core.refs import ModelRef, default_steps, parse_ref
@@ -105,8 +106,16 @@ class EvaluateSpec(_Spec):
                                "path; seed s draws prompt s", max_length=4096)
 
 
+class ExportSpec(_Spec):
+    """Write a distill run's student as a diffusers pipeline folder, as `distill-studio export run:ID` does, into the
+    export run's own folder (DATA_DIR/runs/ID/pipeline)."""
+
+    model: str = knob(..., "choice", "run:ID of a distill run")
+    step: int | None = knob(None, "choice", "a recorded checkpoint step; none: the final model", ge=0)
+
+
 SPECS: dict[str, type[_Spec]] = {"teacher": TeacherSpec, "distill": DistillSpec, "sample": SampleSpec,
-                                 "evaluate": EvaluateSpec}
+                                 "evaluate": EvaluateSpec, "export": ExportSpec}
 
 
 def _parse(kind: str, spec: dict[str, Any]) -> _Spec:
@@ -147,6 +156,8 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
                              f"got {parsed.checkpoint_every}")
     elif isinstance(parsed, EvaluateSpec):
         return check_evaluate(spec, data_dir=data_dir, session=session)[0]
+    elif isinstance(parsed, ExportSpec):
+        _check_export(parsed, data_dir, session)
     else:
         _check_sample(parsed, data_dir, session)
     return parsed.model_dump(mode="json")
@@ -203,6 +214,24 @@ def _check_sample(spec: SampleSpec, data_dir: Path, session: Session | None) -> 
     if spec.class_id is not None and not (info.num_classes and spec.class_id < info.num_classes):
         limit = f"must be in [0, {info.num_classes - 1}]" if info.num_classes else "must be left out (unconditional)"
         raise ValueError(f"class_id: {limit} for {info.name!r}, got {spec.class_id}")
+
+
+def _check_export(spec: ExportSpec, data_dir: Path, session: Session | None) -> None:
+    """A distill run that has the weights asked for, of a teacher whose students export (core.export_checks)."""
+    ref = _sample_ref(spec.model)
+    if ref.is_teacher:
+        raise ValueError(f"model: {spec.model!r} is a teacher; export takes a student: run:ID")
+    run = _distill_run(session, ref.run_id, "model")
+    if spec.step is None and run.status != "succeeded":
+        raise ValueError(f"model: run {ref.run_id} has not succeeded (status {run.status}); export one of its "
+                         "checkpoints with step")
+    if spec.step is not None:
+        _check_checkpoint(run, spec.step, data_dir, session)
+    student = resolve(data_dir, run.out_dir) / "student.json"
+    if not student.is_file():
+        raise ValueError(f"model: run {ref.run_id} has no student.json (its folder {student.parent} was moved?)")
+    recorded = json.loads(student.read_text())
+    check_exportable(recorded, teacher_folder(recorded["teacher"], data_dir))
 
 
 def _sample_ref(model: str) -> ModelRef:
@@ -328,6 +357,8 @@ def _total(kind: str, spec: dict[str, Any]) -> int | None:
         return spec["iterations"]
     if kind == "sample":
         return len(spec["seeds"]) * max(1, len(spec.get("prompts") or ()))
+    if kind == "export":
+        return 1
     return teacher_training_steps(spec["name"], spec.get("iterations"))
 
 

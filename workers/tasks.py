@@ -34,3 +34,8 @@ def sample(run_id: int) -> str:
 @shared_task(name="studio.evaluate")
 def evaluate(run_id: int) -> str:
     return _execute(run_id, "evaluate")
+
+
+@shared_task(name="studio.export")
+def export(run_id: int) -> str:
+    return _execute(run_id, "export")

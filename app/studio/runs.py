@@ -13,6 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from app.studio.context import Studio
+from app.studio.exports import archive, export_text, queue_export
 from app.studio.files import servable
 from app.studio.forms import knob_sets, knobs, presets
 from app.studio.run_inputs import inputs_help, is_text_to_image, text_fields
@@ -94,6 +95,8 @@ def _describe(run: Run) -> tuple[str, str, str]:
         return s["name"], "teacher training", ""
     if run.kind == "sample":
         return s["model"], "sample", str(s.get("steps") or "")
+    if run.kind == "export":
+        return s["model"], "export", ""
     return ", ".join(s["models"]), "evaluate " + "+".join(s["metrics"]), ""
 
 
@@ -276,7 +279,12 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                 run_pick = gr.Dropdown(run_choices(ctx), value=None, label="Run", elem_id="run-pick", scale=3)
                 cancel = gr.Button("Cancel", elem_id="cancel-run", scale=1)
                 resume = gr.Button("Resume", elem_id="resume-run", scale=1)
+                export = gr.Button("Export", elem_id="export-run", scale=1)
             action_status = gr.Markdown(elem_id="run-action-status")
+            with gr.Row():
+                export_info = gr.Markdown(elem_id="export-info")
+                download = gr.Button("Download archive", size="sm", elem_id="export-download", scale=0)
+            archive_file = gr.File(label="Archive", elem_id="export-archive", visible=False)
             summary = gr.Markdown(elem_id="run-summary")
             losses = gr.LinePlot(x="step", y="value", color="key", label="Losses", elem_id="loss-plot", height=280)
             with gr.Row():
@@ -346,3 +354,24 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     cancel.click(act(cancel_run), run_pick, action_status)
     resume.click(act(resume_run), run_pick, action_status)
+
+    def on_export(run_id, request: gr.Request):
+        try:
+            message = queue_export(ctx, ctx.require_researcher(request), run_id)
+        except (ValueError, PermissionError) as exc:
+            return _error(exc), gr.skip()
+        return message, export_text(ctx, run_id)
+
+    export.click(on_export, run_pick, [action_status, export_info])
+
+    def on_download(run_id, request: gr.Request):
+        try:
+            ctx.require_researcher(request)
+            return gr.skip(), gr.File(value=archive(ctx, run_id), visible=True)
+        except (ValueError, PermissionError) as exc:
+            return _error(exc), gr.skip()
+
+    download.click(on_download, run_pick, [action_status, archive_file], concurrency_limit=2)
+    run_pick.change(lambda r: (export_text(ctx, r), gr.File(value=None, visible=False)), run_pick,
+                    [export_info, archive_file])
+    timer.tick(lambda r: export_text(ctx, r), run_pick, export_info, show_progress="hidden", concurrency_limit=None)

@@ -146,3 +146,23 @@ def test_concurrent_upgrades_on_postgres_wait_for_each_other(postgres):
         thread.join(timeout=60)
     assert errors == []
     assert sorted((r.before or "", r.after) for r in results) == [("", HEAD)] + [(HEAD, HEAD)] * 3
+
+
+def test_0008_lets_runs_be_exports_and_downgrades(new_database):
+    url = new_database()
+    _upgrade_from(url, "0007", "INSERT INTO runs (kind, spec, status, step, attempts, cancel_requested) VALUES "
+                               "('distill', '{}', 'succeeded', 0, 1, false)")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO runs (kind, spec, status, step, attempts, cancel_requested) VALUES "
+                                "('export', '{}', 'queued', 0, 0, false)"))
+        with pytest.raises(IntegrityError), connection.begin_nested():  # still a closed list
+            connection.execute(text("INSERT INTO runs (kind, spec, status, step, attempts, cancel_requested) VALUES "
+                                    "('bake', '{}', 'queued', 0, 0, false)"))
+        command.downgrade(alembic_config(connection), "0007")
+        kinds = connection.execute(text("SELECT kind FROM runs ORDER BY id")).scalars().all()
+        with pytest.raises(IntegrityError), connection.begin_nested():
+            connection.execute(text("INSERT INTO runs (kind, spec, status, step, attempts, cancel_requested) VALUES "
+                                    "('export', '{}', 'queued', 0, 0, false)"))
+    engine.dispose()
+    assert kinds == ["distill"]  # the export row went with the downgrade

@@ -122,7 +122,8 @@ BAD = [
     ("sample", {"model": "run:1", "seeds": [0]}, r"^model: run 1 is not a distill run$"),
     ("evaluate", {"models": ["teacher:digits"], "metrics": ["fid", "bogus"]}, r"^metrics: unknown metric 'bogus' \(known: "),
     ("evaluate", {"models": ["teacher:digits"], "metrics": ["fid"], "n": 1798}, r"^n: 1798 is larger than the digits reference"),
-    ("export", {"model": "teacher:digits"}, r"^kind: must be one of teacher, distill, sample, evaluate, got 'export'$"),
+    ("export", {"model": "teacher:digits"}, r"^model: 'teacher:digits' is a teacher; export takes a student: run:ID$"),
+    ("bake", {"model": "teacher:digits"}, r"^kind: must be one of teacher, distill, sample, evaluate, export, got 'bake'$"),
 ]
 
 

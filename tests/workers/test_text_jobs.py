@@ -115,3 +115,29 @@ def test_a_queued_sample_draws_every_prompt_at_every_seed_and_keeps_each_image_u
                         ({"model": "teacher:sd-tiny", "seeds": [0], "prompts": ["ok", "bad\x07"]}, r"^prompt: prompt 2 ")):
         with pytest.raises(ValueError, match=error):
             validate(jobs_db, "sample", spec)
+
+
+def test_a_queued_export_writes_the_students_pipeline_into_its_run_folder_and_it_loads(jobs_db, tmp_path):
+    """What the Runs tab's Export button queues: the same export as `distill-studio export run:ID`, into the export
+    run's folder, with the lines that load it; those lines run as written."""
+    import numpy as np
+
+    import_folder(save_tiny_sd(tmp_path / "sd"), "sd-tiny", jobs_db.data_dir)
+    spec = {"teacher": "sd-tiny", "method": "dmd2", "preset": "sd15", "iterations": 2, "batch_size": 2,
+            "prompts": str(write_prompts(tmp_path / "prompts.txt"))}
+    student = job(jobs_db, "distill", spec)
+    for bad, error in (({"model": "teacher:sd-tiny"}, r"^model: 'teacher:sd-tiny' is a teacher"),
+                       ({"model": "run:999"}, r"^model: run 999 is not a distill run"),
+                       ({"model": f"run:{student}", "step": 7}, r"^checkpoint: run \d+ has no checkpoint at step 7")):
+        with pytest.raises(ValueError, match=error):
+            validate(jobs_db, "export", bad)
+    export_id = job(jobs_db, "export", {"model": f"run:{student}"})
+    folder = jobs_db.data_dir / "runs" / str(export_id)
+    summary = json.loads((folder / "export.json").read_text())
+    assert summary["out"] == str(folder / "pipeline") and (folder / "pipeline" / "model_index.json").is_file()
+    scope: dict = {}
+    exec("\n".join(summary["load"]), scope)  # the three lines the studio shows, as a user would paste them
+    assert np.asarray(scope["images"][0]).shape == (64, 64, 3)  # the tiny pipeline draws 64 px
+    with session_scope(jobs_db.factory) as s:
+        run = repo.get_run(session=s, run_id=export_id)
+        assert (run.kind, run.status, run.step, run.total) == ("export", "succeeded", 1, 1)
