@@ -93,3 +93,21 @@ def test_import_passes_the_null_class_to_the_cli(make_ctx, tmp_path):
         "Imported **cond**: epsilon, 3×8×8, classes 4."
     rows = {r[0]: r for r in teachers.teacher_rows(ctx)}
     assert rows["cond"][1:6] == ["imported", "diffusers", "imported", "3×8×8", 4]
+
+
+def test_sd_and_sdxl_folders_import_from_the_browser_with_the_clis_rules_and_messages(make_ctx, tmp_path):
+    from tests.tiny_pipelines import save_tiny_sd
+
+    root = tmp_path / "imports"
+    sd, sdxl = save_tiny_sd(root / "sd", "v_prediction"), save_tiny_sd(root / "sdxl", xl=True)
+    ctx = make_ctx(import_roots=str(root))
+    assert teachers.import_teacher(ctx, str(sd), "sd-tiny") == \
+        "Imported **sd-tiny**: StableDiffusionPipeline, v_prediction, 64×64 px (latent 4×32×32)."
+    assert teachers.import_teacher(ctx, str(sdxl), "sdxl-tiny") == \
+        "Imported **sdxl-tiny**: StableDiffusionXLPipeline, epsilon, 64×64 px (latent 4×32×32)."
+    with pytest.raises(ValueError, match=r"^null_class: StableDiffusionPipeline folders are prompt-conditioned"):
+        teachers.import_teacher(ctx, str(sd), "sd-again", 3)
+    (sd / "unet" / "config.json").write_text("{}")  # a broken part: the CLI names it, and so does the tab
+    with pytest.raises(ValueError, match=r"^unet: "):
+        teachers.import_teacher(ctx, str(sd), "sd-broken")
+    assert sorted(r[0] for r in teachers.teacher_rows(ctx) if r[1] == "imported") == ["sd-tiny", "sdxl-tiny"]
