@@ -63,13 +63,15 @@ def text_tile(data_dir: Path, text: str, size: int = 256) -> str:
 
     target = served_dir(data_dir) / f"text-{hashlib.sha256(f'{size}|{text}'.encode()).hexdigest()[:24]}.png"
     if not target.is_file():
-        font_px = 26 if len(text) <= 120 else 18  # why: a CLIP-length prompt (~300 characters) still fits the square
+        # Margins: the gallery lays its label over the first cell's top and each caption over a cell's bottom.
+        top, bottom = size * 3 // 20, size * 3 // 16
+        font_px = 22 if len(text) <= 120 else 14  # why: a CLIP-length prompt (~300 characters) still fits the square
         font = ImageFont.load_default(size=font_px)
         lines = textwrap.wrap(text, width=max(8, int(size / (0.55 * font_px)))) or [""]
         image = Image.new("RGB", (size, size), "white")
         draw = ImageDraw.Draw(image)
-        for i, line in enumerate(lines[: size // (font_px + 4)]):
-            draw.text((6, 6 + i * (font_px + 4)), line, fill="black", font=font)
+        for i, line in enumerate(lines[: (size - top - bottom) // (font_px + 4)]):
+            draw.text((6, top + i * (font_px + 4)), line, fill="black", font=font)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{secrets.token_hex(6)}.tmp")
         image.save(tmp, format="PNG")

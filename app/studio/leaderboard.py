@@ -24,6 +24,7 @@ _METRIC_COLUMNS = {"FID": "fid", "KID": "kid", "precision": "precision", "recall
 DEFAULT_METRICS = ["fid", "kid", "precision", "speed"]
 DEFAULT_PROMPTS = "the teacher's own"  # the prompt-set choice that sends none (core.eval_prompts.DEFAULT_PROMPTS)
 MARKER = "† "
+PLOT_HEIGHT = 460  # room under the axes for a legend of long series names (model, prompt set, n)
 LEGEND = ("n, reference (with its statistics' content hash) and seeds: what a row's FID (else its latest value) was "
           "measured on; the note names values measured on other samples. Text-to-image models are ranked per prompt "
           "set; their NFE counts a guided step as 2 and alignment is the share of prompt attributes drawn (all right: "
@@ -170,9 +171,11 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
             # Points, not lines: a student has a single NFE, and a line through one point draws nothing.
             with gr.Row():
                 plot = gr.ScatterPlot(shown.fid, x="NFE", y="FID", color="model", label="FID vs NFE",
-                                      elem_id="lb-plot", height=300, x_title="NFE (network evaluations per sample)")
+                                      elem_id="lb-plot", height=PLOT_HEIGHT,
+                                      x_title="NFE (network evaluations per sample)")
                 aligned = gr.ScatterPlot(shown.alignment, x="NFE", y="all right %", color="model",
-                                         label="Alignment vs NFE (text-to-image)", elem_id="lb-align-plot", height=300,
+                                         label="Alignment vs NFE (text-to-image)", elem_id="lb-align-plot",
+                                         height=PLOT_HEIGHT,
                                          x_title="NFE (a guided step counts 2)",
                                          y_title="images with every attribute right (%)")
             references = gr.Markdown(shown.references, elem_id="lb-references")

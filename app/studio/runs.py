@@ -242,9 +242,6 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                                       elem_id="new-prompts")
                 data_folder = gr.Textbox(label="Data folder (data)", elem_id="new-data",
                                          info="absolute; only under STUDIO_IMPORT_ROOTS (default DATA_DIR/import)")
-            start = gr.Button("Start run", variant="primary", elem_id="start-run")
-            form_status = gr.Markdown(elem_id="form-status")
-
             @gr.render(inputs=[teacher, method, preset])
             def render_knobs(teacher_name, method_name, preset_name):
                 try:
@@ -270,6 +267,9 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
 
                 start.click(on_start, [teacher, method, preset, student_steps, iterations, seed, prompt_file,
                                        data_folder, *inputs], [form_status, run_pick], concurrency_limit=None)
+
+            start = gr.Button("Start run", variant="primary", elem_id="start-run")
+            form_status = gr.Markdown(elem_id="form-status")
 
         with gr.Column(scale=3):
             gr.Markdown("### Runs")
