@@ -24,7 +24,7 @@ _METRIC_COLUMNS = {"FID": "fid", "KID": "kid", "precision": "precision", "recall
 DEFAULT_METRICS = ["fid", "kid", "precision", "speed"]
 DEFAULT_PROMPTS = "the teacher's own"  # the prompt-set choice that sends none (core.eval_prompts.DEFAULT_PROMPTS)
 MARKER = "† "
-PLOT_HEIGHT = 460  # room under the axes for a legend of long series names (model, prompt set, n)
+PLOT_HEIGHT = 300
 LEGEND = ("n, reference (with its statistics' content hash) and seeds: what a row's FID (else its latest value) was "
           "measured on; the note names values measured on other samples. Text-to-image models are ranked per prompt "
           "set; their NFE counts a guided step as 2 and alignment is the share of prompt attributes drawn (all right: "
@@ -38,6 +38,8 @@ class Board(NamedTuple):
     fid: pd.DataFrame | None        # NFE, FID, model: one point per row with an FID
     alignment: pd.DataFrame | None  # NFE, all right %, model: one point per row with alignment
     references: str                 # what the plotted points were measured on
+    fid_title: str = "FID vs NFE"   # each plot's title names the n of its points (a legend can be cut short)
+    alignment_title: str = "Alignment vs NFE (text-to-image)"
 
 
 # -- Handlers --------------------------------------------------------------------------------------------------
@@ -57,14 +59,26 @@ def board(ctx: Studio) -> Board:
     for r in data["rows"]:
         metrics = r["metrics"]
         if "fid" in metrics:
-            fid.append({"NFE": r["nfe"], "FID": metrics["fid"], "model": _series(names[r["model"]], r, r["n"])})
+            fid.append({"NFE": r["nfe"], "FID": metrics["fid"], "model": _series(names[r["model"]], r, r["n"]),
+                        "n": r["n"]})
             references[r["reference"]] = r["reference_hash"] or UNKNOWN_HASH
         if "alignment_all" in metrics:
             aligned.append({"NFE": r["nfe"], "all right %": round(100 * metrics["alignment_all"], 2),
-                            "model": _series(names[r["model"]], r, r["n"])})
+                            "model": _series(names[r["model"]], r, r["n"]), "n": r["n"]})
     text = "; ".join(f"{ref} {digest}" for ref, digest in references.items())
     return Board(pd.DataFrame(table, columns=COLUMNS), _frame(fid, "FID"), _frame(aligned, "all right %"),
-                 f"FID measured against: {text}." if text else "")
+                 f"FID measured against: {text}." if text else "", _title("FID vs NFE", fid),
+                 _title("Alignment vs NFE (text-to-image)", aligned))
+
+
+def _title(name: str, points: list[dict]) -> str:
+    """'FID vs NFE · n = 200 (†)' or '· n = 200–2000': the samples behind the plotted points."""
+    if not points:
+        return name
+    ns = sorted({p["n"] for p in points})
+    span = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    small = f" ({MARKER.strip()} {SMALL_SAMPLE_LABEL})" if eval_specs.is_small_sample(ns[0]) else ""
+    return f"{name} · n = {span}{small}"
 
 
 def _series(name: str, row: dict, n: int) -> str:
@@ -78,7 +92,8 @@ def _frame(points: list[dict], y: str) -> pd.DataFrame | None:
     runs.metrics_frame)."""
     if not points:
         return None
-    return pd.DataFrame(points, columns=["NFE", y, "model"]).astype({"NFE": "int64", y: "float64", "model": object})
+    frame = pd.DataFrame(points, columns=["NFE", y, "model"])  # n went into the series name and the title
+    return frame.astype({"NFE": "int64", y: "float64", "model": object})
 
 
 def model_names(session, refs: list[str]) -> dict[str, str]:
@@ -170,11 +185,11 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
             gr.Markdown(LEGEND, elem_id="lb-legend")
             # Points, not lines: a student has a single NFE, and a line through one point draws nothing.
             with gr.Row():
-                plot = gr.ScatterPlot(shown.fid, x="NFE", y="FID", color="model", label="FID vs NFE",
+                plot = gr.ScatterPlot(shown.fid, x="NFE", y="FID", color="model", label=shown.fid_title,
                                       elem_id="lb-plot", height=PLOT_HEIGHT,
                                       x_title="NFE (network evaluations per sample)")
                 aligned = gr.ScatterPlot(shown.alignment, x="NFE", y="all right %", color="model",
-                                         label="Alignment vs NFE (text-to-image)", elem_id="lb-align-plot",
+                                         label=shown.alignment_title, elem_id="lb-align-plot",
                                          height=PLOT_HEIGHT,
                                          x_title="NFE (a guided step counts 2)",
                                          y_title="images with every attribute right (%)")
@@ -202,5 +217,9 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     go.click(on_evaluate, [models, metrics, n, prompts, guidance], status, concurrency_limit=None)
     models.focus(lambda: gr.Dropdown(choices=model_choices(ctx)), None, models)
-    timer.tick(lambda: tuple(board(ctx)), None, [table, plot, aligned, references], show_progress="hidden",
-               concurrency_limit=None)
+    def refresh():
+        now = board(ctx)
+        return (now.table, gr.ScatterPlot(now.fid, label=now.fid_title),
+                gr.ScatterPlot(now.alignment, label=now.alignment_title), now.references)
+
+    timer.tick(refresh, None, [table, plot, aligned, references], show_progress="hidden", concurrency_limit=None)

@@ -32,7 +32,8 @@ def test_board_shapes_the_leaderboard(ctx):
     _evaluate(ctx, f"run:{run_id}", "kid", 0.0123456789, 1, 1, run_id)
     _evaluate(ctx, f"run:{run_id}", "ms_per_image", 0.5, 1, 1, run_id)
     _evaluate(ctx, f"run:{sample}", "fid", 30.0, 1, 1)  # not a distill run: shown by its reference
-    table, plot, _, references = leaderboard.board(ctx)
+    shown = leaderboard.board(ctx)
+    table, plot, references = shown.table, shown.fid, shown.references
     assert list(table.columns) == leaderboard.COLUMNS
     name = f"run:{run_id} dmd2-1 of digits"
     assert table["model"].tolist() == ["teacher:digits", name, "teacher:digits", f"run:{sample}"]  # by FID
@@ -47,6 +48,7 @@ def test_board_shapes_the_leaderboard(ctx):
         [(4, 20.0, "teacher:digits" + small), (50, 3.21, "teacher:digits" + small), (1, 12.345678, name + small),
          (1, 30.0, f"run:{sample}" + small)])
     assert references == "FID measured against: digits-train sha256:0123456789ab."
+    assert shown.fid_title == "FID vs NFE · n = 1000 († small-sample estimate: n < 2000)"
     assert [str(t) for t in plot.dtypes] == ["int64", "float64", "object"]
 
 
@@ -66,8 +68,8 @@ def test_board_labels_small_sample_figures_and_shows_their_reference_hash(ctx):
 
 
 def test_board_of_an_empty_store(ctx):
-    table, plot, aligned, references = leaderboard.board(ctx)
-    assert table.empty and list(table.columns) == leaderboard.COLUMNS
+    table, plot, aligned, references, fid_title, _ = leaderboard.board(ctx)
+    assert table.empty and list(table.columns) == leaderboard.COLUMNS and fid_title == "FID vs NFE"
     assert plot is None and aligned is None  # no value at all: a plot given an empty frame never draws later points
     assert references == ""
 
@@ -122,6 +124,7 @@ def test_text_to_image_rows_are_per_prompt_set_with_alignment_and_guided_nfe(ctx
     assert sorted(shown.alignment.itertuples(index=False, name=None)) == [(8, 93.9, series), (100, 98.0, series)]
     assert sorted(shown.fid.itertuples(index=False, name=None)) == [(8, 0.121, series), (100, 0.107, series)]
     assert shown.references == "FID measured against: shapes-test-2000 sha256:feedfacecafe."
+    assert shown.alignment_title == "Alignment vs NFE (text-to-image) · n = 2000"
 
 
 def test_a_guided_evaluation_of_teachers_and_students_goes_in_two_jobs(ctx, students):
