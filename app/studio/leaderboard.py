@@ -37,9 +37,7 @@ class Board(NamedTuple):
     table: pd.DataFrame
     fid: pd.DataFrame | None        # NFE, FID, model: one point per row with an FID
     alignment: pd.DataFrame | None  # NFE, all right %, model: one point per row with alignment
-    references: str                 # what the plotted points were measured on
-    fid_title: str = "FID vs NFE"   # each plot's title names the n of its points (a legend can be cut short)
-    alignment_title: str = "Alignment vs NFE (text-to-image)"
+    references: str                 # the line under the plots: the n of their points and the FIDs' references
 
 
 # -- Handlers --------------------------------------------------------------------------------------------------
@@ -66,19 +64,21 @@ def board(ctx: Studio) -> Board:
             aligned.append({"NFE": r["nfe"], "all right %": round(100 * metrics["alignment_all"], 2),
                             "model": _series(names[r["model"]], r, r["n"]), "n": r["n"]})
     text = "; ".join(f"{ref} {digest}" for ref, digest in references.items())
+    parts = [_samples("FID vs NFE", fid), _samples("alignment vs NFE", aligned),
+             f"FID measured against: {text}." if text else ""]
     return Board(pd.DataFrame(table, columns=COLUMNS), _frame(fid, "FID"), _frame(aligned, "all right %"),
-                 f"FID measured against: {text}." if text else "", _title("FID vs NFE", fid),
-                 _title("Alignment vs NFE (text-to-image)", aligned))
+                 " ".join(p for p in parts if p))
 
 
-def _title(name: str, points: list[dict]) -> str:
-    """'FID vs NFE · n = 200 (†)' or '· n = 200–2000': the samples behind the plotted points."""
+def _samples(name: str, points: list[dict]) -> str:
+    """'FID vs NFE: n = 200 († small-sample estimate …).' or 'n = 200–2000': the samples behind a plot's points (its
+    legend, which names each series' n too, can be cut short by the page)."""
     if not points:
-        return name
+        return ""
     ns = sorted({p["n"] for p in points})
     span = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     small = f" ({MARKER.strip()} {SMALL_SAMPLE_LABEL})" if eval_specs.is_small_sample(ns[0]) else ""
-    return f"{name} · n = {span}{small}"
+    return f"{name}: n = {span}{small}."
 
 
 def _series(name: str, row: dict, n: int) -> str:
@@ -185,11 +185,11 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
             gr.Markdown(LEGEND, elem_id="lb-legend")
             # Points, not lines: a student has a single NFE, and a line through one point draws nothing.
             with gr.Row():
-                plot = gr.ScatterPlot(shown.fid, x="NFE", y="FID", color="model", label=shown.fid_title,
+                plot = gr.ScatterPlot(shown.fid, x="NFE", y="FID", color="model", label="FID vs NFE",
                                       elem_id="lb-plot", height=PLOT_HEIGHT,
                                       x_title="NFE (network evaluations per sample)")
                 aligned = gr.ScatterPlot(shown.alignment, x="NFE", y="all right %", color="model",
-                                         label=shown.alignment_title, elem_id="lb-align-plot",
+                                         label="Alignment vs NFE (text-to-image)", elem_id="lb-align-plot",
                                          height=PLOT_HEIGHT,
                                          x_title="NFE (a guided step counts 2)",
                                          y_title="images with every attribute right (%)")
@@ -217,9 +217,7 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     go.click(on_evaluate, [models, metrics, n, prompts, guidance], status, concurrency_limit=None)
     models.focus(lambda: gr.Dropdown(choices=model_choices(ctx)), None, models)
-    def refresh():
-        now = board(ctx)
-        return (now.table, gr.ScatterPlot(now.fid, label=now.fid_title),
-                gr.ScatterPlot(now.alignment, label=now.alignment_title), now.references)
-
-    timer.tick(refresh, None, [table, plot, aligned, references], show_progress="hidden", concurrency_limit=None)
+    # Plain values: a plot updated through a component (to change its title) was seen to stop drawing a series added
+    # later (Gradio 6.31, the README screenshots), so the n of the plotted points goes in the line under the plots.
+    timer.tick(lambda: tuple(board(ctx))[:4], None, [table, plot, aligned, references], show_progress="hidden",
+               concurrency_limit=None)

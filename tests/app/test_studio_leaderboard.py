@@ -47,8 +47,8 @@ def test_board_shapes_the_leaderboard(ctx):
     assert sorted(plot.itertuples(index=False, name=None)) == sorted(
         [(4, 20.0, "teacher:digits" + small), (50, 3.21, "teacher:digits" + small), (1, 12.345678, name + small),
          (1, 30.0, f"run:{sample}" + small)])
-    assert references == "FID measured against: digits-train sha256:0123456789ab."
-    assert shown.fid_title == "FID vs NFE · n = 1000 († small-sample estimate: n < 2000)"
+    assert references == ("FID vs NFE: n = 1000 († small-sample estimate: n < 2000). "
+                          "FID measured against: digits-train sha256:0123456789ab.")
     assert [str(t) for t in plot.dtypes] == ["int64", "float64", "object"]
 
 
@@ -68,8 +68,8 @@ def test_board_labels_small_sample_figures_and_shows_their_reference_hash(ctx):
 
 
 def test_board_of_an_empty_store(ctx):
-    table, plot, aligned, references, fid_title, _ = leaderboard.board(ctx)
-    assert table.empty and list(table.columns) == leaderboard.COLUMNS and fid_title == "FID vs NFE"
+    table, plot, aligned, references = leaderboard.board(ctx)
+    assert table.empty and list(table.columns) == leaderboard.COLUMNS
     assert plot is None and aligned is None  # no value at all: a plot given an empty frame never draws later points
     assert references == ""
 
@@ -123,8 +123,8 @@ def test_text_to_image_rows_are_per_prompt_set_with_alignment_and_guided_nfe(ctx
     series = "teacher:shapes+cfg4 (shapes-test) · n=2000"
     assert sorted(shown.alignment.itertuples(index=False, name=None)) == [(8, 93.9, series), (100, 98.0, series)]
     assert sorted(shown.fid.itertuples(index=False, name=None)) == [(8, 0.121, series), (100, 0.107, series)]
-    assert shown.references == "FID measured against: shapes-test-2000 sha256:feedfacecafe."
-    assert shown.alignment_title == "Alignment vs NFE (text-to-image) · n = 2000"
+    assert shown.references == ("FID vs NFE: n = 2000. alignment vs NFE: n = 2000. "
+                                "FID measured against: shapes-test-2000 sha256:feedfacecafe.")
 
 
 def test_a_guided_evaluation_of_teachers_and_students_goes_in_two_jobs(ctx, students):
