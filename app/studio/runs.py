@@ -242,6 +242,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                                       elem_id="new-prompts")
                 data_folder = gr.Textbox(label="Data folder (data)", elem_id="new-data",
                                          info="absolute; only under STUDIO_IMPORT_ROOTS (default DATA_DIR/import)")
+
             @gr.render(inputs=[teacher, method, preset])
             def render_knobs(teacher_name, method_name, preset_name):
                 try:
