@@ -177,7 +177,7 @@ def _is_teacher(model: str) -> bool:
 
 # -- Layout and wiring ----------------------------------------------------------------------------------------
 
-def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
+def build_leaderboard_tab(ctx: Studio, timer: gr.Timer, tab: gr.Tab | None = None) -> None:
     shown = board(ctx)
     with gr.Row():
         with gr.Column(scale=3):
@@ -217,7 +217,9 @@ def build_leaderboard_tab(ctx: Studio, timer: gr.Timer) -> None:
 
     go.click(on_evaluate, [models, metrics, n, prompts, guidance], status, concurrency_limit=None)
     models.focus(lambda: gr.Dropdown(choices=model_choices(ctx)), None, models)
-    # Plain values: a plot updated through a component (to change its title) was seen to stop drawing a series added
-    # later (Gradio 6.31, the README screenshots), so the n of the plotted points goes in the line under the plots.
-    timer.tick(lambda: tuple(board(ctx))[:4], None, [table, plot, aligned, references], show_progress="hidden",
-               concurrency_limit=None)
+    outputs = [table, plot, aligned, references]
+    timer.tick(lambda: tuple(board(ctx)), None, outputs, show_progress="hidden", concurrency_limit=None)
+    if tab is not None:
+        # A plot whose data changed while its tab was hidden was seen to keep only its earlier series once shown
+        # (Gradio 6.31, the README screenshots): draw it again whenever the tab is opened.
+        tab.select(lambda: tuple(board(ctx)), None, outputs, show_progress="hidden", concurrency_limit=None)

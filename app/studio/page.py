@@ -25,7 +25,7 @@ def build_studio(ctx: Studio) -> gr.Blocks:
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare:
                 build_compare_tab(ctx, timer)
             with gr.Tab("Leaderboard", id="leaderboard", elem_id="tab-leaderboard") as leaderboard:
-                build_leaderboard_tab(ctx, timer)
+                build_leaderboard_tab(ctx, timer, leaderboard)
             with gr.Tab("Study", id="study", elem_id="tab-study") as study:
                 build_study_tab(ctx, timer)
         tabs = [runs, teachers, compare, leaderboard, study]
