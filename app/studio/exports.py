@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app.studio.context import Studio
 from app.studio.files import served_dir
+from core.refs import ModelRef
 from storage import repo
 from storage.artifacts import resolve
 from storage.db import session_scope
@@ -29,7 +30,7 @@ def queue_export(ctx: Studio, user: str, run_id) -> str:
         raise ValueError("run: select a finished distill run first")
     ctx.throttle(user)
     try:
-        export_id = ctx.jobs.submit("export", {"model": f"run:{int(run_id)}"})
+        export_id = ctx.jobs.submit("export", {"model": ModelRef.run(int(run_id)).text})
     except BrokerUnavailable as exc:
         return f"Export queued, but not yet sent: {exc}"
     return f"Export run {export_id} queued for run {int(run_id)}; its folder and the lines that load it appear here."
@@ -39,7 +40,7 @@ def latest_export(ctx: Studio, run_id: int) -> Run | None:
     """The newest export run of distill run `run_id`."""
     with session_scope(ctx.factory) as session:
         for run in repo.list_runs(session=session, kind="export", limit=500):
-            if run.spec.get("model") == f"run:{run_id}":
+            if run.spec.get("model") == ModelRef.run(run_id).text:
                 return run
     return None
 

@@ -60,7 +60,7 @@ def test_create_run_stores_the_spec_and_defaults(db):
 @pytest.mark.parametrize("kind", ["train", "", "Distill"])
 def test_invalid_kind_is_rejected_before_any_row(db, kind):
     with session_scope(db) as s:
-        with pytest.raises(ValueError, match=rf"^kind: must be one of teacher, distill, sample, evaluate, got '{kind}'$"):
+        with pytest.raises(ValueError, match=rf"^kind: must be one of teacher, distill, sample, evaluate, export, got '{kind}'$"):
             create_run(session=s, kind=kind, spec=SPEC)
         assert list_runs(session=s) == []
 
