@@ -316,6 +316,7 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
     from core.refs import parse_ref
     from core.specs import SampleRequest
     from workers.local import default_steps, sample_model
+    from workers.sample_text import prompt_png
 
     model, checkpoint = spec["model"], spec.get("checkpoint")  # specs queued before checkpoints existed lack it
     ref = parse_ref(model)
@@ -336,11 +337,10 @@ def run_sample(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, setti
     # A guided teacher's images are kept under its guided key (teacher:NAME+cfgW, as evaluations are), so images drawn
     # with another guidance never stand in for them.
     key = guided_model(spec["model"], spec["guidance"])
-    files = [(p, text, out_dir / f"prompt-{p:03d}-seed-{seed:06d}.png", seed)
-             for p, text in enumerate(prompts) for seed in request.seeds] or \
-            [(0, "", out_dir / f"seed-{seed:06d}.png", seed) for seed in request.seeds]
+    files = [(text, prompt_png(out_dir, p, seed), seed) for p, text in enumerate(prompts) for seed in request.seeds] or \
+            [("", out_dir / f"seed-{seed:06d}.png", seed) for seed in request.seeds]
     with session_scope(factory) as session:
-        for _, text, png, seed in files:
+        for text, png, seed in files:
             if png.is_file():
                 repo.record_image(session=session, model=key, seed=seed, class_id=request.class_id, prompt=text,
                                   steps=summary["steps"], checkpoint=summary["checkpoint"] or 0,

@@ -105,12 +105,17 @@ def sample_text_to_image(request: SampleRequest, out_dir: Path, *, data_dir, dev
     return summary
 
 
+def prompt_png(out_dir: Path, p: int, seed: int) -> Path:
+    """Where prompt number `p` drawn at `seed` is written (the queued sample job records it from here)."""
+    return out_dir / f"prompt-{p:03d}-seed-{seed:06d}.png"
+
+
 def _write_prompt(out_dir: Path, p: int, prompt: str, images: list, request: SampleRequest, title: str,
                   single: bool) -> tuple[str, list[str]]:
     import numpy as np
 
     images = np.concatenate(images)
-    paths = [str(save_png(img, out_dir / f"prompt-{p:03d}-seed-{seed:06d}.png")) for seed, img in zip(request.seeds, images)]
+    paths = [str(save_png(img, prompt_png(out_dir, p, seed))) for seed, img in zip(request.seeds, images)]
     grid = out_dir / ("grid.png" if single else f"grid-{p:03d}.png")
     grid_image(images, [f"seed {s}" for s in request.seeds], title=title, scale=1).save(grid)
     return str(grid), paths

@@ -15,17 +15,15 @@ import gradio as gr
 
 from app.studio.context import Studio
 from app.studio.files import placeholder, servable, text_tile
+from app.studio.prompt_fields import PROMPT_SETS, parse_guidance, parse_prompts, prompt_defaults, set_prompts, takes_prompts
 from core.catalogue import distillable_teachers, get_teacher_info
-from core.eval_prompts import EvalPrompts, showcase_prompts
 from core.eval_specs import guided_model
-from core.prompts import prompt_problem
 from core.refs import ModelRef, parse_ref, student_steps
-from core.shapes import EVAL_SETS
-from core.specs import default_guidance, parse_seeds
+from core.specs import parse_seeds
 from storage import repo, views
 from storage.artifacts import resolve
 from storage.db import session_scope
-from workers.submit import MAX_SAMPLE_PROMPTS, BrokerUnavailable
+from workers.submit import BrokerUnavailable
 
 PAGE_CELLS = 64  # why: bigger grids make the page sluggish (docs/study.md#the-grid)
 ANY_CLASS = "any (unconditional)"
@@ -241,41 +239,9 @@ def parse_class(choice) -> int | None:
     return None if choice in (None, "", ANY_CLASS) else int(choice)
 
 
-def takes_prompts(ctx: Studio, teacher: str | None) -> bool:
-    return bool(teacher) and get_teacher_info(teacher, ctx.data_dir).is_text_to_image
-
-
-def set_prompts(ctx: Studio, teacher: str, choice: str | None, k: int = 3) -> str:
-    """The prompts box's text for a prompt-set choice: the first `k` prompts of a built-in set, else the teacher's
-    fixed card prompts (core.eval_prompts.showcase_prompts), one per line."""
-    if choice in EVAL_SETS:
-        return "\n".join(p for p in EvalPrompts(choice).prompts(range(k)))
-    return "\n".join(showcase_prompts(get_teacher_info(teacher, ctx.data_dir), k))
-
-
-def parse_prompts(text: str | None) -> list[str]:
-    """The typed prompts, one per line (blank lines skipped, duplicates once); errors name `prompts`."""
-    prompts = list(dict.fromkeys(line.strip() for line in str(text or "").splitlines() if line.strip()))
-    if not prompts:
-        raise ValueError("prompts: type one or more prompts, one per line, or pick a prompt set")
-    for i, line in enumerate(prompts, start=1):
-        problem = prompt_problem(line)
-        if problem:
-            raise ValueError(f"prompts: line {i} {problem}")
-    if len(prompts) > MAX_SAMPLE_PROMPTS:
-        raise ValueError(f"prompts: at most {MAX_SAMPLE_PROMPTS} prompts, got {len(prompts)}")
-    return prompts
-
-
 def headers(ctx: Studio, prompts: list[str], seeds: list[int]) -> list[tuple[str, str]]:
     """The header cell above every prompt x seed column: the prompt in full, and the seed."""
     return [(text_tile(ctx.data_dir, f"{p} · seed {s}"), f"{p} · seed {s}") for p in prompts for s in seeds]
-
-
-def _guidance(value) -> float:
-    if value is None or not 0.0 <= float(value) <= 20.0:
-        raise ValueError(f"guidance: must be in [0, 20], got {value!r}")
-    return float(value)
 
 
 def checkpoint_range(ctx: Studio, students: list[str]) -> tuple[int, int]:
@@ -304,7 +270,7 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
             klass = gr.Dropdown(class_choices(ctx, default) if default else [ANY_CLASS], value=ANY_CLASS,
                                 label="Class", elem_id="cmp-class")
             with gr.Group(visible=False, elem_id="cmp-text") as text_group:
-                prompt_set = gr.Dropdown(["typed", *EVAL_SETS], value="typed", label="Prompt set",
+                prompt_set = gr.Dropdown(PROMPT_SETS, value="typed", label="Prompt set",
                                          elem_id="cmp-prompt-set", info="fills Prompts with its first three; edit freely")
                 prompts_box = gr.Textbox("", lines=3, label="Prompts", elem_id="cmp-prompts",
                                          info="one per line; every model draws each prompt at every seed")
@@ -327,11 +293,10 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
                                     elem_id="cmp-slider", buttons=["download", "fullscreen"])
 
     def on_teacher(name):
-        text = takes_prompts(ctx, name)
-        guided = default_guidance(get_teacher_info(name, ctx.data_dir)) if name else 1.0
+        text, first, guided = prompt_defaults(ctx, name)
         return (gr.CheckboxGroup(choices=student_choices(ctx, name), value=[]),
                 gr.Dropdown(choices=class_choices(ctx, name), value=ANY_CLASS, visible=not text),
-                gr.Group(visible=text), set_prompts(ctx, name, "typed") if text else "", guided)
+                gr.Group(visible=text), first, guided or 1.0)
 
     teacher.change(on_teacher, teacher, [students, klass, text_group, prompts_box, guidance])
     prompt_set.change(lambda name, choice: set_prompts(ctx, name, choice), [teacher, prompt_set], prompts_box)
@@ -383,7 +348,7 @@ def build_compare_tab(ctx: Studio, timer: gr.Timer) -> None:
                    "class_id": None if text else parse_class(class_choice),
                    "seeds": list(parse_seeds(seeds_text, limit=ctx.settings.max_samples)),
                    "step": at_step if chosen else None, "page": 0,
-                   "prompts": parse_prompts(prompts_text) if text else [], "guidance": _guidance(w) if text else 1.0}
+                   "prompts": parse_prompts(prompts_text) if text else [], "guidance": parse_guidance(w) if text else 1.0}
             return render(req, request, submit=True)
         except (ValueError, PermissionError) as exc:
             return gr.skip(), f"**Error** — {exc}", gr.skip(), gr.skip()

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from app.studio.context import Studio
+from app.studio.prompt_fields import takes_prompts
 from app.studio.teachers import check_import_path
 from core.catalogue import get_teacher_info
 from core.prompts import read_prompt_file
@@ -19,16 +20,9 @@ PROMPTS_DIR = "prompts"  # under DATA_DIR: uploaded prompt files, named by conte
 MAX_PROMPT_FILE_BYTES = 10 * 2**20  # the server's upload cap (server.MAX_UPLOAD), checked again for direct callers
 
 
-def is_text_to_image(ctx: Studio, teacher: str | None) -> bool:
-    try:
-        return bool(teacher) and get_teacher_info(teacher, ctx.data_dir).is_text_to_image
-    except ValueError:
-        return False
-
-
 def inputs_help(ctx: Studio, teacher: str | None) -> str:
     """What the form's prompt file and data folder mean for this teacher (empty for teachers without prompts)."""
-    if not is_text_to_image(ctx, teacher):
+    if not takes_prompts(ctx, teacher):
         return ""
     info = get_teacher_info(teacher, ctx.data_dir)
     own = ("Leave both empty to train on the benchmark's own captioned scenes (previews: the first shapes-test "
@@ -67,7 +61,7 @@ def keep_prompt_file(ctx: Studio, upload: str | Path) -> Path:
 def text_fields(ctx: Studio, teacher: str, prompt_file, data_folder) -> dict[str, str | None]:
     """The spec's `prompts` and `data` for a text-to-image teacher (none for others: the form hides both fields, so a
     value left from an earlier teacher is not sent)."""
-    if not is_text_to_image(ctx, teacher):
+    if not takes_prompts(ctx, teacher):
         return {}
     prompts = keep_prompt_file(ctx, prompt_file) if prompt_file else None
     data = None

@@ -16,7 +16,8 @@ from app.studio.context import Studio
 from app.studio.exports import archive, export_text, queue_export
 from app.studio.files import servable
 from app.studio.forms import knob_sets, knobs, presets
-from app.studio.run_inputs import inputs_help, is_text_to_image, text_fields
+from app.studio.prompt_fields import takes_prompts
+from app.studio.run_inputs import inputs_help, text_fields
 from core.catalogue import distillable_teachers, list_teachers
 from core.method_specs import METHOD_CONFIGS
 from storage import repo, views
@@ -236,7 +237,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                                  info="benchmark scale (toy2d, digits, shapes), paper settings or an ablation")
             iterations = gr.Number(2000, precision=0, label="Iterations", elem_id="new-iterations", interactive=True)
             seed = gr.Number(0, precision=0, label="Seed", elem_id="new-seed", interactive=True)
-            with gr.Group(visible=is_text_to_image(ctx, default_teacher), elem_id="new-text") as text_group:
+            with gr.Group(visible=takes_prompts(ctx, default_teacher), elem_id="new-text") as text_group:
                 text_help = gr.Markdown(inputs_help(ctx, default_teacher), elem_id="new-text-help")
                 prompt_file = gr.File(label="Prompt file (prompts)", file_types=[".txt"], type="filepath",
                                       elem_id="new-prompts")
@@ -251,7 +252,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
                     gr.Markdown(_error(exc))
                     return
                 # A text-to-image teacher's guidance is shown on the form itself: it decides what the student copies.
-                shown = [k for k in fields if k.name in VISIBLE_FOR_PROMPTS] if is_text_to_image(ctx, teacher_name) else []
+                shown = [k for k in fields if k.name in VISIBLE_FOR_PROMPTS] if takes_prompts(ctx, teacher_name) else []
                 inputs = [_knob_input(k) for k in shown]
                 with gr.Accordion("Method knobs", open=False, elem_id="knobs"):
                     inputs += [_knob_input(k) for k in fields if k not in shown]
@@ -305,7 +306,7 @@ def build_runs_tab(ctx: Studio, timer: gr.Timer) -> None:
     method.change(on_method, [method, teacher], [preset, student_steps])
 
     def on_teacher(name, method_name):
-        text = is_text_to_image(ctx, name)
+        text = takes_prompts(ctx, name)
         return gr.Dropdown(value=teacher_preset(ctx, name, method_name)), gr.Group(visible=text), inputs_help(ctx, name)
 
     teacher.change(on_teacher, [teacher, method], [preset, text_group, text_help])

@@ -10,13 +10,13 @@ from typing import Any
 import gradio as gr
 
 from app.studio import study_pool
-from app.studio.compare import parse_prompts, parse_steps, set_prompts, student_choices, student_run_id, takes_prompts
+from app.studio.compare import parse_steps, student_choices, student_run_id
 from app.studio.context import Studio
 from app.studio.files import served_dir
+from app.studio.prompt_fields import PROMPT_SETS, parse_guidance, parse_prompts, prompt_defaults, set_prompts
 from app.studio.study_export import write_export
 from core.catalogue import distillable_teachers, get_teacher_info
 from core.refs import ModelRef, student_steps
-from core.shapes import EVAL_SETS
 from core.specs import default_guidance, parse_seeds
 from storage import repo, studies
 from storage.db import session_scope
@@ -77,9 +77,7 @@ def create_study(ctx: Studio, user: str, name: str, teacher: str, teacher_steps:
               "seeds": seeds}
     guided = ""
     if prompts:
-        w = default_guidance(info) if guidance in (None, "") else float(guidance)
-        if not 0.0 <= w <= 20.0:
-            raise ValueError(f"guidance: must be in [0, 20], got {guidance!r}")
+        w = parse_guidance(guidance, default_guidance(info))
         config.update(prompts=prompts, guidance=w)
         guided = f", w={w:g}" if w != 1.0 else ""
     anchor = max(steps)
@@ -189,7 +187,7 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
             refresh_students = gr.Button("Refresh students", size="sm", elem_id="st-refresh")
             classes = gr.Textbox("0-9", label="Classes", elem_id="st-classes", info="the conditions raters judge")
             with gr.Group(visible=False, elem_id="st-text") as text_group:
-                prompt_set = gr.Dropdown(["typed", *EVAL_SETS], value="typed", label="Prompt set",
+                prompt_set = gr.Dropdown(PROMPT_SETS, value="typed", label="Prompt set",
                                          elem_id="st-prompt-set", info="fills Prompts with its first three; edit freely")
                 prompts = gr.Textbox("", lines=3, label="Prompts", elem_id="st-prompts",
                                      info="the conditions raters judge, one per line; raters read the prompt")
@@ -223,10 +221,9 @@ def build_study_tab(ctx: Studio, timer: gr.Timer) -> None:
             files = gr.File(label="Exported votes", file_count="multiple", elem_id="st-files")
 
     def on_teacher(name):
-        text = takes_prompts(ctx, name)
+        text, first, guided = prompt_defaults(ctx, name)
         return (gr.CheckboxGroup(choices=student_choices(ctx, name), value=[]), gr.Textbox(visible=not text),
-                gr.Group(visible=text), set_prompts(ctx, name, "typed") if text else "",
-                default_guidance(get_teacher_info(name, ctx.data_dir)) if text else None)
+                gr.Group(visible=text), first, guided)
 
     teacher.change(on_teacher, teacher, [students, classes, text_group, prompts, guidance])
     prompt_set.change(lambda name, choice: set_prompts(ctx, name, choice), [teacher, prompt_set], prompts)

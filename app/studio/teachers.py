@@ -12,13 +12,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.studio.compare import Variant, grid, request_missing
+from app.studio.compare import Variant, grid, request_missing, variants
 from app.studio.context import Studio
 from app.studio.files import placeholder
 from core.catalogue import check_trainable, get_teacher_info, list_teachers, trainable_teachers
 from core.eval_prompts import showcase_prompts
 from core.prompts import prompt_problem
-from core.refs import ModelRef, default_steps, student_steps
+from core.refs import ModelRef, default_steps
 from core.specs import default_guidance
 from storage import repo
 from storage.db import session_scope
@@ -148,9 +148,9 @@ def try_prompt(ctx: Studio, user: str | None, name: str, prompt: str, seed) -> t
         raise ValueError(f"prompt: {problem}")
     if seed is None or (isinstance(seed, float) and not seed.is_integer()) or not 0 <= int(seed) < 2**63:
         raise ValueError(f"seed: a whole number >= 0, got {seed!r}")
-    ref = ModelRef.teacher(name)
-    rows = [Variant(ref.text, default_steps(ref), 0, True, f"teacher {name}", default_guidance(info))]
-    rows += [v for v in finished_students(ctx, name)]
+    # The Compare tab's rows: the teacher at its default steps and guidance, every finished student at its final weights.
+    rows = variants(ctx, name, str(default_steps(ModelRef.teacher(name))), finished_students(ctx, name), None,
+                    default_guidance(info))
     got = grid(ctx, name, rows, [int(seed)], None, [text])
     pending = _request(ctx, user, rows, got, [text])
     cells = [(p or placeholder(ctx.data_dir), c) for p, c in got["cells"]]
@@ -166,14 +166,11 @@ def _request(ctx: Studio, user: str | None, rows: list[Variant], got: dict, prom
     return bool(got["pending"] or queued)
 
 
-def finished_students(ctx: Studio, teacher: str) -> list[Variant]:
-    """A row for every succeeded distill run of `teacher`: its final weights at its own step count."""
+def finished_students(ctx: Studio, teacher: str) -> list[str]:
+    """run:ID of every succeeded distill run of `teacher`."""
     with session_scope(ctx.factory) as session:
-        runs = [run for run in repo.list_runs(session=session, kind="distill", limit=500)
+        return [ModelRef.run(run.id).text for run in repo.list_runs(session=session, kind="distill", limit=500)
                 if run.spec["teacher"] == teacher and run.status == "succeeded"]
-        return [Variant(ModelRef.run(run.id).text, student_steps(run.spec),
-                        max(repo.checkpoint_steps(session=session, run_id=run.id) or [run.step]), True,
-                        f"{run.spec['method']} run {run.id}") for run in runs]
 
 
 # -- Layout and wiring ----------------------------------------------------------------------------------------

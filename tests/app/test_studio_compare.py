@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.studio import compare
+from app.studio import compare, prompt_fields
 from app.studio.files import served_dir
 from storage import repo
 from storage.db import session_scope
@@ -224,12 +224,12 @@ def test_prompt_headers_and_typed_prompts(ctx):
                                      "a blue star · seed 7"]
     assert all(Path(p).parent == served_dir(ctx.data_dir).resolve() and Path(p).suffix == ".png" for p, _ in heads)
     assert len({Path(p).read_bytes() for p, _ in heads}) == 4
-    assert compare.parse_prompts(" a red circle \n\n a blue star\na red circle\n") == ["a red circle", "a blue star"]
+    assert prompt_fields.parse_prompts(" a red circle \n\n a blue star\na red circle\n") == ["a red circle", "a blue star"]
     for text, rule in (("\n \n", "type one or more prompts"), ("ok\nbad\x07", "line 2 "),
                        ("\n".join(f"p{i}" for i in range(65)), "at most 64 prompts")):
         with pytest.raises(ValueError, match=rf"^prompts: {rule}"):
-            compare.parse_prompts(text)
-    test_set = compare.set_prompts(ctx, "shapes", "shapes-test").splitlines()
+            prompt_fields.parse_prompts(text)
+    test_set = prompt_fields.set_prompts(ctx, "shapes", "shapes-test").splitlines()
     assert len(test_set) == 3 and all(" on a " in p and p.endswith("background") for p in test_set)
-    assert compare.set_prompts(ctx, "shapes", "typed").splitlines() == test_set  # its card's prompts: the same set
-    assert compare.takes_prompts(ctx, "shapes") and not compare.takes_prompts(ctx, "digits")
+    assert prompt_fields.set_prompts(ctx, "shapes", "typed").splitlines() == test_set  # its card's prompts: the same set
+    assert prompt_fields.takes_prompts(ctx, "shapes") and not prompt_fields.takes_prompts(ctx, "digits")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from app.studio import runs
-from app.studio.run_inputs import PROMPTS_DIR, inputs_help, is_text_to_image
+from app.studio.prompt_fields import takes_prompts as is_text_to_image
+from app.studio.run_inputs import PROMPTS_DIR, inputs_help
 from tests.app.studio_ctx import all_runs
 from tests.app.studio_env import write_png
 
