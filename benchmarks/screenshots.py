@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.browser.conftest import CHROMIUM, Studio  # noqa: E402
-from tests.browser.helpers import choose, choose_many, fill, queued_id, run_row, start_run, tab  # noqa: E402
+from tests.browser.helpers import choose, choose_many, fill, pick_students, queued_id, run_row, start_run, tab  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "screenshots"
 WAIT_MS = 60 * 60 * 1000
@@ -68,9 +68,7 @@ def shots(page, iterations: int, n: int) -> None:
     shoot(page, "runs")
 
     compare = tab(page, "Compare")
-    choose(page, compare, "Teacher", "shapes")
-    compare.get_by_role("button", name="Refresh students").click()
-    compare.get_by_label(f"run {run_id} · diff-instruct-1 · succeeded").check()
+    pick_students(page, compare, "shapes", [f"run {run_id} · diff-instruct-1 · succeeded"])
     fill(compare, "Teacher steps", "1,4,50")
     compare.get_by_label("Prompts").fill("\n".join(PROMPTS))
     fill(compare, "Seeds", "0-1")

@@ -50,6 +50,15 @@ def start_run(page, *, method: str, steps: str, iterations: str, preset: str = "
     runs.get_by_role("button", name="Start run").click()
 
 
+def pick_students(page, scope, teacher: str, students: list[str]) -> None:
+    """On Compare or Study: choose the teacher, list its students afresh and tick each (by its label,
+    "run ID · METHOD-STEPS · STATUS")."""
+    choose(page, scope, "Teacher", teacher)
+    scope.get_by_role("button", name="Refresh students").click()
+    for label in students:
+        scope.get_by_label(label).check()
+
+
 def run_row(page, run_id: int):
     """The runs table's row of `run_id` (its first cell is the id)."""
     return page.locator("#runs-table [role=row]").filter(has_text=re.compile(rf"^\s*{run_id}\s"))

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Studio, shoot
-from tests.browser.helpers import choose, fill, queued_id, run_row, start_run, tab
+from tests.browser.helpers import choose, fill, pick_students, queued_id, run_row, start_run, tab
 from tests.browser.test_study_flow import QUOTA, USERS, WAIT_MS, rate_with_keys, sign_in
 
 PROMPTS = ["a small red circle on the left, on a white background",
@@ -41,9 +41,7 @@ def test_a_shapes_student_from_form_to_prompt_study_and_a_loadable_export(browse
     # 2. Compare: the teacher at 4 guided steps and the student on three typed prompts, one seed: a header row naming
     # each prompt, then a row per model.
     compare = tab(page, "Compare")
-    choose(page, compare, "Teacher", "shapes")
-    compare.get_by_role("button", name="Refresh students").click()
-    compare.get_by_label(f"run {run_id} · dmd2-1 · succeeded").check()
+    pick_students(page, compare, "shapes", [f"run {run_id} · dmd2-1 · succeeded"])
     fill(compare, "Teacher steps", "4")
     compare.get_by_label("Prompts").fill("\n".join(PROMPTS))
     fill(compare, "Seeds", "0")
@@ -80,9 +78,7 @@ def test_a_shapes_student_from_form_to_prompt_study_and_a_loadable_export(browse
     # 4. A prompt study: the teacher at 4 steps (the anchor) against the student on the same three prompts.
     study = tab(page, "Study")
     fill(study, "Study name", "Shapes round 1")
-    choose(page, study, "Teacher", "shapes")
-    study.get_by_role("button", name="Refresh students").click()
-    study.get_by_label(f"run {run_id} · dmd2-1 · succeeded").check()
+    pick_students(page, study, "shapes", [f"run {run_id} · dmd2-1 · succeeded"])
     fill(study, "Teacher steps", "4")
     study.get_by_label("Prompts").fill("\n".join(PROMPTS))
     fill(study, "Seeds", "0-1")

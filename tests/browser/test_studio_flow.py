@@ -15,7 +15,7 @@ from core.specs import SHAPES_GUIDANCE
 from storage.db import make_engine
 from storage.models import Run
 from tests.browser.conftest import shoot
-from tests.browser.helpers import choose, choose_many, fill, queued_id, run_row, start_run, tab
+from tests.browser.helpers import choose, choose_many, fill, pick_students, queued_id, run_row, start_run, tab
 
 RUN_S = 240_000  # ms: a 60-iteration toy2d run, queued behind nothing, takes ~15 s on a loaded 2-core machine
 
@@ -38,9 +38,7 @@ def test_train_compare_and_rank_a_digits_student(page):
 
     # 2. Compare: the teacher at 1, 4 and 50 steps and the student, class 3, seeds 0-7: 4 rows x 8 columns.
     compare = tab(page, "Compare")
-    choose(page, compare, "Teacher", "digits")
-    compare.get_by_role("button", name="Refresh students").click()
-    compare.get_by_label("run 1 · dmd2-1 · succeeded").check()
+    pick_students(page, compare, "digits", ["run 1 · dmd2-1 · succeeded"])
     fill(compare, "Teacher steps", "1,4,50")
     choose(page, compare, "Class", "3")
     fill(compare, "Seeds", "0-7")
@@ -93,9 +91,7 @@ def test_a_toy2d_student_against_the_teacher(page):
     run_id = queued_id(page)
     expect(run_row(page, run_id)).to_contain_text("succeeded", timeout=RUN_S)
     compare = tab(page, "Compare")
-    choose(page, compare, "Teacher", "toy2d-ring")
-    compare.get_by_role("button", name="Refresh students").click()
-    compare.get_by_label(f"run {run_id} · dmd2-1 · succeeded").check()
+    pick_students(page, compare, "toy2d-ring", [f"run {run_id} · dmd2-1 · succeeded"])
     fill(compare, "Teacher steps", "1,50")
     fill(compare, "Seeds", "0-511")
     compare.get_by_role("button", name="Compare", exact=True).click()
