@@ -47,6 +47,7 @@ import torch
 
 from core.denoisers import Denoiser
 from core.export_checks import RENOISING, SD_KINDS, check_exportable
+from core.lora import adapter_weights, is_lora, lora_config, merged_unet
 from core.schedules import CosineSchedule, DiscreteSchedule
 
 EXPORT_FILE = "export.json"
@@ -214,9 +215,14 @@ def _check_out(out: Path) -> None:
 
 
 def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | str, *, source: str | None = None,
-                   step: int | None = None) -> dict:
+                   step: int | None = None, merge: bool = False) -> dict:
     """Write `task.student` as a diffusers pipeline folder at `out` (absent or empty); returns a summary with the
-    folder, pipeline and scheduler classes, k, the trained timesteps and the three lines that load and call it.
+    folder, pipeline and scheduler classes, k, the trained timesteps and the lines that load and call it.
+
+    A LoRA student of an SD/SDXL teacher is written as its LoRA weights (pytorch_lora_weights.safetensors, which the
+    teacher's pipeline takes with `load_lora_weights`) and the student's scheduler; with `merge` (and always for the
+    class-conditional and unconditional teachers, whose pipelines load no LoRA) as a full pipeline with the adapters
+    folded in, beside the adapters in peft's format (adapter_model.safetensors, adapter_config.json).
 
     `source` (the student's reference, run:ID or its folder) and `step` (its training step) go into export.json.
     All or nothing: the folder is written beside `out` and renamed into place."""
@@ -226,6 +232,10 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
     kind = manifest.get("kind", "diffusers")
     num_classes = int(manifest.get("num_classes", 0))
     unet = _student_unet(task, kind)
+    lora = is_lora(task.student)
+    lora_only = lora and kind in SD_KINDS and not merge
+    if lora:
+        unet = merged_unet(task.student)
     alphas_cumprod, timestep_scale, timesteps = stand_in(task.schedule, student_times(task))
     renoising = "one-step" if len(timesteps) == 1 else RENOISING[spec["method"]]
     if kind == "builtin":
@@ -245,7 +255,11 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        if kind in SD_KINDS:
+        if lora:
+            _save_adapters(tmp, task, kind, pipeline_class, lora_only)
+        if lora_only:
+            scheduler.save_pretrained(tmp / "scheduler")
+        elif kind in SD_KINDS:
             _copy_sd_parts(Path(teacher_folder), tmp, type(scheduler).__name__)
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             scheduler.save_pretrained(tmp / "scheduler")
@@ -258,7 +272,8 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
                   "method": spec["method"], "preset": spec.get("preset"), "steps": len(timesteps),
                   "timesteps": timesteps, "sampler": renoising, "pipeline_class": pipeline_class,
                   "scheduler_class": type(scheduler).__name__, "guidance_scale": 1.0,
-                  "exact_num_inference_steps": exact_steps, "num_classes": num_classes}
+                  "exact_num_inference_steps": exact_steps, "num_classes": num_classes,
+                  "lora": ("weights" if lora_only else "merged") if lora else None}
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private; the folder is meant to be shared
         _check_out(out)
@@ -266,4 +281,31 @@ def export_student(task, spec: dict, teacher_folder: Path | None, out: Path | st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**record, "out": str(out), "load": _load_lines(out, pipeline_class, timesteps, exact_steps, num_classes)}
+    lines = (_lora_lines(out, Path(teacher_folder), type(scheduler).__name__, timesteps, exact_steps) if lora_only
+             else _load_lines(out, pipeline_class, timesteps, exact_steps, num_classes))
+    return {**record, "out": str(out), "load": lines}
+
+
+def _save_adapters(folder: Path, task, kind: str, pipeline_class: str, diffusers_format: bool) -> None:
+    """The student's adapters: diffusers' LoRA file for an SD/SDXL pipeline's load_lora_weights, else peft's format."""
+    weights = adapter_weights(task.student)
+    if diffusers_format:
+        import diffusers
+
+        getattr(diffusers, pipeline_class).save_lora_weights(folder, unet_lora_layers=weights, safe_serialization=True)
+        return
+    from safetensors.torch import save_file
+
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    cfg = task.config
+    lora_config(cfg.lora_rank, cfg.lora_target_modules).save_pretrained(folder)
+
+
+def _lora_lines(folder: Path, teacher_folder: Path, scheduler_class: str, timesteps: list[int],
+                exact_steps: bool) -> list[str]:
+    steps = f"num_inference_steps={len(timesteps)}" if exact_steps else f"timesteps={timesteps}"
+    return [f"from diffusers import DiffusionPipeline, {scheduler_class}",
+            f"pipe = DiffusionPipeline.from_pretrained({str(teacher_folder)!r})",
+            f"pipe.scheduler = {scheduler_class}.from_pretrained({str(folder)!r}, subfolder='scheduler')",
+            f"pipe.load_lora_weights({str(folder)!r})",
+            f"images = pipe({EXAMPLE_PROMPT!r}, {steps}, guidance_scale=1.0).images"]

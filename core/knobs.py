@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 SOURCES = ("paper", "code", "derived", "choice")
+# Training precision (core.stepping): fp32, or bf16 autocast with fp32 master weights. fp16 is refused, with FP16_REFUSAL.
+PRECISIONS = ("fp32", "bf16")
+FP16_REFUSAL = ("fp16 is not supported: its 5-bit exponent overflows in these losses without loss scaling, which the "
+                "loop does not do; use bf16 (same memory and speed on GPUs that have it) or fp32")
 _BOUNDS = ("gt", "ge", "lt", "le", "min_length", "max_length")
 
 
@@ -117,6 +121,14 @@ class KnobModel(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ValueError(type(self)._message(exc, data)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_fp16(cls, data: Any) -> Any:
+        # Its own message: "one of fp32, bf16" alone would not say why the common choice is missing.
+        if isinstance(data, dict) and data.get("precision") == "fp16" and "precision" in cls.model_fields:
+            raise ValueError(f"{cls.key}: precision {FP16_REFUSAL}")
+        return data
 
     @field_validator("*")
     @classmethod

@@ -27,13 +27,14 @@ def dmd_normaliser(x: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
     return 1.0 / (x.detach().to(dtype) - x_real.detach().to(dtype)).abs().flatten(1).mean(1)
 
 
-def dmd_gradient(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """g = (x_fake - x_real) / mean|x - x_real| per example; NaN/inf entries become 0 and are counted [code]."""
+def dmd_gradient(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """g = (x_fake - x_real) / mean|x - x_real| per example; NaN/inf entries become 0 and are counted [code] (the
+    count a tensor on g's device: reading it would stall every iteration)."""
     assert x.shape == x_real.shape == x_fake.shape, "dmd_gradient: x, x_real and x_fake must have one shape"
     norm = dmd_normaliser(x, x_real)
     g = (x_fake.to(norm.dtype) - x_real.to(norm.dtype)) * norm.reshape(-1, *([1] * (x.ndim - 1)))
     bad = ~torch.isfinite(g)
-    count = int(bad.sum())
+    count = bad.sum()
     return torch.where(bad, torch.zeros_like(g), g), count
 
 

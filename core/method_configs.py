@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import model_validator
 
-from core.knobs import KnobModel, knob
+from core.knobs import PRECISIONS, KnobModel, knob
 
 WEIGHTINGS_MMD = ("auto", "edm", "unit", "adaptive")
 WEIGHTINGS_VSD = ("dmd", "unit", "inv-snr")
@@ -20,6 +20,9 @@ NOISE_CANCEL = ("exact", "injected", "none")
 RENOISE = ("conditional", "marginal")
 FAKE_WEIGHTINGS = ("edm", "eps")
 LR_SCHEDULES = ("constant", "linear")
+STUDENT_KINDS = ("full", "lora")
+LORA_TARGETS = ("to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,conv_shortcut,"
+                "downsamplers.0.conv,upsamplers.0.conv,time_emb_proj")
 
 _TIME_RANGE = "0 <= t_lo < t_hi <= 1"
 _SIGMA_ORDER = "sigma_min < sigma_max"
@@ -31,6 +34,21 @@ class MethodConfig(KnobModel):
     """What every method config answers besides its knobs."""
 
     one_step_only: ClassVar[bool] = False
+    # Shared by every method: how the loop runs the networks (core.stepping), not what the method computes.
+    precision: str = knob("fp32", "choice", "bf16 autocasts the forward passes (fp32 master weights, about half the "
+                          "activation memory on GPUs); fp16 is refused", choices=PRECISIONS)
+    gradient_checkpointing: bool = knob(False, "choice", "recompute the trainable UNets' activations in the backward "
+                                        "pass: less memory for about one more forward")
+    student: str = knob("full", "choice", 'lora: the student (and the auxiliary / fake score) as LoRA adapters on one '
+                        "frozen copy of the teacher's weights, exported as diffusers LoRA weights", choices=STUDENT_KINDS)
+    lora_rank: int = knob(16, "choice", "adapter rank; alpha = rank, so the adapters' scale is 1 at any rank", ge=1)
+    lora_targets: str = knob(LORA_TARGETS, "code", "comma-separated UNet module names that get adapters: the "
+                             "attention projections, ResNet convolutions, resamplers and time projections (LCM-LoRA's "
+                             "list)", min_length=1)
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
 
     @property
     def needs_data(self) -> bool:
@@ -175,9 +193,6 @@ class DiffInstructConfig(MethodConfig):
 class DMD2Config(MethodConfig):
     key: ClassVar[str] = "dmd2"
     rules: ClassVar[tuple[str, ...]] = (_TIME_RANGE,)
-    # Students distilled while DMD2 had a precision knob store it; it never changed training (mixed precision
-    # belongs to the training loop, for every method), so loading them ignores it.
-    retired: ClassVar[frozenset[str]] = frozenset({"precision"})
     student_steps: int = knob(1, "paper", "1 step (or N = 4 with backward simulation)", ge=1)
     lr_gen: float = knob(1e-4, "choice", "paper 2e-6 at ~300M params; tiny nets take more", gt=0)
     lr_aux: float = knob(1e-4, "paper", "same LR for G and the fake score", gt=0)

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-from core.knobs import KnobModel, knob
+from pydantic import model_validator
+
+from core.knobs import PRECISIONS, KnobModel, knob
 from core.prompts import prompt_problem
 from core.refs import parse_ref
 
@@ -40,6 +42,10 @@ class TrainConfig(KnobModel):
     t_shift: float = knob(1.0, "paper", "timestep shift (SD3, Esser et al. 2024): t = s u / (1 + (s - 1) u) for u "
                           "uniform, so s > 1 trains the layout-deciding high noise levels more; 1 is uniform", gt=0)
     seed: int = knob(0, "choice", "every run is reproducible; resume is exact")
+    precision: str = knob("fp32", "choice", "a teacher trainer's forward passes: fp32, or bf16 autocast with fp32 master "
+                          "weights (a distillation run takes its method's precision knob)", choices=PRECISIONS)
+    grad_accum: int = knob(1, "choice", "micro-batches per optimizer step: batch_size / grad_accum examples in memory at "
+                           "once, the same step as the whole batch", ge=1)
     checkpoint_every: int = knob(500, "choice", "at most a few minutes of CPU work lost on a crash", ge=1)
     keep_checkpoints: int = knob(2, "choice", "the latest plus one spare in case the newest is cut off mid-write", ge=1)
     log_every: int = knob(25, "choice", "a progress line and a metrics row every ~10 s on CPU", ge=1)
@@ -47,6 +53,13 @@ class TrainConfig(KnobModel):
     # A list (JSON's form of it) is read as a tuple, so configs stay hashable after a round trip.
     preview_seeds: tuple[int, ...] = knob(tuple(range(16)), "choice", "one 4x4 grid of previews", min_length=1,
                                           strict=False)
+
+    @model_validator(mode="after")
+    def _whole_micro_batches(self):
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"train: batch_size ({self.batch_size}) must be a multiple of grad_accum "
+                             f"({self.grad_accum}), which splits it into equal micro-batches")
+        return self
 
     @classmethod
     def _unknown_message(cls, unknown: list[str]) -> str:

@@ -1,10 +1,12 @@
 """The one training loop, for teachers and every distillation method.
 
-A task (a teacher trainer or a method) provides `train_step(batch) -> dict[str, float]`, `state_dict()`,
-`load_state_dict()`, a `generator` it draws all its randomness from, `ema_source()` (the network to average
-and ship) and `preview(seeds, module)`. The loop owns seeding, EMA, checkpoints, resume, previews, progress
-and the cooperative stop. Step n draws its batch from step_seed(seed, n, 0) and re-seeds the task's generator
-with step_seed(seed, n, 1), so a resumed run equals an uninterrupted one bit for bit.
+A task (a teacher trainer or a method) provides `losses(batch)` with its `optims`, `grad_clip` and `precision` (the
+core.stepping contract: the loop does backward, clipping, optimizer and schedule steps, gradient accumulation and mixed
+precision), `state_dict()`, `load_state_dict()`, a `generator` it draws all its randomness from, `ema_source()` (the
+network to average and ship) and `preview(seeds, module)`. The loop owns seeding, stepping, EMA, checkpoints, resume,
+previews, progress and the cooperative stop. Metrics stay on the device between logging rows. Step n draws its batch
+from step_seed(seed, n, 0) and re-seeds the task's generator with step_seed(seed, n, 1), so a resumed run equals an
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from torch import nn
 
 from core.checkpoints import checkpoint_path, list_checkpoints, load_state, save_state
 from core.images import grid_image, prompt_grid_image, scatter_image, to_uint8
+from core.lora import shipped_state
 from core.noise import step_generator, step_seed
 from core.specs import TrainConfig
+from core.stepping import Steppable, as_floats, run_iteration, split_batch
 
 
-class Trainable(Protocol):
+class Trainable(Steppable, Protocol):
     generator: torch.Generator
 
-    def train_step(self, batch: dict) -> dict[str, float]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
     def ema_source(self) -> nn.Module: ...
@@ -76,8 +79,9 @@ def save_preview(images: torch.Tensor, path: Path, title: str, captions: Sequenc
 
 
 def export_model(module: nn.Module, path: Path, meta: dict) -> Path:
-    """The shipped artifact: the network's state dict in safetensors plus a JSON sidecar with the spec."""
-    return save_state(path, {k: v for k, v in module.state_dict().items()}, meta)
+    """The shipped artifact: the network's state dict (a LoRA student's: its adapters) in safetensors plus a JSON sidecar
+    with the spec."""
+    return save_state(path, shipped_state(module), meta)
 
 
 def snapshot_path(out_dir: Path | str, step: int) -> Path:
@@ -130,6 +134,7 @@ def run_training(
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
+        task.step = start
         _truncate_metrics(metrics_path, start)
         # The partial logging interval, so the first row after a resume averages the same steps.
         sums, counts = dict(state.get("log_sums") or {}), dict(state.get("log_counts") or {})
@@ -140,7 +145,7 @@ def run_training(
         export_model(ema if ema is not None else source, snapshot_path(out_dir, step), {"spec": spec, "step": step})
         path = save_state(checkpoint_path(ckpt_dir, step),
                           {"task": task.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                           "step": step, "log_sums": dict(sums), "log_counts": dict(counts)},
+                           "step": step, "log_sums": as_floats(sums), "log_counts": dict(counts)},
                           {"spec": spec, "step": step})
         for _, old in list_checkpoints(ckpt_dir)[:-config.keep_checkpoints]:
             old.unlink(missing_ok=True)
@@ -165,19 +170,20 @@ def run_training(
             t0 = time.perf_counter()
             batch = {k: v.to(device) for k, v in sample_batch(config.batch_size, step_generator(config.seed, step, 0)).items()}
             task.generator.manual_seed(step_seed(config.seed, step, 1))
-            metrics = task.train_step(batch)
+            metrics = run_iteration(task, split_batch(batch, config.grad_accum), device)
             if ema is not None:
                 # Warm-up of the EMA decay so short runs are not dominated by the initial weights.
                 _ema_update(ema, source, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             metrics["time/step_s"] = time.perf_counter() - t0
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            for k, v in metrics.items():  # summed where they are: no host read per iteration
+                v = v.detach().double() if isinstance(v, torch.Tensor) else v
+                sums[k] = sums[k] + v if k in sums else v
                 counts[k] = counts.get(k, 0) + 1
 
-            # Log means over the interval, then previews and checkpoints.
+            # Log means over the interval (read back once), then previews and checkpoints.
             if step % config.log_every == 0 or step == config.iterations:
-                row = {"step": step, **{k: v / counts[k] for k, v in sums.items()}}
+                row = {"step": step, **{k: v / counts[k] for k, v in as_floats(sums).items()}}
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 sums, counts = {}, {}

@@ -48,7 +48,7 @@ def check_out(out: Path) -> Path:
 
 
 def export(model: str, out: Path, *, step: int | None = None, data_dir: Path | None = None, device: str = "cpu",
-           session_factory=None) -> dict:
+           session_factory=None, merge: bool = False) -> dict:
     """Export a student (its final model, or with `step` that checkpoint's snapshot) to the pipeline folder `out`;
     returns core.export's summary plus the training step exported."""
     created = not Path(out).expanduser().exists()
@@ -59,7 +59,7 @@ def export(model: str, out: Path, *, step: int | None = None, data_dir: Path | N
         teacher = teacher_folder(spec["teacher"], data_dir)
         check_exportable(spec, teacher)  # refuse toy2d teachers and unknown kinds before loading anything
         task, spec = load_student(folder, data_dir, device, step)
-        return export_student(task, spec, teacher, out, source=source, step=trained)
+        return export_student(task, spec, teacher, out, source=source, step=trained, merge=merge)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a refused export leaves no folder behind that it made

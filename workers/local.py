@@ -293,6 +293,7 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
 def _apply_init(task, path: Path, step: int) -> dict:
     """Load the networks of a checkpoint `task` also has (same names and shapes); the record stored in the spec."""
     from core.checkpoints import load_state
+    from core.lora import load_shipped_state
 
     state, _ = load_state(path, device=task.device)
     if state["task"]["teacher_hash"] != task.teacher_hash:
@@ -300,7 +301,7 @@ def _apply_init(task, path: Path, step: int) -> dict:
     saved = state["task"]["nets"]
     loaded = [name for name in task.nets if name in saved]
     for name in loaded:
-        task.nets[name].load_state_dict(saved[name])
+        load_shipped_state(task.nets[name], saved[name])
     return {"from": str(path.parent.parent), "step": step, "nets": loaded}
 
 
@@ -384,6 +385,7 @@ def load_weights(path: Path, spec: dict, data_dir: Path | None, device: str, tea
     """The method object of a student `spec` holding the weights in `path`; `teacher`: its teacher's denoiser when the
     caller has loaded it already (a text-to-image teacher's parts are loaded once)."""
     from core.checkpoints import load_state
+    from core.lora import load_shipped_state
     from core.method_specs import METHOD_CONFIGS
     from core.methods import build_method
 
@@ -394,6 +396,6 @@ def load_weights(path: Path, spec: dict, data_dir: Path | None, device: str, tea
     if task.teacher_hash != spec["teacher_hash"]:
         raise ValueError(f"model: teacher {spec['teacher']!r} has changed since this student was distilled")
     state, _ = load_state(path, device=device)
-    task.student.load_state_dict(state)
+    load_shipped_state(task.student, state)
     task.student.eval()
     return task

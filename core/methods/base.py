@@ -1,37 +1,57 @@
 """The method plug-in contract (docs/methods.md#the-plug-in-contract) and the plumbing every method shares.
 
-A method is built from (teacher, config, total_steps, device); it copies the teacher into its own networks, owns
-its optimizers and LR schedules, and draws all randomness from `self.generator`, which the training loop
-re-seeds every step. Subclasses define `train_step(batch)` and `sample(noise, cond, steps)`.
+A method is built from (teacher, config, total_steps, device); it copies the teacher into its own networks, builds
+its optimizers and LR schedules, and draws all randomness from `self.generator`, which the training loop re-seeds
+every step. Subclasses define `losses(batch)`, a generator that yields one core.stepping.Update per optimizer to step
+this iteration and returns its metrics (tensors, never read back to the host), and `sample(noise, cond, steps)`.
+The loop (core.stepping.run_iteration) does backward, clipping, optimizer and schedule steps and mixed precision;
+`train_step(batch)` runs one such iteration outside the loop and returns the metrics as floats.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from core.denoisers import CFGDenoiser, Denoiser
+from core.lora import load_shipped_state, lora_copy, shipped_state, trainable_parameters
 from core.losses import fake_score_loss
 from core.nets import parameter_hash
 from core.noise import seeded_noise
 from core.posterior import marginal_sample
 from core.samplers import ancestral
 from core.schedules import time_grid
+from core.stepping import SteppedTask, Update
 from core.text_cond import TextCond
 from core.time_sampling import edm_weight, uniform_t
 
 
-def clone_trainable(denoiser: Denoiser) -> Denoiser:
-    """A trainable copy of a (frozen) denoiser: the student and auxiliary networks start as the teacher [paper]."""
+def clone_trainable(denoiser: Denoiser, checkpointing: bool = False) -> Denoiser:
+    """A trainable copy of a (frozen) denoiser: the student and auxiliary networks start as the teacher [paper].
+    checkpointing: recompute its diffusers UNets' activations in the backward pass (gradient checkpointing)."""
     if not any(True for _ in denoiser.parameters()):
         raise ValueError("teacher: an analytic teacher has no network to copy; distil a network teacher "
                          "(e.g. toy2d-ring instead of toy2d-ring-gmm)")
-    return copy.deepcopy(denoiser).requires_grad_(True).train()
+    copied = copy.deepcopy(denoiser).requires_grad_(True).train()
+    if checkpointing:
+        enable_checkpointing(copied)
+    return copied
+
+
+def enable_checkpointing(module: nn.Module) -> None:
+    """Turn on diffusers' gradient checkpointing in every UNet inside `module`; refused where there is none."""
+    unets = [m for m in module.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
+    if not unets:
+        raise ValueError("gradient_checkpointing: the teacher's network has no diffusers UNet to checkpoint "
+                         f"({type(module).__name__} of {', '.join(sorted({type(m).__name__ for m in module.children()}))}); "
+                         "set gradient_checkpointing=false")
+    for unet in unets:
+        unet.enable_gradient_checkpointing()
 
 
 def warmup_steps(config, total_steps: int) -> int:
@@ -57,18 +77,13 @@ def make_optimizer(params, config, lr: float, total_steps: int, adamw: bool = Fa
     return opt, sched
 
 
-def optimizer_step(loss: torch.Tensor, opt, sched, params, clip: float) -> float:
-    """Backward, clip, step, schedule; gradients are released (set to None) afterwards. Returns the grad norm."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return float(norm)
+def x_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The generator output's mean and std, the metrics every method logs (tensors: read at logging time)."""
+    x = x.detach().to(torch.promote_types(x.dtype, torch.float32))  # bf16 outputs are summed in fp32
+    return {"stats/x_mean": x.mean(), "stats/x_std": x.std()}
 
 
-class Method:
+class Method(SteppedTask):
     """Shared state handling; subclasses fill `self.nets`, `self.optims` (name -> (optimizer, scheduler))."""
 
     key: ClassVar[str] = ""
@@ -78,6 +93,8 @@ class Method:
         if total_steps < 1:
             raise ValueError(f"{self.key}: total_steps must be >= 1, got {total_steps}")
         self.config = config
+        self.precision = config.precision      # read by core.stepping
+        self.grad_clip = config.grad_clip
         self.total_steps = total_steps
         self.device = torch.device(device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
@@ -95,6 +112,17 @@ class Method:
         self.optims: dict[str, tuple] = {}
 
     # -- helpers for subclasses ----------------------------------------------------------------------------
+    def trainable_copy(self) -> Denoiser:
+        """A trainable copy of the teacher (student=lora: adapters on the teacher's own weights), gradient-checkpointed
+        when the config asks."""
+        cfg = self.config
+        if cfg.student != "lora":
+            return clone_trainable(self.teacher, cfg.gradient_checkpointing)
+        copied = lora_copy(self.teacher, cfg.lora_rank, cfg.lora_target_modules)
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(copied)
+        return copied
+
     def init_student_and_aux(self, aux: Denoiser | None, gen_updates: int | None = None,
                              aux_updates: int | None = None) -> None:
         """G and A as trainable copies of T (A may be injected by tests), each with its own Adam and schedule.
@@ -102,13 +130,13 @@ class Method:
         A schedule advances once per update of its own network, so its length is that network's number of updates
         in the run (`total_steps` unless given): a method that updates G on every other iteration passes half.
         """
-        self.student = clone_trainable(self.teacher)
-        self.aux = aux if aux is not None else clone_trainable(self.teacher)
+        self.student = self.trainable_copy()
+        self.aux = aux if aux is not None else self.trainable_copy()
         self.nets = {"student": self.student, "aux": self.aux}
         self.optims = {
-            "gen": make_optimizer(self.student.parameters(), self.config, self.config.lr_gen,
+            "gen": make_optimizer(trainable_parameters(self.student), self.config, self.config.lr_gen,
                                   gen_updates or self.total_steps),
-            "aux": make_optimizer(self.aux.parameters(), self.config, self.config.lr_aux,
+            "aux": make_optimizer(trainable_parameters(self.aux), self.config, self.config.lr_aux,
                                   aux_updates or self.total_steps),
         }
 
@@ -143,11 +171,21 @@ class Method:
         return b, cond
 
     # -- the contract --------------------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def losses(self, batch: dict) -> Iterator[Update]:
+        """Yield an Update per optimizer to step this iteration (each loss is backpropagated and stepped before the
+        generator resumes); return the metrics. Never step an optimizer or advance self.step here."""
         raise NotImplementedError
+
 
     def sample(self, noise: torch.Tensor, cond=None, steps: int | None = None, student: Denoiser | None = None):
         raise NotImplementedError
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One iteration as the loop runs it, metrics as floats plus its wall time (time/step_s)."""
+        t0 = time.perf_counter()
+        metrics = super().train_step(batch)
+        metrics["time/step_s"] = time.perf_counter() - t0
+        return metrics
 
     def ema_source(self) -> nn.Module:
         return self.nets["student"]
@@ -181,7 +219,7 @@ class Method:
 
     def state_dict(self) -> dict:
         return {
-            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "nets": {k: shipped_state(v) for k, v in self.nets.items()},  # a LoRA network: its adapters only
             "optims": {k: {"opt": o.state_dict(), "sched": s.state_dict()} for k, (o, s) in self.optims.items()},
             "step": self.step, "config": self.config.to_dict(), "teacher_hash": self.teacher_hash,
             "extra": self.extra_state(),
@@ -191,7 +229,7 @@ class Method:
         if state["teacher_hash"] != self.teacher_hash:
             raise ValueError(f"{self.key}: checkpoint was made with a different teacher (parameter hash mismatch)")
         for k, v in self.nets.items():
-            v.load_state_dict(state["nets"][k])
+            load_shipped_state(v, state["nets"][k])
         for k, (o, s) in self.optims.items():
             o.load_state_dict(state["optims"][k]["opt"])
             s.load_state_dict(state["optims"][k]["sched"])
@@ -233,47 +271,37 @@ class OneStepMethod(Method):
         with torch.no_grad():
             return self.generate(xi, cond, student)
 
-    def aux_update(self, x: torch.Tensor, cond) -> dict[str, float]:
+    def aux_loss(self, x: torch.Tensor, cond) -> torch.Tensor:
         """Denoising score matching of A on detached generator samples, t ~ U(0.001, t_max), EDM weight [choice]."""
         b = x.shape[0]
         t = uniform_t(b, 1e-3, self.schedule.t_max, self.generator, self.device)
         z_t = marginal_sample(self.schedule, x, t, self.randn(x.shape))
         weight = edm_weight(self.schedule.log_snr(t), self.config.sigma_data)
-        loss = fake_score_loss(self.aux(z_t, t, cond), x, weight)
-        opt, sched = self.optims["aux"]
-        lr = sched.get_last_lr()[0]
-        norm = optimizer_step(loss, opt, sched, list(self.aux.parameters()), self.config.grad_clip)
-        return {"loss/aux": loss.item(), "grad_norm/aux": norm, "lr/aux": lr}
+        return fake_score_loss(self.aux(z_t, t, cond), x, weight)
 
-    def gen_update(self, loss: torch.Tensor) -> dict[str, float]:
-        opt, sched = self.optims["gen"]
-        lr = sched.get_last_lr()[0]
-        norm = optimizer_step(loss, opt, sched, list(self.student.parameters()), self.config.grad_clip)
-        return {"loss/gen": loss.item(), "grad_norm/gen": norm, "lr/gen": lr}
-
-    def generator_turn(self, xi, t, eps0, cond) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def generator_turn(self, xi, t, eps0, cond) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(L_G, x = G(.) with grad, method metrics) for one generator update; defined by each method."""
         raise NotImplementedError
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def losses(self, batch: dict) -> Iterator[Update]:
         """TTUR: a generator update every `ttur_ratio`-th iteration, A on detached samples every iteration.
 
         Randomness order: xi; on generator turns t and eps_0 (then the method's own draws); then A's t and noise.
         """
-        t0 = time.perf_counter()
         b, cond = self.batch_size_and_cond(batch)
         xi = self.randn((b, *self.teacher.data_shape))
-        metrics: dict[str, float] = {}
+        metrics: dict = {}
         if self.step % self.config.ttur_ratio == 0:
             t = uniform_t(b, self.config.t_lo, self.config.t_hi, self.generator, self.device)
             loss, x, extra = self.generator_turn(xi, t, self.randn(xi.shape), cond)
-            metrics.update(self.gen_update(loss))
             metrics.update(extra)
+            metrics["loss/gen"] = loss.detach()
+            yield Update("gen", loss)
         else:
             with torch.no_grad():
                 x = self.generate(xi, cond)
-        metrics.update(self.aux_update(x.detach(), cond))
-        metrics.update({"stats/x_mean": float(x.detach().mean()), "stats/x_std": float(x.detach().std()),
-                        "time/step_s": time.perf_counter() - t0})
-        self.step += 1
+        loss_aux = self.aux_loss(x.detach(), cond)
+        metrics["loss/aux"] = loss_aux.detach()
+        yield Update("aux", loss_aux)
+        metrics.update(x_stats(x))
         return metrics

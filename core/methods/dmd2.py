@@ -8,21 +8,39 @@ inputs (no-grad earlier steps, fresh noise). No regression loss. docs/methods.md
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 from core.denoisers import Denoiser
 from core.discriminator import FeatureTap, bottleneck, build_head
+from core.lora import trainable_parameters
 from core.losses import dm_loss, dmd_gradient, fake_score_loss, gan_discriminator_loss, gan_generator_loss
 from core.method_specs import DMD2Config
-from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
+from core.methods.base import Method, make_optimizer, x_stats
 from core.posterior import marginal_sample
 from core.samplers import marginal
 from core.schedules import time_grid
+from core.stepping import Update
 from core.time_sampling import edm_weight, uniform_t
 
 T_MIN_DSM = 1e-3  # why: the fake-score loss covers the full range; sigma = 0 carries no signal
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module):
+    """Parameters of `modules` excluded from autograd inside the block (gradients flow through, not into, them); each
+    gets its own flag back after (a LoRA network's shared base stays frozen)."""
+    params = [p for module in modules for p in module.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 class DMD2(Method):
@@ -36,10 +54,10 @@ class DMD2(Method):
             raise ValueError("dmd2: gan needs real images; this teacher has no dataset (set gan=false)")
         if not config.backward_simulation and not has_data:
             raise ValueError("dmd2: backward_simulation=false trains on noised real images; this teacher has no dataset")
-        self.student = clone_trainable(self.teacher)
-        self.fake = fake if fake is not None else clone_trainable(self.teacher)
+        self.student = self.trainable_copy()
+        self.fake = fake if fake is not None else self.trainable_copy()
         self.nets = {"student": self.student, "fake": self.fake}
-        fake_params = list(self.fake.parameters())
+        fake_params = trainable_parameters(self.fake)
         if config.gan:
             self.tap = FeatureTap(bottleneck(self.fake))
             with torch.no_grad():
@@ -51,7 +69,7 @@ class DMD2(Method):
             fake_params += list(self.head.parameters())
         self.fake_params = fake_params
         self.optims = {
-            "gen": make_optimizer(self.student.parameters(), config, config.lr_gen, total_steps, adamw=True),
+            "gen": make_optimizer(trainable_parameters(self.student), config, config.lr_gen, total_steps, adamw=True),
             "fake": make_optimizer(fake_params, config, config.lr_aux, total_steps, adamw=True),
         }
         self.grid = time_grid(self.schedule, config.student_steps)
@@ -86,30 +104,33 @@ class DMD2(Method):
         return marginal_sample(self.schedule, batch["x"], t_k, noise[k]), t_k
 
     # -- one iteration ------------------------------------------------------------------------------------
-    def train_step(self, batch: dict) -> dict[str, float]:
-        t0 = time.perf_counter()
+    def losses(self, batch: dict) -> Iterator[Update]:
         cfg = self.config
         b, cond = self.batch_size_and_cond(batch)
         gen_turn = self.step % cfg.ttur_ratio == 0
-        metrics: dict[str, float] = {}
+        metrics: dict = {}
 
         # 1. Generator output, with grad only on generator turns.
         z_in, t_in = self.generator_input(batch, b, cond)
         with torch.set_grad_enabled(gen_turn):
             x = self.student(z_in, t_in, cond)
 
-        # 2. Generator update: distribution matching (+ GAN) with A and H frozen for this pass.
+        # 2. Generator update: distribution matching (+ GAN) with A and H frozen for this pass, its backward included
+        #    (a gradient-checkpointed A recomputes its activations there and must see the same frozen weights).
         if gen_turn:
-            metrics.update(self.generator_update(x, cond, b))
+            with frozen(*([self.fake, self.head] if cfg.gan else [])):
+                loss, out = self.generator_loss(x, cond, b)
+                metrics.update(out)
+                yield Update("gen", loss)
 
         # 3. Fake score (+ discriminator) update on sg x, every iteration.
-        metrics.update(self.fake_update(x.detach(), batch, cond, b))
-        metrics.update({"stats/x_mean": float(x.detach().mean()), "stats/x_std": float(x.detach().std()),
-                        "time/step_s": time.perf_counter() - t0})
-        self.step += 1
-        return metrics
+        loss, out = self.fake_loss(x.detach(), batch, cond, b)
+        metrics.update(out)
+        yield Update("fake", loss, "aux")
+        return {**metrics, **x_stats(x)}
 
-    def generator_update(self, x: torch.Tensor, cond, b: int) -> dict[str, float]:
+    def generator_loss(self, x: torch.Tensor, cond, b: int) -> tuple[torch.Tensor, dict]:
+        """(L_DM + GAN weight * L_GAN, metrics) for the generator output x (with grad); A and H frozen by the caller."""
         cfg = self.config
         t = uniform_t(b, cfg.t_lo, cfg.t_hi, self.generator, self.device)
         z_t = marginal_sample(self.schedule, x.detach(), t, self.randn(x.shape))
@@ -118,26 +139,18 @@ class DMD2(Method):
             x_fake = self.fake(z_t, t, cond)
         g, nan_count = dmd_gradient(x, x_real, x_fake)
         loss = dm_loss(x, g)
-        out = {"loss/dm": loss.item(), "dmd2/nan_count": float(nan_count)}
-        if cfg.gan:
-            self.fake.requires_grad_(False)
-            self.head.requires_grad_(False)
-            try:
-                t_g = uniform_t(b, T_MIN_DSM, self.schedule.t_max, self.generator, self.device)
-                z_g = marginal_sample(self.schedule, x, t_g, self.randn(x.shape))
-                loss_gan = gan_generator_loss(self.head(self.tap.encode(self.fake, z_g, t_g, cond)))
-            finally:
-                self.fake.requires_grad_(True)
-                self.head.requires_grad_(True)
+        out = {"loss/dm": loss.detach(), "dmd2/nan_count": nan_count}
+        if cfg.gan:  # through A and H, which the caller has frozen
+            t_g = uniform_t(b, T_MIN_DSM, self.schedule.t_max, self.generator, self.device)
+            z_g = marginal_sample(self.schedule, x, t_g, self.randn(x.shape))
+            loss_gan = gan_generator_loss(self.head(self.tap.encode(self.fake, z_g, t_g, cond)))
             loss = loss + cfg.gan_weight_gen * loss_gan
-            out["loss/gen_gan"] = loss_gan.item()
-        opt, sched = self.optims["gen"]
-        out["lr/gen"] = sched.get_last_lr()[0]
-        out["grad_norm/gen"] = optimizer_step(loss, opt, sched, list(self.student.parameters()), cfg.grad_clip)
-        out["loss/gen"] = loss.item()
-        return out
+            out["loss/gen_gan"] = loss_gan.detach()
+        out["loss/gen"] = loss.detach()
+        return loss, out
 
-    def fake_update(self, x: torch.Tensor, batch: dict, cond, b: int) -> dict[str, float]:
+    def fake_loss(self, x: torch.Tensor, batch: dict, cond, b: int) -> tuple[torch.Tensor, dict]:
+        """(fake-score DSM loss + disc weight * discriminator loss, metrics) on detached generator samples x."""
         cfg = self.config
         t = uniform_t(b, T_MIN_DSM, self.schedule.t_max, self.generator, self.device)
         z_t = marginal_sample(self.schedule, x, t, self.randn(x.shape))
@@ -152,7 +165,7 @@ class DMD2(Method):
         # Per-element mean [code].
         loss_fake = fake_score_loss(x_hat, x, weight)
         loss = loss_fake
-        out = {"loss/aux": loss_fake.item()}
+        out = {"loss/aux": loss_fake.detach()}
         if cfg.gan:
             t_r = uniform_t(b, T_MIN_DSM, self.schedule.t_max, self.generator, self.device)
             z_r = marginal_sample(self.schedule, batch["x"], t_r, self.randn(x.shape))
@@ -160,8 +173,5 @@ class DMD2(Method):
             real_logits = self.head(self.tap.encode(self.fake, z_r, t_r, real_cond))
             loss_disc = gan_discriminator_loss(real_logits, self.head(fake_feats))
             loss = loss + cfg.gan_weight_disc * loss_disc
-            out["loss/disc"] = loss_disc.item()
-        opt, sched = self.optims["fake"]
-        out["lr/aux"] = sched.get_last_lr()[0]
-        out["grad_norm/aux"] = optimizer_step(loss, opt, sched, self.fake_params, cfg.grad_clip)
-        return out
+            out["loss/disc"] = loss_disc.detach()
+        return loss, out

@@ -102,5 +102,5 @@ class EMD(OneStepMethod):
     def generator_turn(self, xi, t, eps0, cond):
         chain = self.e_step(xi, eps0, t, cond)
         loss, x, e_tilde = self.generator_loss(chain, t, cond)
-        return loss, x, {"emd/eps_tilde_norm": float(e_tilde.flatten(1).norm(dim=1).mean()),
-                         "emd/xi_drift_norm": float((chain.xi - xi).flatten(1).norm(dim=1).mean())}
+        return loss, x, {"emd/eps_tilde_norm": e_tilde.flatten(1).norm(dim=1).mean(),
+                         "emd/xi_drift_norm": (chain.xi - xi).flatten(1).norm(dim=1).mean()}

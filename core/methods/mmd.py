@@ -10,15 +10,16 @@ Continuous s ~ Karras, t = s + delta with delta ~ U[0, 1/k]; z_s detached (docs/
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 
 import torch
 
 from core.denoisers import Denoiser, bcast
 from core.losses import inner, sum_sq
 from core.method_specs import MMDConfig
-from core.methods.base import Method, optimizer_step
+from core.methods.base import Method, x_stats
 from core.posterior import marginal_sample, posterior_sample
+from core.stepping import Update
 from core.time_sampling import karras_t, mmd_weight, mmd_weighting
 
 
@@ -51,9 +52,8 @@ class MMD(Method):
             return posterior_sample(self.schedule, z_t, x_tilde, s, t, noise).detach()
         return marginal_sample(self.schedule, x_tilde, s, noise).detach()
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def losses(self, batch: dict) -> Iterator[Update]:
         """Randomness order: s, delta, eps (forward noise), n (re-noising)."""
-        t0 = time.perf_counter()
         x, cond = batch["x"], batch.get("cond")
         b = x.shape[0]
         aux_turn = self.step % 2 == 0
@@ -65,28 +65,17 @@ class MMD(Method):
         with torch.no_grad():
             x_teacher = self.teacher_g(z_s, s, cond)
         w = mmd_weight(self.weighting, self.schedule, s, self.config.sigma_data, x_tilde, x_teacher).to(x.dtype)
-        metrics = self.aux_update(x_tilde, x_teacher, z_s, s, cond, w) if aux_turn else \
-            self.gen_update(x_tilde, x_teacher, z_s, s, cond, w)
-        metrics.update({"stats/x_mean": float(x_tilde.detach().mean()), "stats/x_std": float(x_tilde.detach().std()),
-                        "time/step_s": time.perf_counter() - t0})
-        self.step += 1
-        return metrics
-
-    def aux_update(self, x_tilde, x_teacher, z_s, s, cond, w) -> dict[str, float]:
-        a = self.aux(z_s, s, cond)
-        # At the optimum A predicts the average of the student's and the teacher's conditional means.
-        loss = (w * (sum_sq(x_tilde.detach() - a) + sum_sq(x_teacher - a))).mean()
-        opt, sched = self.optims["aux"]
-        lr = sched.get_last_lr()[0]
-        norm = optimizer_step(loss, opt, sched, list(self.aux.parameters()), self.config.grad_clip)
-        return {"loss/aux": loss.item(), "grad_norm/aux": norm, "lr/aux": lr}
-
-    def gen_update(self, x_tilde, x_teacher, z_s, s, cond, w) -> dict[str, float]:
-        with torch.no_grad():
-            moment_gap = self.aux(z_s, s, cond) - x_teacher
-        loss = (w * inner(x_tilde, moment_gap)).mean()
-        opt, sched = self.optims["gen"]
-        lr = sched.get_last_lr()[0]
-        norm = optimizer_step(loss, opt, sched, list(self.student.parameters()), self.config.grad_clip)
-        return {"loss/gen": loss.item(), "grad_norm/gen": norm, "lr/gen": lr,
-                "mmd/moment_gap": float(bcast(w.sqrt(), moment_gap).mul(moment_gap).flatten(1).norm(dim=1).mean())}
+        if aux_turn:
+            a = self.aux(z_s, s, cond)
+            # At the optimum A predicts the average of the student's and the teacher's conditional means.
+            loss = (w * (sum_sq(x_tilde.detach() - a) + sum_sq(x_teacher - a))).mean()
+            metrics = {"loss/aux": loss.detach()}
+            yield Update("aux", loss)
+        else:
+            with torch.no_grad():
+                moment_gap = self.aux(z_s, s, cond) - x_teacher
+            loss = (w * inner(x_tilde, moment_gap)).mean()
+            metrics = {"loss/gen": loss.detach(),
+                       "mmd/moment_gap": bcast(w.sqrt(), moment_gap).mul(moment_gap).flatten(1).norm(dim=1).mean()}
+            yield Update("gen", loss)
+        return {**metrics, **x_stats(x_tilde)}

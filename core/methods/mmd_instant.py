@@ -12,17 +12,19 @@ starts after that phase.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 
 import torch
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.denoisers import Denoiser
+from core.lora import trainable_parameters
 from core.losses import inner, sum_sq
 from core.method_specs import MMDInstantConfig
-from core.methods.base import Method, clone_trainable, make_optimizer, optimizer_step
+from core.methods.base import Method, make_optimizer, x_stats
 from core.posterior import marginal_sample, posterior_sample
+from core.stepping import Update
 from core.time_sampling import karras_t, mmd_weight, mmd_weighting
 
 
@@ -34,14 +36,15 @@ class MMDInstant(Method):
             raise ValueError(f"mmd-instant: iterations ({total_steps}) must exceed precond_batches "
                              f"({config.precond_batches}), which are spent estimating the preconditioner")
         super().__init__(teacher, config, total_steps=total_steps, device=device)
-        self.student = clone_trainable(self.teacher)
+        self.student = self.trainable_copy()
         self.nets = {"student": self.student}
-        self.optims = {"gen": make_optimizer(self.student.parameters(), config, config.lr_gen,
+        self.optims = {"gen": make_optimizer(trainable_parameters(self.student), config, config.lr_gen,
                                              total_steps - config.precond_batches)}
         self.weighting = mmd_weighting(config)
         self.names = [n for n, _ in self.teacher.named_parameters()]
         self.v = {n: torch.zeros_like(p) for n, p in self.teacher.named_parameters()}  # second moments
         self.precond: dict[str, torch.Tensor] | None = None                          # Lambda, once estimated
+        self.finished_at: int | None = None                                          # the iteration that set it
 
     # -- teacher as a function of its parameters --------------------------------------------------------
     def theta(self) -> dict[str, torch.Tensor]:
@@ -96,7 +99,7 @@ class MMDInstant(Method):
         return s, t, marginal_sample(self.schedule, x, t, self.randn(x.shape))
 
     # -- the two phases ---------------------------------------------------------------------------------
-    def precondition_step(self, x, cond) -> dict[str, float]:
+    def precondition_step(self, x, cond) -> dict:
         """Accumulate Adam's second moment of the teacher's own loss on real data, without updating theta."""
         cfg = self.config
         s, _, _ = self.draw(x)
@@ -106,21 +109,24 @@ class MMDInstant(Method):
             self.v[n].mul_(cfg.precond_beta2).add_(g.pow(2), alpha=1 - cfg.precond_beta2)
         done = self.step + 1
         if done == cfg.precond_batches:
-            correction = 1 - cfg.precond_beta2**done
-            self.precond = {n: 1.0 / ((v / correction).sqrt() + cfg.precond_eps) for n, v in self.v.items()}
-        return {"loss/teacher": loss.item(), "mmd/precond_progress": done / cfg.precond_batches}
+            self.finish_preconditioner()
+            self.finished_at = self.step
+        return {"loss/teacher": loss, "mmd/precond_progress": done / cfg.precond_batches}
 
-    def train_step(self, batch: dict) -> dict[str, float]:
-        """Phase 1: estimate Lambda. Phase 2: batch halves A and B; randomness (s, delta, eps, n) for B, then A."""
-        t0 = time.perf_counter()
+    def finish_preconditioner(self) -> None:
+        """Lambda = 1 / (sqrt(v / bias correction) + eps) from the precond_batches estimates of v."""
+        cfg = self.config
+        correction = 1 - cfg.precond_beta2**cfg.precond_batches
+        self.precond = {n: 1.0 / ((v / correction).sqrt() + cfg.precond_eps) for n, v in self.v.items()}
+
+    def losses(self, batch: dict) -> Iterator[Update]:
+        """Phase 1 (the first precond_batches iterations): estimate Lambda. Phase 2: batch halves A and B; randomness
+        (s, delta, eps, n) for B, then A."""
         x, cond = batch["x"], batch.get("cond")
-        if self.precond is None:
-            metrics = self.precondition_step(x, cond)
-        else:
-            metrics = self.distill_step(x, cond)
-        metrics["time/step_s"] = time.perf_counter() - t0
-        self.step += 1
-        return metrics
+        # Every micro-batch of the last phase-1 iteration belongs to phase 1 (gradient accumulation).
+        if self.precond is None or self.step == self.finished_at:
+            return self.precondition_step(x, cond)
+        return (yield from self.distill_step(x, cond))
 
     def half(self, x, cond):
         h = x.shape[0] // 2
@@ -128,7 +134,7 @@ class MMDInstant(Method):
             raise ValueError("mmd-instant: batch_size must be >= 2 (the batch is split into halves A and B)")
         return (x[:h], None if cond is None else cond[:h]), (x[h:2 * h], None if cond is None else cond[h:2 * h])
 
-    def distill_step(self, x, cond) -> dict[str, float]:
+    def distill_step(self, x, cond) -> Iterator[Update]:
         cfg = self.config
         (x_a, c_a), (x_b, c_b) = self.half(x, cond)
         # Batch B: nu = Lambda * grad_theta of the teacher's loss on student samples (no gradient to eta).
@@ -149,11 +155,9 @@ class MMDInstant(Method):
         t_st = self.straight_through(out_c, z_sa, s_a, c_a)
         # Unbiased estimate of Gamma_A^T Lambda Gamma_B, the (preconditioned) moment norm (docs/methods.md#moment-norm).
         moment = (-2.0 * w_a * inner(xt_a.detach() - t_st, u)).mean()
-        opt, sched = self.optims["gen"]
-        lr = sched.get_last_lr()[0]
-        norm = optimizer_step(loss, opt, sched, list(self.student.parameters()), cfg.grad_clip)
-        return {"loss/gen": loss.item(), "grad_norm/gen": norm, "lr/gen": lr, "mmd/moment_norm": moment.item(),
-                "stats/x_mean": float(xt_a.detach().mean()), "stats/x_std": float(xt_a.detach().std())}
+        metrics = {"loss/gen": loss.detach(), "mmd/moment_norm": moment.detach(), **x_stats(xt_a)}
+        yield Update("gen", loss)
+        return metrics
 
     def extra_state(self) -> dict:
         return {"v": self.v, "precond": self.precond}

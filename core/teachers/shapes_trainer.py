@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from core.noise import seeded_noise
 from core.samplers import sample
 from core.schedules import DiscreteSchedule
 from core.shapes import evaluation_scenes
+from core.stepping import SteppedTask, Update
 from core.teachers.shapes_parts import TextNet, scene_batch
 from core.teachers.trainer import DenoiserTrainer, lr_factor
 from core.text_cond import TextCond
@@ -32,7 +34,7 @@ KL_WEIGHT = 1e-4  # per latent element against per-pixel MSE [choice]: latents s
 
 
 @dataclass
-class VAETrainer:
+class VAETrainer(SteppedTask):
     """A core.train.Trainable for stage 1."""
 
     vae: nn.Module
@@ -45,8 +47,10 @@ class VAETrainer:
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=self.config.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.config.warmup, self.config.iterations))
+        self.optims = {"vae": (self.optimizer, self.scheduler)}   # stepped by core.stepping
+        self.grad_clip, self.precision, self.step = self.config.grad_clip, self.config.precision, 0
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def losses(self, batch: dict) -> Iterator[Update]:
         x = batch["x"]
         posterior = self.vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=self.generator,
@@ -55,14 +59,9 @@ class VAETrainer:
         mse = (rec - x).pow(2).mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = mse + KL_WEIGHT * kl
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
+        yield Update("vae", loss)
         # PSNR of images in [-1, 1] (peak-to-peak 2): a reconstruction monitor in the units papers report.
-        return {"loss/rec": mse.detach(), "loss/kl": kl.detach(), "grad_norm/vae": norm, "lr/vae": lr,
+        return {"loss/rec": mse.detach(), "loss/kl": kl.detach(),
                 "stats/psnr": 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))}
 
     def state_dict(self) -> dict:

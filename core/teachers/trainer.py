@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from core.noise import seeded_noise
 from core.posterior import marginal_sample
 from core.samplers import sample
 from core.specs import TrainConfig
+from core.stepping import SteppedTask, Update
 
 T_MIN = 1e-3  # why: at t = 0 sigma = 0 and the eps/v targets carry no information
 
@@ -45,7 +47,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class DenoiserTrainer:
+class DenoiserTrainer(SteppedTask):
     """A `core.train.Trainable` that fits a NetworkDenoiser to data by denoising score matching."""
 
     def __init__(self, denoiser: NetworkDenoiser, config: TrainConfig, device="cpu", preview_steps: int = 25):
@@ -57,8 +59,10 @@ class DenoiserTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config.warmup, config.iterations))
         self.preview_steps = preview_steps
+        self.optims = {"net": (self.optimizer, self.scheduler)}   # stepped by core.stepping
+        self.grad_clip, self.precision, self.step = config.grad_clip, config.precision, 0
 
-    def train_step(self, batch: dict) -> dict[str, float]:
+    def losses(self, batch: dict) -> Iterator[Update]:
         x, cond = batch["x"], batch.get("cond")
         b = x.shape[0]
         gen = self.generator
@@ -70,13 +74,8 @@ class DenoiserTrainer:
             cond = torch.where(drop, torch.full_like(cond, self.denoiser.num_classes), cond)
         self.denoiser.train()
         loss = denoising_loss(self.denoiser, x, cond, t, noise).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
-        return {"loss/denoise": loss.item(), "grad_norm/net": float(grad_norm), "lr/net": lr}
+        yield Update("net", loss)
+        return {"loss/denoise": loss.detach()}
 
     def state_dict(self) -> dict:
         return {"net": self.denoiser.net.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -34,7 +34,8 @@ def test_help_knobs_shows_default_bounds_provenance_and_why():
     gan = next(line for line in lines if line.split()[0] == "gan")
     assert gan.split()[1:5] == ["true", "true", "or", "false"]
     assert "rules: 0 <= t_lo < t_hi <= 1" in lines
-    assert not any(line.split()[:1] == ["precision"] for line in lines)
+    precision = next(line for line in lines if line.split()[0] == "precision")
+    assert precision.split()[1:6] == ["fp32", "one", "of", "fp32,", "bf16"]
     emd = _run("--help-knobs", "emd").stdout
     assert "noise_cancel" in emd and "one of exact, injected, none" in emd and "emd is a one-step method" in emd
 

@@ -193,14 +193,19 @@ def test_resume_first_metrics_row_matches(run_a, tmp_path):
 
 
 class NanTask:
-    """A minimal Trainable whose loss is NaN."""
+    """A minimal Trainable whose loss is NaN (it steps no optimizer)."""
+
+    optims: dict = {}
+    grad_clip, precision = 1.0, "fp32"
 
     def __init__(self):
         self.generator = torch.Generator()
         self.net = nn.Linear(2, 2)
+        self.step = 0
 
-    def train_step(self, batch):
-        return {"loss/denoise": float("nan")}
+    def losses(self, batch):
+        return {"loss/denoise": torch.tensor(float("nan"))}
+        yield  # a generator that yields no update
 
     def state_dict(self):
         return {"net": self.net.state_dict()}
@@ -218,16 +223,12 @@ class NanTask:
 class TTURTask(NanTask):
     """Reports a generator metric only on every third step, as TTUR methods do."""
 
-    def __init__(self):
-        super().__init__()
-        self.step = 0
-
-    def train_step(self, batch):
+    def losses(self, batch):
         out = {"loss/aux": 1.0}
         if self.step % 3 == 0:
             out["loss/gen"] = 2.0 + self.step  # steps 0, 3, 6 -> 2, 5, 8
-        self.step += 1
         return out
+        yield
 
 
 def test_metrics_average_each_key_over_the_steps_that_report_it(tmp_path):

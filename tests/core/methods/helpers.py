@@ -168,21 +168,42 @@ def assert_rejects_other_teacher(make: Callable[[nn.Module], object], teacher: n
         make(other).load_state_dict(state)
 
 
+def spy_updates(m, record: Callable, *, step: bool = True) -> None:
+    """Wrap m.losses: record(update, params, after) sees every Update the method yields, with the parameters its
+    optimizer updates; after() is called once the loop has stepped it. step=False withholds the updates (nothing is
+    stepped), as if the loop only looked."""
+    original = m.losses
+
+    def spy(batch_):
+        steps = original(batch_)
+        while True:
+            try:
+                update = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            params = [p for g in m.optims[update.optim][0].param_groups for p in g["params"]]
+            after = record(update, params)
+            if step:
+                yield update
+                if after is not None:
+                    after()
+
+    m.losses = spy
+
+
 def assert_ttur_bookkeeping(make: Callable[[], object], teacher: nn.Module, r: int, steps: int = 7) -> None:
     """For a student/aux method with ttur_ratio r (EMD, Diff-Instruct): G changes only when step % r == 0, A every
     step; no .grad is left behind; the generator pass leaves A (and its .grad) alone; the teacher never changes."""
     teacher_hash = parameter_hash(teacher)
     m = make()
-    gen_update, after_gen = m.gen_update, []
+    after_gen: list = []
     before: dict = {}
 
-    def spy(loss):
-        out = gen_update(loss)
+    def after():
         after_gen.append(([p.grad for p in m.aux.parameters()],
                           all(torch.equal(p, before["aux"][k]) for k, p in m.aux.named_parameters())))
-        return out
 
-    m.gen_update = spy
+    spy_updates(m, lambda update, params: after if update.optim == "gen" else None)
     for n in range(steps):
         before = {"student": snapshot(m.student), "aux": snapshot(m.aux)}
         m.generator.manual_seed(n)

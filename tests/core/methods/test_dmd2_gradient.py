@@ -18,6 +18,7 @@ from core.losses import dm_loss, dmd_gradient
 from core.methods.dmd2 import DMD2
 from core.posterior import marginal_sample
 from core.schedules import CosineSchedule
+from core.stepping import Update, step_update
 
 from . import helpers as h
 from .conftest import dsm_fitted_ring, shifted_mixture
@@ -116,7 +117,7 @@ def test_dmd2_nonfinite_gradient_entries_become_zero_and_are_counted():
 def test_dmd2_nan_count_reaches_the_metrics_and_spares_the_student(mlp_teacher):
     """A fake score that returns NaN for two examples during the generator pass: 2 x 2 entries zeroed and counted."""
     m = h.make_dmd2(mlp_teacher, gan=False, ttur_ratio=1)
-    original = DMD2.generator_update
+    original = DMD2.generator_loss
 
     def poisoned(self, x, cond, b):
         fake_forward = self.fake.forward
@@ -132,7 +133,7 @@ def test_dmd2_nan_count_reaches_the_metrics_and_spares_the_student(mlp_teacher):
         finally:
             del self.fake.forward
 
-    m.generator_update = poisoned.__get__(m)
+    m.generator_loss = poisoned.__get__(m)
     m.generator.manual_seed(0)
     metrics = m.train_step(h.batch(0))
     assert metrics["dmd2/nan_count"] == 4.0
@@ -193,7 +194,7 @@ def test_dmd2_gradient_small_after_the_methods_own_fake_update(mlp_teacher, ring
         data, gen = shifted_mixture(ring_mixture, delta), torch.Generator().manual_seed(1)
         for _ in range(300):
             x = data.sample(256, gen).float()
-            m.fake_update(x, {}, None, 256)
+            step_update(m, Update("fake", m.fake_loss(x, {}, None, 256)[0]))
         norms[delta], means[delta] = _mean_g_norm(m.teacher_g, m.fake.eval(), data, dtype=torch.float32)
     for delta in ((0.3, 0.0), (0.0, -0.3)):
         assert norms[delta] > 0.4, norms

@@ -90,12 +90,8 @@ class _FixedBatch:
         m.draw = lambda x: (self.s, self.t, self.z_t)
         m.randn = lambda shape: self.n.clone()
         seen: list = []
-
-        def spy(loss, opt, sched, params, clip):
-            seen.append((loss.detach(), [g.detach() for g in torch.autograd.grad(loss, params)]))
-            return 0.0
-
-        monkeypatch.setattr(mi_module, "optimizer_step", spy)
+        h.spy_updates(m, lambda update, params: seen.append(
+            (update.loss.detach(), [g.detach() for g in torch.autograd.grad(update.loss, params)])), step=False)
         return seen
 
 

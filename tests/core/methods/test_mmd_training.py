@@ -13,7 +13,6 @@ import math
 import pytest
 import torch
 
-import core.methods.mmd as mmd_module
 from core.method_specs import MMDConfig
 from core.nets import parameter_hash
 from core.schedules import CosineSchedule
@@ -92,20 +91,15 @@ def test_mmd_generator_loss_at_init_has_exactly_zero_gradient(mlp_teacher):
     assert metrics2["grad_norm/gen"] > 0.0 and all(h.changed(m2.student, before))
 
 
-def _spy_optimizer_step(monkeypatch) -> list:
-    """Record the gradient of every loss handed to optimizer_step (then step as usual)."""
+def _spy_optimizer_step(m) -> list:
+    """Record the gradient of every loss the method hands the loop to step (then step as usual)."""
     seen: list = []
-    original = mmd_module.optimizer_step
-
-    def spy(loss, opt, sched, params, clip):
-        seen.append([g.detach().clone() for g in torch.autograd.grad(loss, params, retain_graph=True)])
-        return original(loss, opt, sched, params, clip)
-
-    monkeypatch.setattr(mmd_module, "optimizer_step", spy)
+    h.spy_updates(m, lambda update, params: seen.append(
+        [g.detach().clone() for g in torch.autograd.grad(update.loss, params, retain_graph=True)]))
     return seen
 
 
-def test_mmd_generator_gradient_matches_explicit_loss(mlp_teacher64, monkeypatch):
+def test_mmd_generator_gradient_matches_explicit_loss(mlp_teacher64):
     """L_G = mean w(s) <x~, sg(A(z_s) - T(z_s))> (docs/methods.md#mmd), recomputed from the replayed draws."""
     m = h.make_mmd(mlp_teacher64, student_steps=8)
     with torch.no_grad():
@@ -120,7 +114,7 @@ def test_mmd_generator_gradient_matches_explicit_loss(mlp_teacher64, monkeypatch
     x_tilde = m.student(exp["z_t"], exp["t"])
     loss = (w * (x_tilde * gap).sum(1)).mean()
     expected = torch.autograd.grad(loss, params)
-    seen = _spy_optimizer_step(monkeypatch)
+    seen = _spy_optimizer_step(m)
     m.generator.manual_seed(7)
     metrics = m.train_step(batch)
     assert len(seen) == 1
