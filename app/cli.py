@@ -204,6 +204,8 @@ def distill_cmd(
     preset: str = typer.Option("default", help="Named config preset; chain with + (e.g. toy2d, digits, digits+no-gan)."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config field: KEY=VALUE (repeatable)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Batch size (default 512 for 2-D, 64 for images)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1, help="Split each batch into this many micro-batches "
+                                   "(gradient accumulation: the same step, a fraction of the activation memory)."),
     seed: int = typer.Option(0, min=0, help="Run seed."),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", min=1,
                                          help="Steps between checkpoints (default: a quarter of the run, at most 500)."),
@@ -234,7 +236,8 @@ def distill_cmd(
         if out is not None:
             fail("out: a submitted run writes to DATA_DIR/runs/ID; leave --out out")
         spec = {"teacher": teacher, "method": method, "preset": preset, "student_steps": student_steps,
-                "sets": set_ or [], "iterations": iterations, "batch_size": batch_size, "seed": seed,
+                "sets": set_ or [], "iterations": iterations, "batch_size": batch_size, "grad_accum": grad_accum,
+                "seed": seed,
                 "checkpoint_every": checkpoint_every, "prompts": _absolute(prompts), "data": _absolute(data),
                 "init": _init_ref(init)}
         submit_job("distill", spec, as_json)
@@ -257,7 +260,7 @@ def distill_cmd(
         result = distill(teacher, method, out, preset=preset, student_steps=student_steps, sets=set_ or (),
                          iterations=iterations, batch_size=batch_size, seed=seed, data_dir=get_settings().data_dir,
                          device=get_settings().device, progress=bar, checkpoint_every=checkpoint_every,
-                         prompts=prompts, data=data, init=start)
+                         prompts=prompts, data=data, init=start, grad_accum=grad_accum)
     finally:
         bar.close()
     emit(as_json, result, f"{result['status']} after {result['step']} steps ({result['cpu_minutes']} CPU min); "

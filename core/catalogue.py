@@ -108,3 +108,11 @@ def check_distillable(name: str, data_dir: Path | str | None) -> TeacherInfo:
         raise ValueError(f"teacher: {name!r} is analytic and has no network to copy; use a network teacher "
                          f"such as {info.benchmark}")
     return info
+
+
+def recipe_batch_size(info: TeacherInfo, text=None) -> int:
+    """A distillation run's batch when none is given: 512 points, 64 images (digits, or shapes' own scenes), 8 for a
+    text-to-image teacher on prompts or a dataset (`text`: core.text_inputs' checked inputs, None for other teachers)."""
+    if not info.is_image:
+        return 512
+    return 64 if text is None or text.benchmark else 8

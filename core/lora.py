@@ -59,8 +59,11 @@ def is_lora(module: nn.Module) -> bool:
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimizer should hold: all of a full network, the adapters of a LoRA one."""
-    return [p for p in module.parameters() if p.requires_grad]
+    """The parameters an optimizer should hold: all of a full network (as built: tests inject frozen ones), the
+    adapters of a LoRA one."""
+    if not is_lora(module):
+        return list(module.parameters())
+    return [p for name, p in module.named_parameters() if LORA_KEY in name]
 
 
 def shipped_state(module: nn.Module) -> dict[str, torch.Tensor]:

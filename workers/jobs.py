@@ -291,7 +291,8 @@ def run_distill(spec: dict[str, Any], out_dir: Path, lease: Lease, factory, sett
                          device=settings.device, progress=lease.progress, checkpoint_every=spec["checkpoint_every"],
                          should_stop=lambda: lease.stopping, on_checkpoint=on_checkpoint,
                          # specs queued before text-to-image teachers had neither key
-                         prompts=_path(spec.get("prompts")), data=_path(spec.get("data")), init=_path(spec.get("init")))
+                         prompts=_path(spec.get("prompts")), data=_path(spec.get("data")), init=_path(spec.get("init")),
+                         grad_accum=spec.get("grad_accum", 1))  # specs queued before gradient accumulation lack it
     return "succeeded" if result["status"] == "completed" else "stopped"
 
 

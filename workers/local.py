@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.catalogue import check_distillable, check_trainable, get_teacher_info
+from core.catalogue import check_distillable, check_trainable, get_teacher_info, recipe_batch_size
 from core.data import get_benchmark
 from core.denoisers import CFGDenoiser, nfe_per_call
 from core.images import grid_image, save_png, scatter_image, to_uint8
@@ -233,7 +233,7 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
             sets=(), iterations: int = 2000, batch_size: int | None = None, seed: int = 0,
             data_dir: Path | None = None, device: str = "cpu", progress=None, checkpoint_every: int | None = None,
             should_stop=None, on_checkpoint=None, prompts: Path | None = None, data: Path | None = None,
-            init: Path | None = None) -> dict:
+            init: Path | None = None, grad_accum: int = 1) -> dict:
     """Distil `teacher` with `method` through the one training loop (the CLI's foreground run and the worker's job).
 
     A text-to-image teacher trains on `prompts` (a prompt file) or `data` (an image folder with captions), checked by
@@ -256,9 +256,9 @@ def distill(teacher: str, method: str, out_dir: Path, *, preset: str = "default"
     else:
         has_data = text.has_data
     start = check_init(init, teacher, method) if init is not None else None  # before any work
-    batch = batch_size or (512 if not info.is_image else 64 if text is None or text.benchmark else 8)
+    batch = batch_size or recipe_batch_size(info, text)
     previews = 512 if not info.is_image else 32 if text is None else PREVIEW_PROMPTS * PREVIEW_SEEDS
-    train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0,
+    train = TrainConfig(iterations=iterations, batch_size=batch, seed=seed, ema_decay=0.0, grad_accum=grad_accum,
                         checkpoint_every=checkpoint_every or max(1, min(500, iterations // 4)),
                         log_every=max(1, min(25, iterations // 20)),
                         preview_every=max(1, min(500, iterations // 4)),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import eval_prompts, eval_specs
-from core.catalogue import check_distillable, check_prompts_fit, check_trainable, get_teacher_info
+from core.catalogue import check_distillable, check_prompts_fit, check_trainable, get_teacher_info, recipe_batch_size
 from core.export_checks import check_exportable, teacher_folder
 from core.knobs import knob
 from core.method_specs import METHOD_CONFIGS, build_method_config, check_teacher_data
@@ -61,6 +61,8 @@ class DistillSpec(_Spec):
     sets: tuple[str, ...] = knob((), "choice", "KEY=VALUE overrides of the method's knobs (distill --help-knobs)")
     iterations: int = knob(2000, "choice", "enough for the toy benchmarks' students on a CPU", ge=1, le=10_000_000)
     batch_size: int | None = knob(None, "choice", "none: the teacher's recipe batch", ge=1, le=65536)
+    grad_accum: int = knob(1, "choice", "micro-batches per optimizer step (batch_size / grad_accum examples in memory "
+                           "at once)", ge=1, le=4096)
     seed: int = knob(0, "choice", "every run is reproducible", ge=0)
     checkpoint_every: int | None = knob(None, "choice", "none: a quarter of the run, at most 500 steps", ge=1)
     prompts: str | None = knob(None, "choice", "text-to-image teachers: a prompt file's absolute path (data-free methods)",
@@ -145,8 +147,13 @@ def validate_spec(kind: str, spec: dict[str, Any], *, data_dir: Path, session: S
             if value is not None and not Path(value).is_absolute():
                 raise ValueError(f"{field}: must be an absolute path (the worker may run in another folder), got "
                                  f"{value!r}")
-        if check_text_inputs(info, config.needs_data, parsed.method, parsed.prompts, parsed.data) is None:
+        text = check_text_inputs(info, config.needs_data, parsed.method, parsed.prompts, parsed.data)
+        if text is None:
             check_teacher_data(config, parsed.teacher, has_data=info.benchmark != "imported")
+        batch = parsed.batch_size or recipe_batch_size(info, text)
+        if batch % parsed.grad_accum:
+            raise ValueError(f"grad_accum: must divide the batch ({batch}) into equal micro-batches, "
+                             f"got {parsed.grad_accum}")
         if parsed.init is not None:
             folder = init_folder(parsed.init, data_dir, session)
             check_init(folder, parsed.teacher, parsed.method)

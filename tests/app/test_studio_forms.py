@@ -122,13 +122,15 @@ def test_strings_and_separate_fields():
 
 def _changed(knob):
     """A different valid value for any knob: floats halved (or 0.25 from 0), ints + 1 as a float, bools flipped,
-    strings the next choice (every string knob is a closed set)."""
+    strings the next choice, and the one free-text knob, lora_targets (a Textbox), one target fewer."""
     if knob.kind == "bool":
         return not knob.value
     if knob.kind == "int":
         return float(knob.value + 1)
     if knob.kind == "float":
         return knob.value / 2 if knob.value else 0.25
+    if knob.name == "lora_targets":
+        return ",".join(knob.value.split(",")[:-1])
     assert knob.choices, f"{knob.name}: a free-text knob; give it choices or a way to change it here"
     return knob.choices[(knob.choices.index(knob.value) + 1) % len(knob.choices)]
 

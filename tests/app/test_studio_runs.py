@@ -56,7 +56,7 @@ def test_start_run_queues_one_distill_run(ctx):
     [run] = all_runs(ctx)
     assert (run.id, run.kind, run.status, run.total) == (run_id, "distill", "queued", 50)
     assert run.spec == {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "student_steps": 1,
-                        "sets": ["ttur_ratio=3"], "iterations": 50, "batch_size": None, "seed": 7,
+                        "sets": ["ttur_ratio=3"], "iterations": 50, "batch_size": None, "grad_accum": 1, "seed": 7,
                         "checkpoint_every": None, "prompts": None, "data": None, "init": None}
     assert run.dispatched_at is not None and broker_messages(ctx) == 1  # sent through the embedded broker
 

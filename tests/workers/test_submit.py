@@ -103,6 +103,10 @@ BAD = [
     ("distill", {**DISTILL, "iterations": -5}, r"^iterations: Input should be greater than or equal to 1$"),
     ("distill", {**DISTILL, "iterations": 10, "checkpoint_every": 11},
      r"^checkpoint_every: must be at most iterations \(10\), got 11$"),
+    ("distill", {**DISTILL, "batch_size": 10, "grad_accum": 4},
+     r"^grad_accum: must divide the batch \(10\) into equal micro-batches, got 4$"),
+    ("distill", {**DISTILL, "grad_accum": 3}, r"^grad_accum: must divide the batch \(512\) into equal micro-batches"),
+    ("distill", {**DISTILL, "sets": ["precision=fp16"]}, r"^dmd2: precision fp16 is not supported"),
     ("distill", {**DISTILL, "colour": "red"}, r"^colour: Extra inputs are not permitted$"),
     ("distill", {"method": "dmd2"}, r"^teacher: Field required$"),
     ("teacher", {"name": "toy2d-ring-gmm"}, r"^name: 'toy2d-ring-gmm' is not a trainable built-in teacher"),
@@ -195,7 +199,7 @@ def test_submit_writes_one_queued_row_and_sends_one_message(jobs, broker, env):
     [run] = _runs(jobs)
     assert (run.id, run.kind, run.status, run.total, run.step, run.attempts) == (run_id, "distill", "queued", 300, 0, 0)
     assert run.spec == {"teacher": "toy2d-ring", "method": "dmd2", "preset": "toy2d", "student_steps": None,
-                        "sets": ["ttur_ratio=3"], "iterations": 300, "batch_size": None, "seed": 0,
+                        "sets": ["ttur_ratio=3"], "iterations": 300, "batch_size": None, "grad_accum": 1, "seed": 0,
                         "checkpoint_every": 100, "prompts": None, "data": None, "init": None}
     assert run.out_dir == f"runs/{run_id}"
     assert run.dispatched_at is not None and before < run.dispatched_at < datetime.now(UTC) + timedelta(seconds=5)
