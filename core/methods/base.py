@@ -31,16 +31,12 @@ from core.text_cond import TextCond
 from core.time_sampling import edm_weight, uniform_t
 
 
-def clone_trainable(denoiser: Denoiser, checkpointing: bool = False) -> Denoiser:
-    """A trainable copy of a (frozen) denoiser: the student and auxiliary networks start as the teacher [paper].
-    checkpointing: recompute its diffusers UNets' activations in the backward pass (gradient checkpointing)."""
+def clone_trainable(denoiser: Denoiser) -> Denoiser:
+    """A trainable copy of a (frozen) denoiser: the student and auxiliary networks start as the teacher [paper]."""
     if not any(True for _ in denoiser.parameters()):
         raise ValueError("teacher: an analytic teacher has no network to copy; distil a network teacher "
                          "(e.g. toy2d-ring instead of toy2d-ring-gmm)")
-    copied = copy.deepcopy(denoiser).requires_grad_(True).train()
-    if checkpointing:
-        enable_checkpointing(copied)
-    return copied
+    return copy.deepcopy(denoiser).requires_grad_(True).train()
 
 
 def enable_checkpointing(module: nn.Module) -> None:
@@ -116,9 +112,10 @@ class Method(SteppedTask):
         """A trainable copy of the teacher (student=lora: adapters on the teacher's own weights), gradient-checkpointed
         when the config asks."""
         cfg = self.config
-        if cfg.student != "lora":
-            return clone_trainable(self.teacher, cfg.gradient_checkpointing)
-        copied = lora_copy(self.teacher, cfg.lora_rank, cfg.lora_target_modules)
+        if cfg.student == "lora":
+            copied = lora_copy(self.teacher, cfg.lora_rank, cfg.lora_target_modules)
+        else:
+            copied = clone_trainable(self.teacher)
         if cfg.gradient_checkpointing:
             enable_checkpointing(copied)
         return copied
@@ -175,7 +172,6 @@ class Method(SteppedTask):
         """Yield an Update per optimizer to step this iteration (each loss is backpropagated and stepped before the
         generator resumes); return the metrics. Never step an optimizer or advance self.step here."""
         raise NotImplementedError
-
 
     def sample(self, noise: torch.Tensor, cond=None, steps: int | None = None, student: Denoiser | None = None):
         raise NotImplementedError
